@@ -1,0 +1,215 @@
+"""Page state changes that make at-least-once delivery give exactly-once results.
+
+A claim moves pages ``queued -> running`` and bumps ``attempts``, which becomes the claim's
+fencing token. Every later write for the page matches ``status='running' AND attempts=token``,
+so a worker whose lease was taken back (or a duplicate message) can no longer change it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from sqlalchemy import ColumnElement, and_, delete, insert, update
+from sqlalchemy.orm import Session
+
+from htrq.models import Line, Page, utcnow
+
+NO_SYNC = {"synchronize_session": False}
+
+
+@dataclass(frozen=True)
+class Claim:
+    page_id: uuid.UUID
+    token: int  #: ``attempts`` after the claim
+    attempt_limit: int
+    blob_key: str
+    frame: int
+
+
+class LineLike(Protocol):
+    text: str
+    confidence: float
+    bbox: tuple[int, int, int, int]
+
+
+def claim_pages(
+    session: Session, page_ids: Sequence[uuid.UUID], *, lease_seconds: float
+) -> list[Claim]:
+    """Claim the ``queued`` pages among ``page_ids`` in one statement; others are skipped."""
+    if not page_ids:
+        return []
+    now = utcnow()
+    rows = session.execute(
+        update(Page)
+        .where(Page.id.in_(set(page_ids)), Page.status == "queued")
+        .values(
+            status="running",
+            attempts=Page.attempts + 1,
+            lease_until=now + timedelta(seconds=lease_seconds),
+            started_at=now,
+        )
+        .returning(Page.id, Page.attempts, Page.attempt_limit, Page.blob_key, Page.frame)
+        .execution_options(**NO_SYNC)
+    ).all()
+    return [Claim(r.id, r.attempts, r.attempt_limit, r.blob_key, r.frame) for r in rows]
+
+
+def _held(claim: Claim) -> ColumnElement[bool]:
+    return and_(Page.id == claim.page_id, Page.status == "running", Page.attempts == claim.token)
+
+
+def write_result(
+    session: Session,
+    claim: Claim,
+    *,
+    text: str,
+    confidence: float | None,
+    lines: Sequence[LineLike],
+    model: str,
+    processing_ms: int,
+) -> bool:
+    """Store a page's result if the claim still holds; False means it was thrown away.
+
+    The fenced UPDATE comes first: it locks the row, so the line replacement below cannot
+    interleave with another writer of the same page.
+    """
+    done = session.execute(
+        update(Page)
+        .where(_held(claim))
+        .values(
+            status="succeeded",
+            text=text,
+            confidence=confidence,
+            model=model,
+            processing_ms=processing_ms,
+            finished_at=utcnow(),
+            lease_until=None,
+            error_code=None,
+            error_message=None,
+        )
+        .execution_options(**NO_SYNC)
+    )
+    if done.rowcount != 1:  # type: ignore[attr-defined]
+        return False
+    session.execute(delete(Line).where(Line.page_id == claim.page_id).execution_options(**NO_SYNC))
+    if lines:
+        session.execute(
+            insert(Line),
+            [
+                {
+                    "page_id": claim.page_id,
+                    "index": i,
+                    "text": ln.text,
+                    "confidence": ln.confidence,
+                    "x0": ln.bbox[0],
+                    "y0": ln.bbox[1],
+                    "x1": ln.bbox[2],
+                    "y1": ln.bbox[3],
+                }
+                for i, ln in enumerate(lines)
+            ],
+        )
+    return True
+
+
+def write_failure(session: Session, claim: Claim, *, code: str, message: str) -> bool:
+    """Mark the page ``failed`` (no retry) if the claim still holds."""
+    done = session.execute(
+        update(Page)
+        .where(_held(claim))
+        .values(
+            status="failed",
+            error_code=code,
+            error_message=message,
+            finished_at=utcnow(),
+            lease_until=None,
+        )
+        .execution_options(**NO_SYNC)
+    )
+    return done.rowcount == 1  # type: ignore[attr-defined]
+
+
+def release_for_retry(session: Session, claim: Claim, *, code: str, message: str) -> str | None:
+    """After a transient error: back to ``queued``, or ``failed`` once attempts are spent.
+
+    Returns the new status, or None if the claim no longer holds. The error is kept on the
+    page either way, so a page that runs out of attempts shows the last one.
+    """
+    if claim.token >= claim.attempt_limit:
+        return "failed" if write_failure(session, claim, code=code, message=message) else None
+    done = session.execute(
+        update(Page)
+        .where(_held(claim))
+        .values(
+            status="queued",
+            error_code=code,
+            error_message=message,
+            lease_until=None,
+            queued_at=utcnow(),
+        )
+        .execution_options(**NO_SYNC)
+    )
+    return "queued" if done.rowcount == 1 else None  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class Swept:
+    requeued: list[uuid.UUID]  #: lease expired, attempts left: send again
+    failed: list[uuid.UUID]  #: lease expired, attempts spent
+    resend: list[uuid.UUID]  #: queued so long that their message is presumed lost
+
+
+LEASE_EXPIRED = (
+    "worker_lost",
+    "the worker processing this page stopped before finishing (crash, kill or lease expiry); "
+    "retry the job, and raise HTRQ_LEASE_SECONDS if batches take longer than the lease",
+)
+
+
+def sweep(
+    session: Session, *, now: datetime | None = None, resend_older_than: datetime | None = None
+) -> Swept:
+    """Take back pages whose lease expired; pick ``queued`` pages older than the given time.
+
+    Each statement only matches rows still in the state it expects, so several sweepers
+    (one per worker) can run at once without doing anything twice.
+    """
+    now = now or utcnow()
+    expired = and_(Page.status == "running", Page.lease_until < now)
+    code, message = LEASE_EXPIRED
+    failed = session.scalars(
+        update(Page)
+        .where(expired, Page.attempts >= Page.attempt_limit)
+        .values(
+            status="failed",
+            error_code=code,
+            error_message=message,
+            lease_until=None,
+            finished_at=now,
+        )
+        .returning(Page.id)
+        .execution_options(**NO_SYNC)
+    ).all()
+    requeued = session.scalars(
+        update(Page)
+        .where(expired, Page.attempts < Page.attempt_limit)
+        .values(
+            status="queued", error_code=code, error_message=message, lease_until=None, queued_at=now
+        )
+        .returning(Page.id)
+        .execution_options(**NO_SYNC)
+    ).all()
+    resend: Sequence[uuid.UUID] = []
+    if resend_older_than is not None:
+        resend = session.scalars(
+            update(Page)
+            .where(Page.status == "queued", Page.queued_at < resend_older_than)
+            .values(queued_at=now)
+            .returning(Page.id)
+            .execution_options(**NO_SYNC)
+        ).all()
+    return Swept(list(requeued), list(failed), list(resend))

@@ -1,0 +1,71 @@
+"""Engine, sessions and migrations for PostgreSQL (the service) and SQLite (``htrq transcribe``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+import migrations
+
+MIGRATIONS_DIR = Path(migrations.__file__).parent
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    """Create an engine; on SQLite, turn on foreign keys and wait on locks instead of failing."""
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        return engine
+    # pre_ping: a worker outlives database restarts; a dead pooled connection is replaced
+    # instead of failing the next batch.
+    return create_engine(url, pool_pre_ping=True, **kwargs)
+
+
+def make_sessions(engine: Engine) -> sessionmaker[Session]:
+    # expire_on_commit=False: results are read after the transaction that wrote them.
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextmanager
+def session_scope(sessions: sessionmaker[Session]) -> Iterator[Session]:
+    """One unit of work: commit on success, roll back on any error."""
+    with sessions() as session, session.begin():
+        yield session
+
+
+def _alembic(url: str) -> Any:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    # Passed as an attribute, not a main option: ConfigParser would choke on "%" in passwords.
+    cfg.attributes["database_url"] = url
+    return cfg
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    """Apply the Alembic migrations to ``url`` (both PostgreSQL and SQLite).
+
+    The embedded SQLite database of ``htrq transcribe`` is migrated too, rather than built with
+    ``create_all``, so that one schema, constraints included, is what every command runs on.
+    """
+    from alembic import command
+
+    command.upgrade(_alembic(url), revision)
+
+
+def downgrade(url: str, revision: str) -> None:
+    from alembic import command
+
+    command.downgrade(_alembic(url), revision)

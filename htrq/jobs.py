@@ -1,0 +1,260 @@
+"""Job service functions shared by the API and the CLI: submit, read, retry."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from htrq.db import session_scope
+from htrq.errors import PageError
+from htrq.inputs import inspect_upload
+from htrq.models import JOB_MODES, Job, Line, Page, utcnow
+from htrq.queue import Send
+from htrq.resources import (
+    ErrorInfo,
+    JobResource,
+    LineResource,
+    PageResource,
+    PageSummary,
+    StatusCounts,
+    job_status,
+)
+from htrq.settings import Settings
+from htrq.storage import BlobStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Upload:
+    filename: str | None
+    data: bytes
+
+
+class NotFound(LookupError):
+    """No job (or page) with that id."""
+
+
+class IdempotencyConflict(Exception):
+    """The idempotency key belongs to a job with different content."""
+
+    def __init__(self, job_id: uuid.UUID) -> None:
+        super().__init__(f"the idempotency key is already used by job {job_id} with other files")
+        self.job_id = job_id
+
+
+def submit(
+    *,
+    sessions: sessionmaker[Session],
+    storage: BlobStore,
+    send: Send,
+    settings: Settings,
+    uploads: Sequence[Upload],
+    idempotency_key: str | None = None,
+    external_id: str | None = None,
+    mode: str = "page",
+) -> tuple[JobResource, bool]:
+    """Store the files, create the job and its pages, then enqueue the pages.
+
+    Returns the job and whether it was created (False: a repeat under the same key). Raises
+    :class:`PageError` for an upload that is refused (nothing is stored then) and
+    :class:`IdempotencyConflict` when the key was used for other content.
+    """
+    if mode not in JOB_MODES:
+        raise PageError("invalid_mode", f"mode must be one of {', '.join(JOB_MODES)}")
+    if not uploads:
+        raise PageError("no_files", "send at least one file in the `files` field")
+    counts = []
+    for up in uploads:
+        name = up.filename or "upload"
+        if len(up.data) > settings.max_upload_bytes:
+            raise PageError(
+                "too_large",
+                f"{name}: {len(up.data)} bytes, over the limit of {settings.max_upload_bytes}",
+            )
+        try:
+            counts.append(inspect_upload(up.data, max_pages=settings.max_pages_per_job).pages)
+        except PageError as exc:
+            raise PageError(exc.code, f"{name}: {exc.message}") from exc
+    if sum(counts) > settings.max_pages_per_job:
+        raise PageError(
+            "too_many_pages",
+            f"{sum(counts)} pages, over the limit of {settings.max_pages_per_job} per job",
+        )
+
+    key = idempotency_key or (f"external_id:{external_id}" if external_id else None)
+    fingerprint = _fingerprint(mode, uploads)
+    if key and (existing := _find_repeat(sessions, key, fingerprint)):
+        return existing, False
+
+    blob_keys = [storage.put(up.data) for up in uploads]
+    try:
+        with session_scope(sessions) as s:
+            job = Job(
+                idempotency_key=key, fingerprint=fingerprint, external_id=external_id, mode=mode
+            )
+            index = 0
+            for up, blob_key, n in zip(uploads, blob_keys, counts, strict=True):
+                for frame in range(n):
+                    job.pages.append(
+                        Page(
+                            index=index,
+                            blob_key=blob_key,
+                            frame=frame,
+                            filename=up.filename,
+                            status="queued",
+                            attempts=0,
+                            attempt_limit=settings.max_attempts,
+                        )
+                    )
+                    index += 1
+            s.add(job)
+            s.flush()
+            job_id, page_ids = job.id, [str(p.id) for p in job.pages]
+    except IntegrityError:
+        # Another request with the same key committed first.
+        if key and (existing := _find_repeat(sessions, key, fingerprint)):
+            return existing, False
+        raise
+    # After the commit: a worker must never receive an id whose row it cannot see.
+    _send_or_leave_to_sweeper(send, page_ids)
+    return get_job(sessions=sessions, job_id=job_id), True
+
+
+def retry(
+    *, sessions: sessionmaker[Session], send: Send, settings: Settings, job_id: uuid.UUID | str
+) -> int:
+    """Re-queue the job's failed pages and return how many.
+
+    ``attempts`` is the fencing token, so it is never reset: each page gets
+    ``settings.max_attempts`` more attempts instead.
+    """
+    jid = _parse_id(job_id)
+    with session_scope(sessions) as s:
+        if s.get(Job, jid) is None:
+            raise NotFound(f"no job {job_id}")
+        ids = s.scalars(
+            update(Page)
+            .where(Page.job_id == jid, Page.status == "failed")
+            .values(
+                status="queued",
+                attempt_limit=Page.attempts + settings.max_attempts,
+                queued_at=utcnow(),
+                lease_until=None,
+                error_code=None,
+                error_message=None,
+                finished_at=None,
+            )
+            .returning(Page.id)
+        ).all()
+    _send_or_leave_to_sweeper(send, [str(i) for i in ids])
+    return len(ids)
+
+
+def get_job(*, sessions: sessionmaker[Session], job_id: uuid.UUID | str) -> JobResource:
+    jid = _parse_id(job_id)
+    with sessions() as s:
+        job = s.get(Job, jid)
+        if job is None:
+            raise NotFound(f"no job {job_id}")
+        rows = s.execute(
+            select(Page.id, Page.index, Page.status).where(Page.job_id == jid).order_by(Page.index)
+        ).all()
+    pages = [PageSummary(id=r.id, index=r.index, status=r.status) for r in rows]
+    counts = StatusCounts()
+    for p in pages:
+        setattr(counts, p.status, getattr(counts, p.status) + 1)
+    return JobResource(
+        id=job.id,
+        status=job_status(counts),
+        external_id=job.external_id,
+        mode=job.mode,
+        created_at=job.created_at,
+        counts=counts,
+        pages=pages,
+    )
+
+
+def get_page(
+    *, sessions: sessionmaker[Session], job_id: uuid.UUID | str, index: int
+) -> PageResource:
+    jid = _parse_id(job_id)
+    with sessions() as s:
+        page = s.scalars(select(Page).where(Page.job_id == jid, Page.index == index)).first()
+        if page is None:
+            raise NotFound(f"no page {index} in job {job_id}")
+        lines = s.scalars(select(Line).where(Line.page_id == page.id).order_by(Line.index)).all()
+        return page_resource(page, lines)
+
+
+def page_resource(page: Page, lines: Sequence[Line]) -> PageResource:
+    return PageResource(
+        id=page.id,
+        job_id=page.job_id,
+        index=page.index,
+        status=page.status,  # type: ignore[arg-type]
+        filename=page.filename,
+        frame=page.frame,
+        text=page.text,
+        confidence=page.confidence,
+        lines=[
+            LineResource(
+                index=ln.index,
+                text=ln.text,
+                confidence=ln.confidence,
+                bbox=(ln.x0, ln.y0, ln.x1, ln.y1),
+            )
+            for ln in lines
+        ],
+        error=ErrorInfo(code=page.error_code, message=page.error_message or "")
+        if page.error_code
+        else None,
+        attempts=page.attempts,
+        model=page.model,
+        started_at=page.started_at,
+        finished_at=page.finished_at,
+    )
+
+
+def _parse_id(job_id: uuid.UUID | str) -> uuid.UUID:
+    if isinstance(job_id, uuid.UUID):
+        return job_id
+    try:
+        return uuid.UUID(job_id)
+    except ValueError:
+        raise NotFound(f"no job {job_id}") from None
+
+
+def _fingerprint(mode: str, uploads: Sequence[Upload]) -> str:
+    h = hashlib.sha256(mode.encode())
+    for up in uploads:
+        h.update(hashlib.sha256(up.data).digest())
+    return h.hexdigest()
+
+
+def _find_repeat(sessions: sessionmaker[Session], key: str, fingerprint: str) -> JobResource | None:
+    with sessions() as s:
+        job = s.scalars(select(Job).where(Job.idempotency_key == key)).first()
+    if job is None:
+        return None
+    if job.fingerprint != fingerprint:
+        raise IdempotencyConflict(job.id)
+    return get_job(sessions=sessions, job_id=job.id)
+
+
+def _send_or_leave_to_sweeper(send: Send, page_ids: list[str]) -> None:
+    if not page_ids:
+        return
+    try:
+        send(page_ids, 0)
+    except Exception:
+        # The rows are committed and stay `queued`; the sweeper re-sends them once the broker
+        # is back, so the request still succeeds.
+        log.warning("could not enqueue %d pages; the sweeper will re-send them", len(page_ids))

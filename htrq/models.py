@@ -1,0 +1,162 @@
+"""Tables: a job holds pages; a page holds the lines read from it.
+
+The constraints carry the exactly-once guarantees: ``UNIQUE(job_id, index)`` on pages,
+``UNIQUE(page_id, index)`` on lines (a page processed twice can never hold two sets of lines)
+and ``UNIQUE(idempotency_key)`` on jobs (a repeated submission finds the first job).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    Uuid,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+PAGE_STATES = ("queued", "running", "succeeded", "failed")
+FINISHED_STATES = ("succeeded", "failed")
+JOB_MODES = ("page", "line")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC timestamps on PostgreSQL and on SQLite (which stores no zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and dialect.name == "sqlite":
+            return value.astimezone(UTC).replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+class Base(DeclarativeBase):
+    # Stable constraint names so that migrations can refer to them on every database.
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+            "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+            "ck": "ck_%(table_name)s_%(constraint_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (CheckConstraint(_in("mode", JOB_MODES), name="mode"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    #: ``Idempotency-Key`` header, else ``external_id:<external_id>``; NULL: no dedup.
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    #: Digest of what was submitted, to tell a repeat from a different job under the same key.
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    external_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    #: ``page`` (segment the page into lines) or ``line`` (each image is one line).
+    mode: Mapped[str] = mapped_column(String(16), default="page")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    pages: Mapped[list[Page]] = relationship(
+        back_populates="job", order_by="Page.index", cascade="all, delete-orphan"
+    )
+
+
+class Page(Base):
+    __tablename__ = "pages"
+    __table_args__ = (
+        UniqueConstraint("job_id", "index"),
+        CheckConstraint(_in("status", PAGE_STATES), name="status"),
+        CheckConstraint("attempts >= 0", name="attempts"),
+        CheckConstraint("confidence >= 0 AND confidence <= 1", name="confidence"),
+        # The sweeper's two scans: expired leases and long-queued pages.
+        Index("ix_pages_status_lease_until", "status", "lease_until"),
+        Index("ix_pages_status_queued_at", "status", "queued_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    #: Position in the job, from 0, consecutive across all uploaded files.
+    index: Mapped[int] = mapped_column(Integer)
+    #: Storage key of the uploaded file and the page (frame) within it.
+    blob_key: Mapped[str] = mapped_column(String(128))
+    frame: Mapped[int] = mapped_column(Integer, default=0)
+    filename: Mapped[str | None] = mapped_column(String(255))
+
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    #: Claims so far; also the fencing token of the current claim, so it only ever grows.
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    #: The page fails once ``attempts`` reaches this; ``retry`` raises it instead of
+    #: resetting ``attempts``, which would reuse fencing tokens.
+    attempt_limit: Mapped[int] = mapped_column(Integer)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: When the page's latest message was sent (the sweeper re-sends lost ones).
+    queued_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+
+    model: Mapped[str | None] = mapped_column(String(255))
+    text: Mapped[str | None] = mapped_column(Text)
+    confidence: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: Wall time of the pipeline for the page's group, in milliseconds.
+    processing_ms: Mapped[int | None] = mapped_column(Integer)
+
+    job: Mapped[Job] = relationship(back_populates="pages")
+    lines: Mapped[list[Line]] = relationship(
+        back_populates="page", order_by="Line.index", cascade="all, delete-orphan"
+    )
+
+
+class Line(Base):
+    __tablename__ = "lines"
+    __table_args__ = (
+        UniqueConstraint("page_id", "index"),
+        CheckConstraint("confidence >= 0 AND confidence <= 1", name="confidence"),
+    )
+
+    # SQLite only auto-increments INTEGER PRIMARY KEY.
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    page_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("pages.id", ondelete="CASCADE"))
+    index: Mapped[int] = mapped_column(Integer)
+    text: Mapped[str] = mapped_column(Text)
+    confidence: Mapped[float] = mapped_column(Float)
+    x0: Mapped[int] = mapped_column(Integer)
+    y0: Mapped[int] = mapped_column(Integer)
+    x1: Mapped[int] = mapped_column(Integer)
+    y1: Mapped[int] = mapped_column(Integer)
+
+    page: Mapped[Page] = relationship(back_populates="lines")

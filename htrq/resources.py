@@ -1,0 +1,75 @@
+"""The job and page resources, as the API answers them and ``htrq status/transcribe`` print them."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "partial"]
+PageStatus = Literal["queued", "running", "succeeded", "failed"]
+
+
+class ErrorInfo(BaseModel):
+    code: str = Field(examples=["invalid_image"])
+    message: str
+
+
+class PageSummary(BaseModel):
+    id: uuid.UUID
+    index: int
+    status: PageStatus
+
+
+class StatusCounts(BaseModel):
+    queued: int = 0
+    running: int = 0
+    succeeded: int = 0
+    failed: int = 0
+
+
+class JobResource(BaseModel):
+    id: uuid.UUID
+    status: JobStatus
+    external_id: str | None
+    mode: str
+    created_at: datetime
+    counts: StatusCounts
+    pages: list[PageSummary]
+
+
+class LineResource(BaseModel):
+    index: int
+    text: str
+    confidence: float = Field(ge=0, le=1)
+    bbox: tuple[int, int, int, int] = Field(description="x0, y0, x1, y1 in page pixels")
+
+
+class PageResource(BaseModel):
+    id: uuid.UUID
+    job_id: uuid.UUID
+    index: int
+    status: PageStatus
+    filename: str | None
+    frame: int
+    text: str | None
+    confidence: float | None = Field(ge=0, le=1)
+    lines: list[LineResource]
+    error: ErrorInfo | None
+    attempts: int
+    model: str | None
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+def job_status(counts: StatusCounts) -> JobStatus:
+    """Derive a job's status from its pages' states."""
+    total = counts.queued + counts.running + counts.succeeded + counts.failed
+    finished = counts.succeeded + counts.failed
+    if total and finished == total:
+        if counts.failed == 0:
+            return "succeeded"
+        return "failed" if counts.succeeded == 0 else "partial"
+    return "running" if counts.running or finished else "queued"

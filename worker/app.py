@@ -1,0 +1,125 @@
+"""The worker's Celery app, built from settings.
+
+The recognizer is loaded once per worker process, after the fork (``worker_process_init``),
+never at import: the main process stays free of torch and of CUDA state that forks badly.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery, signals
+
+from htrq.db import make_engine, make_sessions
+from htrq.queue import CelerySender, make_celery
+from htrq.settings import Settings, load_settings
+from htrq.storage import DirectoryStore
+from worker.batch import BatchContext
+from worker.pipeline import Pipeline
+from worker.segment import Segmenter, WholeImageSegmenter
+from worker.sweeper import SweeperThread
+from worker.tasks import register_tasks
+
+log = logging.getLogger(__name__)
+
+_app: Celery | None = None
+_settings: Settings | None = None
+_context: BatchContext | None = None
+_sweeper: SweeperThread | None = None
+
+
+def make_segmenter(settings: Settings) -> Segmenter:
+    """The page segmenter for ``mode=page`` (whole image until a real one is configured)."""
+    return WholeImageSegmenter()
+
+
+def load_context(settings: Settings, *, database_url: str, send: Any) -> BatchContext:
+    """Load the model and open the database: everything a process needs to run batches."""
+    from worker.recognize import Recognizer, resolve_model  # torch: only where it runs
+
+    recognizer = Recognizer.load(
+        model=resolve_model(settings.model),
+        device=settings.device,
+        dtype=settings.dtype,
+        batch_size=settings.batch_size,
+        num_beams=settings.num_beams,
+        max_new_tokens=settings.max_new_tokens,
+    )
+    return BatchContext(
+        settings=settings,
+        sessions=make_sessions(make_engine(database_url)),
+        storage=DirectoryStore(settings.storage_dir),
+        pipeline=Pipeline(
+            recognize=recognizer,
+            segmenter=make_segmenter(settings),
+            max_pixels=settings.max_pixels,
+            pdf_dpi=settings.pdf_dpi,
+            line_margin=settings.line_margin,
+        ),
+        model_name=recognizer.name,
+        send=send,
+    )
+
+
+def get_context() -> BatchContext:
+    """This process's context, loaded on first use if no signal has loaded it yet."""
+    global _context
+    if _context is None:
+        assert _app is not None and _settings is not None and _settings.database_url
+        _context = load_context(
+            _settings, database_url=_settings.database_url, send=CelerySender(_app)
+        )
+        log.info("worker process ready: model %s", _context.model_name)
+    return _context
+
+
+def create_app(settings: Settings) -> Celery:
+    """The worker app: late acks, prefetch sized for celery-batches, the batch task."""
+    global _app, _settings
+    if not settings.database_url:
+        raise ValueError("HTRQ_DATABASE_URL is not set")
+    app = make_celery(settings, name="htrq-worker")
+    app.conf.update(
+        task_acks_late=True,
+        # A message whose worker process died is put back instead of acknowledged.
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=settings.prefetch_multiplier,
+        worker_concurrency=settings.worker_concurrency,
+        worker_send_task_events=False,
+    )
+    register_tasks(app, settings, get_context)
+    _app, _settings = app, settings
+    signals.worker_process_init.connect(_on_process_init, weak=False, dispatch_uid="htrq-init")
+    signals.worker_ready.connect(_start_sweeper, weak=False, dispatch_uid="htrq-sweeper")
+    signals.worker_shutdown.connect(_stop_sweeper, weak=False, dispatch_uid="htrq-stop")
+    return app
+
+
+def _on_process_init(**_: Any) -> None:
+    global _context
+    _context = None  # never reuse a parent's engine or model after a fork
+    get_context()
+
+
+def _start_sweeper(**_: Any) -> None:
+    global _sweeper
+    assert _app is not None and _settings is not None and _settings.database_url
+    _sweeper = SweeperThread(
+        sessions=make_sessions(make_engine(_settings.database_url)),
+        sender=CelerySender(_app),
+        settings=_settings,
+    )
+    _sweeper.start()
+
+
+def _stop_sweeper(**_: Any) -> None:
+    if _sweeper is not None:
+        _sweeper.stop()
+
+
+def __getattr__(name: str) -> Celery:
+    # `celery -A worker.app worker` looks up `app`: build it from the environment on demand.
+    if name == "app":
+        return _app or create_app(load_settings())
+    raise AttributeError(name)

@@ -1,0 +1,165 @@
+"""Process one group of page ids: claim, load, run the pipeline, write each page.
+
+Shared by the Celery batch task and the in-process queue of ``htrq transcribe``, so both run
+the same code between the broker and the database.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from htrq.claims import Claim, claim_pages, release_for_retry, write_failure, write_result
+from htrq.db import session_scope
+from htrq.errors import PageError
+from htrq.models import Job, Page
+from htrq.queue import Send
+from htrq.settings import Settings
+from htrq.storage import BlobMissing, BlobStore
+from worker.pipeline import PageInput, PageOutput, Pipeline
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BatchContext:
+    """What a worker process holds for its lifetime (built once, after the fork)."""
+
+    settings: Settings
+    sessions: sessionmaker[Session]
+    storage: BlobStore
+    pipeline: Pipeline
+    model_name: str  #: stored on each page it reads
+    send: Send  #: re-sends a page (with a countdown) after a transient error
+
+
+@dataclass
+class BatchReport:
+    received: int = 0
+    claimed: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    requeued: int = 0
+    discarded: int = 0  #: results thrown away because the claim was lost
+    requeued_ids: list[str] = field(default_factory=list)
+
+
+def backoff(settings: Settings, attempt: int) -> float:
+    """Seconds before attempt ``attempt + 1``: doubling from ``retry_backoff``, capped."""
+    return min(settings.retry_backoff_max, settings.retry_backoff * 2 ** max(0, attempt - 1))
+
+
+def process_batch(page_ids: Sequence[str], ctx: BatchContext) -> BatchReport:
+    report = BatchReport(received=len(page_ids))
+    ids = []
+    for raw in page_ids:
+        try:
+            ids.append(uuid.UUID(str(raw)))
+        except ValueError:
+            log.warning("dropping a message with a malformed page id %r", raw)
+    try:
+        with session_scope(ctx.sessions) as s:
+            claims = claim_pages(s, ids, lease_seconds=ctx.settings.lease_seconds)
+            modes = _modes(s, [c.page_id for c in claims])
+    except SQLAlchemyError:
+        # Nothing was claimed: send the ids again later. If that fails too, the sweeper finds
+        # the pages still `queued` and re-sends them.
+        log.exception("claim failed; re-sending %d pages", len(ids))
+        ctx.send([str(i) for i in ids], backoff(ctx.settings, 1))
+        report.requeued = len(ids)
+        return report
+    report.claimed = len(claims)
+    if not claims:
+        return report
+
+    inputs, outcomes = [], {}
+    for c in claims:
+        try:
+            data = ctx.storage.get(c.blob_key)
+        except BlobMissing as exc:
+            outcomes[c.page_id] = PageError("blob_missing", f"{exc}; upload the file again")
+            continue
+        inputs.append(PageInput(key=c.page_id, data=data, frame=c.frame, mode=modes[c.page_id]))
+
+    started = time.perf_counter()
+    try:
+        outcomes.update(ctx.pipeline(inputs))
+    except Exception as exc:
+        # Not the pages' fault (model error, CUDA out of memory after halving, ...): try again.
+        log.exception("pipeline failed for %d pages", len(inputs))
+        for c in claims:
+            if c.page_id not in outcomes:
+                _release(ctx, c, "model_error", f"recognition failed: {exc}", report)
+        return _finish(ctx, claims, outcomes, report, 0)
+    return _finish(ctx, claims, outcomes, report, round((time.perf_counter() - started) * 1000))
+
+
+def _finish(
+    ctx: BatchContext,
+    claims: list[Claim],
+    outcomes: dict[object, PageOutput | PageError],
+    report: BatchReport,
+    elapsed_ms: int,
+) -> BatchReport:
+    for c in claims:
+        outcome = outcomes.get(c.page_id)
+        if outcome is None:
+            continue  # released for retry above
+        try:
+            with session_scope(ctx.sessions) as s:
+                if isinstance(outcome, PageError):
+                    kept = write_failure(s, c, code=outcome.code, message=outcome.message)
+                    report.failed += kept
+                else:
+                    kept = write_result(
+                        s,
+                        c,
+                        text=outcome.text,
+                        confidence=outcome.confidence,
+                        lines=outcome.lines,
+                        model=ctx.model_name,
+                        processing_ms=elapsed_ms,
+                    )
+                    report.succeeded += kept
+        except SQLAlchemyError:
+            # The page stays `running`; when its lease expires the sweeper re-queues it.
+            log.exception("could not store page %s; its lease will expire", c.page_id)
+            continue
+        if not kept:
+            report.discarded += 1
+            log.info("page %s: claim %d lost, result discarded", c.page_id, c.token)
+    return report
+
+
+def _release(ctx: BatchContext, c: Claim, code: str, message: str, report: BatchReport) -> None:
+    try:
+        with session_scope(ctx.sessions) as s:
+            status = release_for_retry(s, c, code=code, message=message)
+    except SQLAlchemyError:
+        log.exception("could not release page %s; its lease will expire", c.page_id)
+        return
+    if status == "queued":
+        report.requeued += 1
+        report.requeued_ids.append(str(c.page_id))
+        try:
+            ctx.send([str(c.page_id)], backoff(ctx.settings, c.token))
+        except Exception:
+            log.exception("could not re-send page %s; the sweeper will", c.page_id)
+    elif status == "failed":
+        report.failed += 1
+
+
+def _modes(s: Session, page_ids: list[uuid.UUID]) -> dict[uuid.UUID, str]:
+    if not page_ids:
+        return {}
+    rows = s.execute(
+        select(Page.id, Job.mode).join(Job, Page.job_id == Job.id).where(Page.id.in_(page_ids))
+    ).all()
+    return {r.id: r.mode for r in rows}
