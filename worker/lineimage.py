@@ -1,0 +1,53 @@
+"""Fit a line crop to a recognizer's fixed input size.
+
+Training and inference must prepare lines identically, so both call :func:`fit_line`.
+No torch here: this runs in data-loader workers and in the service's pipeline.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+#: Line-shaped inputs (width/height at least this) keep the text's aspect ratio; square
+#: inputs such as TrOCR's 384x384 are stretched, because that is how those models were trained.
+LINE_ASPECT = 4.0
+
+
+def stretch_contrast(im: Image.Image, low: float = 2.0, high: float = 98.0) -> Image.Image:
+    """Map the ``low``..``high`` percentile of grey levels to 0..255.
+
+    Real scans have grey paper and brown ink; rendered training lines do not. Stretching both
+    the same way makes the model see similar ranges.
+    """
+    a = np.asarray(im.convert("L"), dtype=np.float32)
+    if a.size == 0:
+        return im.convert("L")
+    lo, hi = np.percentile(a, [low, high])
+    if hi - lo < 8:  # a blank crop: leave it alone rather than amplify noise
+        return im.convert("L")
+    a = np.clip((a - lo) * (255.0 / (hi - lo)), 0, 255)
+    return Image.fromarray(a.astype(np.uint8), mode="L")
+
+
+def fit_line(
+    im: Image.Image, *, height: int, width: int, channels: int = 1, pad: int = 255
+) -> Image.Image:
+    """Return ``im`` as a ``width`` x ``height`` image ready for the processor.
+
+    For line-shaped inputs the crop is scaled to ``height`` keeping its aspect ratio and padded
+    on the right with paper; a crop wider than the input is squeezed horizontally (the
+    pipeline splits very wide lines before they get here). Square inputs are stretched.
+    """
+    im = stretch_contrast(im)
+    if width / height >= LINE_ASPECT:
+        w, h = im.size
+        new_w = max(1, min(width, round(w * height / max(h, 1))))
+        im = im.resize((new_w, height), Image.Resampling.BILINEAR)
+        if new_w < width:
+            canvas = Image.new("L", (width, height), pad)
+            canvas.paste(im, (0, 0))
+            im = canvas
+    else:
+        im = im.resize((width, height), Image.Resampling.BILINEAR)
+    return im.convert("RGB") if channels == 3 else im

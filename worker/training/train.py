@@ -1,0 +1,173 @@
+"""Train or fine-tune a VisionEncoderDecoder line model with ``Seq2SeqTrainer``.
+
+Starts from scratch (the shipped shape) or from any checkpoint ``from_pretrained`` can load
+(a local directory, or ``microsoft/trocr-*`` where the hub is reachable). Data: endless
+synthetic lines, optionally mixed with ``lines.tsv`` folders. Validation CER on lines rendered
+with held-out fonts is computed every ``eval_every`` steps, and each new best model is
+exported (model, processor, tokenizer) to ``export_dir``. Re-running with the same
+``out_dir`` resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoProcessor,
+    Seq2SeqTrainer,
+    Seq2SeqTrainingArguments,
+    TrainerCallback,
+    VisionEncoderDecoderModel,
+)
+from transformers.trainer_utils import get_last_checkpoint
+
+from worker.training.build import ModelShape, build_model, save, set_special_tokens
+from worker.training.data import (
+    Curriculum,
+    FixedLines,
+    LineStream,
+    collate,
+    read_lines_tsv,
+    render_eval_set,
+)
+from worker.training.metrics import cer
+from worker.training.synth import load_fonts, split_fonts
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    out_dir: Path
+    export_dir: Path | None = None
+    init: str = "scratch"  #: "scratch" or a checkpoint (directory or hub id) to fine-tune
+    steps: int = 30000
+    batch_size: int = 24
+    lr: float = 5e-4
+    warmup: int = 400
+    eval_every: int = 250
+    save_every: int = 250
+    val_lines: int = 200
+    synthetic: bool = True
+    lines: list[Path] = field(default_factory=list)
+    real_fraction: float = 0.5  #: share of samples from ``lines`` when synthetic data is on too
+    curriculum_steps: int = 3000
+    workers: int = 1
+    seed: int = 0
+
+
+class _Progress(TrainerCallback):
+    """Feeds the global step to the data stream (curriculum) and exports each best model."""
+
+    def __init__(self, stream: LineStream, export_dir: Path | None, processor) -> None:
+        self.stream, self.export_dir, self.processor = stream, export_dir, processor
+        self.best = float("inf")
+
+    def on_step_end(self, args, state, control, **kw):
+        self.stream.step.value = state.global_step
+
+    def on_train_begin(self, args, state, control, **kw):
+        self.stream.step.value = state.global_step
+        if self.export_dir and (self.export_dir / "training_state.json").exists():
+            self.best = json.loads((self.export_dir / "training_state.json").read_text())["val_cer"]
+
+    def on_evaluate(self, args, state, control, metrics=None, model=None, **kw):
+        val = (metrics or {}).get("eval_cer")
+        if val is None or self.export_dir is None or model is None or val >= self.best:
+            return
+        self.best = val
+        save(model, self.processor, self.export_dir)
+        (self.export_dir / "training_state.json").write_text(
+            json.dumps({"step": state.global_step, "val_cer": val}, indent=2) + "\n"
+        )
+        log.info("exported best model (val CER %.4f at step %d) to %s", val, state.global_step, self.export_dir)
+
+
+def load_start(init: str):
+    if init == "scratch":
+        return build_model(ModelShape())
+    model = VisionEncoderDecoderModel.from_pretrained(init, dtype=torch.float32)
+    processor = AutoProcessor.from_pretrained(init)
+    set_special_tokens(model, processor.tokenizer)
+    return model, processor
+
+
+def input_shape(model, processor) -> tuple[int, int, int]:
+    size = processor.image_processor.size
+    return size["height"], size["width"], model.config.encoder.num_channels
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Run training; return the directory holding the best exported model."""
+    cfg.out_dir.mkdir(parents=True, exist_ok=True)
+    last = get_last_checkpoint(str(cfg.out_dir))
+    model, processor = load_start(last or cfg.init)
+    tok = processor.tokenizer
+    height, width, channels = input_shape(model, processor)
+
+    train_fonts, held_fonts = split_fonts(load_fonts())
+    real = [pair for d in cfg.lines for pair in read_lines_tsv(d)]
+    if not cfg.synthetic and not real:
+        raise ValueError("no training data: give --lines folders or leave synthetic data on")
+    stream = LineStream(
+        tok, height=height, width=width, channels=channels, seed=cfg.seed,
+        curriculum=Curriculum(ramp_steps=cfg.curriculum_steps), fonts=train_fonts, real=real,
+        real_fraction=1.0 if not cfg.synthetic else cfg.real_fraction,
+    )
+    val = FixedLines(render_eval_set(cfg.val_lines, held_fonts, seed=12345), tok,
+                     height=height, width=width, channels=channels)
+
+    def metrics(pred) -> dict[str, float]:
+        ids = pred.predictions
+        labels = pred.label_ids
+        labels[labels == -100] = tok.pad_token_id
+        ids[ids == -100] = tok.pad_token_id
+        hyps = tok.batch_decode(ids, skip_special_tokens=True)
+        refs = tok.batch_decode(labels, skip_special_tokens=True)
+        return {"cer": cer(refs, hyps)}
+
+    cuda = torch.cuda.is_available()
+    args = Seq2SeqTrainingArguments(
+        output_dir=str(cfg.out_dir),
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=64,
+        learning_rate=cfg.lr,
+        warmup_steps=cfg.warmup,
+        lr_scheduler_type="cosine",
+        weight_decay=0.01,
+        max_grad_norm=1.0,
+        max_steps=cfg.steps,
+        eval_strategy="steps",
+        eval_steps=cfg.eval_every,
+        save_strategy="steps",
+        save_steps=cfg.save_every,
+        save_total_limit=2,
+        logging_steps=50,
+        predict_with_generate=True,
+        generation_max_length=64,
+        generation_num_beams=1,
+        dataloader_num_workers=cfg.workers,
+        dataloader_persistent_workers=cfg.workers > 0,
+        # A stream has no epochs to skip through on resume; the step counter drives the data.
+        ignore_data_skip=True,
+        bf16=cuda and torch.cuda.is_bf16_supported(),
+        report_to="none",
+        seed=cfg.seed,
+        remove_unused_columns=False,
+    )
+    trainer = Seq2SeqTrainer(
+        model=model,
+        args=args,
+        data_collator=collate,
+        train_dataset=stream,
+        eval_dataset=val,
+        processing_class=processor,
+        compute_metrics=metrics,
+        callbacks=[_Progress(stream, cfg.export_dir, processor)],
+    )
+    trainer.train(resume_from_checkpoint=last)
+    return cfg.export_dir or cfg.out_dir
