@@ -1,0 +1,165 @@
+"""Line recognition with any TrOCR-style ``VisionEncoderDecoderModel``.
+
+A :class:`Recognizer` is a callable over a batch of line crops that returns text and a
+confidence per line. It loads whatever ``from_pretrained`` can load: the model shipped in
+this repository (``builtin``), a local directory, or a hub id such as
+``microsoft/trocr-base-handwritten`` where the hub is reachable.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from transformers import AutoProcessor, VisionEncoderDecoderModel
+
+from worker.lineimage import fit_line
+
+log = logging.getLogger(__name__)
+
+#: The model shipped in the repository, used when settings name no other.
+BUILTIN_MODEL = Path(__file__).parent / "models" / "htrq-line-small"
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class LineResult:
+    text: str
+    confidence: float  #: geometric mean of the chosen tokens' probabilities, 0..1
+
+
+def resolve_model(model: str) -> str:
+    """Map ``builtin`` (or an empty name) to the shipped model's directory."""
+    if model in ("", "builtin"):
+        if not (BUILTIN_MODEL / "config.json").exists():
+            raise FileNotFoundError(f"the built-in model is missing from {BUILTIN_MODEL}")
+        return str(BUILTIN_MODEL)
+    return model
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} was asked for but CUDA is not available")
+    return dev
+
+
+class Recognizer:
+    """Batched line recognition: ``recognizer(crops) -> [LineResult, ...]`` in input order."""
+
+    def __init__(
+        self,
+        model: VisionEncoderDecoderModel,
+        processor,
+        *,
+        name: str,
+        batch_size: int = 16,
+        num_beams: int = 4,
+        max_new_tokens: int = 96,
+    ) -> None:
+        self.model = model.eval()
+        self.processor = processor
+        self.name = name
+        self.batch_size = batch_size
+        self.num_beams = num_beams
+        self.max_new_tokens = max_new_tokens
+        size = processor.image_processor.size
+        self.height, self.width = size["height"], size["width"]
+        self.channels = model.config.encoder.num_channels
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+
+    @classmethod
+    def load(
+        cls,
+        *,
+        model: str = "builtin",
+        device: str = "cpu",
+        dtype: str = "float32",
+        batch_size: int = 16,
+        num_beams: int = 4,
+        max_new_tokens: int = 96,
+    ) -> Recognizer:
+        path = resolve_model(model)
+        dev = resolve_device(device)
+        torch_dtype = _DTYPES[dtype]
+        if dev.type == "cpu" and torch_dtype != torch.float32:
+            # Half precision is slower than fp32 on CPUs without AMX, and some ops refuse it.
+            log.warning("dtype %s is for GPUs; using float32 on the CPU", dtype)
+            torch_dtype = torch.float32
+        # Checkpoints saved in fp16 load as fp16 unless told otherwise.
+        net = VisionEncoderDecoderModel.from_pretrained(path, dtype=torch_dtype).to(dev)
+        processor = AutoProcessor.from_pretrained(path)
+        log.info("loaded model %s on %s (%s)", path, dev, torch_dtype)
+        return cls(
+            net, processor, name=model or "builtin", batch_size=batch_size,
+            num_beams=num_beams, max_new_tokens=max_new_tokens,
+        )
+
+    def pixels(self, crops: Sequence[Image.Image]) -> torch.Tensor:
+        fitted = [fit_line(c, height=self.height, width=self.width, channels=self.channels) for c in crops]
+        px = self.processor(images=fitted, return_tensors="pt").pixel_values
+        return px.to(self.device, self.dtype)
+
+    def __call__(self, crops: Sequence[Image.Image]) -> list[LineResult]:
+        if not crops:
+            return []
+        # Lines of similar length finish decoding together, so sort by aspect ratio (a proxy
+        # for the number of characters) before cutting batches.
+        order = sorted(range(len(crops)), key=lambda i: crops[i].width / max(1, crops[i].height))
+        results: list[LineResult | None] = [None] * len(crops)
+        start, size = 0, self.batch_size
+        while start < len(order):
+            chunk = order[start : start + size]
+            try:
+                out = self._generate([crops[i] for i in chunk])
+            except torch.OutOfMemoryError:
+                if size == 1:
+                    raise
+                # Retry the same lines in smaller batches before anything is marked failed.
+                torch.cuda.empty_cache()
+                size = max(1, size // 2)
+                log.warning("CUDA out of memory; retrying with batch size %d", size)
+                continue
+            for i, r in zip(chunk, out, strict=True):
+                results[i] = r
+            start += len(chunk)
+        return [r for r in results if r is not None]
+
+    @torch.inference_mode()
+    def _generate(self, crops: Sequence[Image.Image]) -> list[LineResult]:
+        out = self.model.generate(
+            self.pixels(crops),
+            num_beams=self.num_beams,
+            max_new_tokens=self.max_new_tokens,
+            do_sample=False,
+            output_scores=True,
+            return_dict_in_generate=True,
+        )
+        beams = self.num_beams > 1
+        # Greedy scores are raw logits and need a log-softmax; beam scores already are
+        # log-probabilities and come with the beam each step belongs to.
+        steps = self.model.compute_transition_scores(
+            out.sequences, out.scores, out.beam_indices if beams else None, normalize_logits=not beams
+        )
+        tokens = out.sequences[:, -steps.shape[1] :]
+        eos = self.model.generation_config.eos_token_id
+        texts = self.processor.tokenizer.batch_decode(out.sequences, skip_special_tokens=True)
+        results = []
+        for text, toks, logp in zip(texts, tokens.tolist(), steps.float().tolist(), strict=True):
+            n = toks.index(eos) + 1 if eos in toks else len(toks)  # through the end token
+            mean = sum(logp[:n]) / max(1, n)
+            results.append(LineResult(text=text.strip(), confidence=_clamp01(math.exp(mean))))
+        return results
+
+
+def _clamp01(x: float) -> float:
+    return 0.0 if math.isnan(x) else min(1.0, max(0.0, x))
