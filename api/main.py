@@ -1,0 +1,66 @@
+"""The FastAPI app: routes under ``/v1``, probes, and JSON errors with codes."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from api.routes import health, jobs
+from htrq.db import make_engine, make_sessions
+from htrq.errors import PageError
+from htrq.jobs import IdempotencyConflict, NotFound
+from htrq.queue import CelerySender, make_celery
+from htrq.settings import Settings, load_settings
+from htrq.storage import DirectoryStore
+
+#: HTTP status for each refusal code; any other code is a 422.
+PAGE_ERROR_STATUS = {"too_large": 413, "too_many_pages": 413, "unsupported_format": 415}
+
+
+def error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or load_settings()
+    if not settings.database_url or not settings.broker_url:
+        raise ValueError("the API needs HTRQ_DATABASE_URL and HTRQ_BROKER_URL")
+    app = FastAPI(
+        title="htrq",
+        version="1",
+        summary="Handwritten pages in, text with confidences out.",
+    )
+    app.state.settings = settings
+    app.state.sessions = make_sessions(make_engine(settings.database_url))
+    app.state.storage = DirectoryStore(settings.storage_dir)
+    app.state.sender = CelerySender(make_celery(settings, name="htrq-api"))
+    app.include_router(jobs.router)
+    app.include_router(health.router)
+
+    @app.exception_handler(PageError)
+    def _page_error(_: Request, exc: PageError) -> JSONResponse:
+        return error(PAGE_ERROR_STATUS.get(exc.code, 422), exc.code, exc.message)
+
+    @app.exception_handler(NotFound)
+    def _not_found(_: Request, exc: NotFound) -> JSONResponse:
+        return error(404, "not_found", str(exc))
+
+    @app.exception_handler(IdempotencyConflict)
+    def _conflict(_: Request, exc: IdempotencyConflict) -> JSONResponse:
+        return error(409, "idempotency_conflict", str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        return error(422, "invalid_request", problems)
+
+    @app.exception_handler(HTTPException)
+    def _http(_: Request, exc: HTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return error(exc.status_code, code, str(exc.detail))
+
+    return app

@@ -1,0 +1,242 @@
+"""``htrq``: run the API or a worker, migrate, submit and inspect jobs, transcribe files.
+
+Each command is registered by a small function; modules listed in :data:`EXTENSIONS` may add
+more (training and evaluation live with the worker, so that this module never imports torch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from htrq.errors import PageError
+from htrq.settings import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
+
+    from htrq.queue import CelerySender
+
+#: Modules with a ``register(subparsers)`` function that add commands when installed.
+EXTENSIONS = ("worker.training.cli",)
+#: Job states after which nothing more happens without a retry.
+FINISHED = ("succeeded", "failed", "partial")
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def _need(settings: Settings, *names: str) -> None:
+    missing = [f"HTRQ_{n.upper()}" for n in names if not getattr(settings, n)]
+    if missing:
+        raise SettingsError(f"{', '.join(missing)} must be set for this command")
+
+
+def _print_json(obj: object) -> None:
+    json.dump(obj, sys.stdout, indent=2, ensure_ascii=False)
+    sys.stdout.write("\n")
+
+
+def _progress(message: str) -> None:
+    print(f"htrq: {message}", file=sys.stderr, flush=True)
+
+
+# -- api, worker, migrate ---------------------------------------------------------------------
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from api.main import create_app
+
+    settings = load_settings()
+    _need(settings, "database_url", "broker_url")
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.loglevel)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from htrq.queue import PAGE_QUEUE
+    from worker.app import create_app
+
+    overrides = {"worker_concurrency": args.concurrency} if args.concurrency else {}
+    settings = load_settings(**overrides)
+    _need(settings, "database_url", "broker_url")
+    app = create_app(settings)
+    argv = ["worker", f"--loglevel={args.loglevel}", f"--queues={PAGE_QUEUE}"]
+    argv += [f"--pool={args.pool}", f"--concurrency={settings.worker_concurrency}"]
+    if args.hostname:
+        argv.append(f"--hostname={args.hostname}")
+    app.worker_main(argv)
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from htrq.db import upgrade
+
+    settings = load_settings()
+    _need(settings, "database_url")
+    assert settings.database_url
+    upgrade(settings.database_url, args.revision)
+    return 0
+
+
+# -- submit, status ---------------------------------------------------------------------------
+
+
+def _service(settings: Settings) -> tuple[sessionmaker[Session], CelerySender]:
+    from htrq.db import make_engine, make_sessions
+    from htrq.queue import CelerySender, make_celery
+
+    _need(settings, "database_url", "broker_url")
+    assert settings.database_url
+    return make_sessions(make_engine(settings.database_url)), CelerySender(make_celery(settings))
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from htrq import jobs
+    from htrq.storage import DirectoryStore
+
+    settings = load_settings()
+    sessions, sender = _service(settings)
+    job, created = jobs.submit(
+        sessions=sessions,
+        storage=DirectoryStore(settings.storage_dir),
+        send=sender,
+        settings=settings,
+        uploads=[jobs.Upload(filename=p.name, data=p.read_bytes()) for p in args.files],
+        idempotency_key=args.idempotency_key,
+        external_id=args.external_id,
+        mode=args.mode,
+    )
+    if not created:
+        _progress(f"repeat submission: job {job.id} already exists")
+    while args.wait and job.status not in FINISHED:
+        time.sleep(args.poll)
+        job = jobs.get_job(sessions=sessions, job_id=job.id)
+        _progress(f"{job.counts.succeeded + job.counts.failed}/{len(job.pages)} pages finished")
+    _print_json(job.model_dump(mode="json"))
+    return 1 if args.wait and job.status != "succeeded" else 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from htrq import jobs
+    from htrq.db import make_engine, make_sessions
+
+    settings = load_settings()
+    _need(settings, "database_url")
+    assert settings.database_url
+    sessions = make_sessions(make_engine(settings.database_url))
+    try:
+        job = jobs.get_job(sessions=sessions, job_id=args.job)
+    except jobs.NotFound as exc:
+        print(f"htrq: {exc}", file=sys.stderr)
+        return 1
+    out = job.model_dump(mode="json")
+    if args.pages:
+        out["pages"] = [
+            jobs.get_page(sessions=sessions, job_id=job.id, index=p.index).model_dump(mode="json")
+            for p in job.pages
+        ]
+    _print_json(out)
+    return 0
+
+
+# -- transcribe -------------------------------------------------------------------------------
+
+
+def cmd_transcribe(args: argparse.Namespace) -> int:
+    from worker.embedded import transcribe
+
+    pages = transcribe(args.files, settings=load_settings(), mode=args.mode, progress=_progress)
+    if args.format == "json":
+        _print_json([p.model_dump(mode="json") for p in pages])
+    else:
+        for p in pages:
+            where = f"{p.filename} page {p.frame + 1}" if p.frame else p.filename
+            if p.error:
+                print(f"## {where}: failed: {p.error.code}: {p.error.message}\n")
+            else:
+                conf = f"{p.confidence:.3f}" if p.confidence is not None else "n/a"
+                print(f"## {where} (confidence {conf})\n{p.text}\n")
+    return 0 if all(p.status == "succeeded" for p in pages) else 1
+
+
+# -- parser -----------------------------------------------------------------------------------
+
+
+def _register_core(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("api", help="serve the HTTP API")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--loglevel", default="info")
+    p.set_defaults(func=cmd_api)
+
+    p = sub.add_parser("worker", help="run a Celery worker that transcribes queued pages")
+    p.add_argument("--concurrency", type=int, help="processes (default HTRQ_WORKER_CONCURRENCY)")
+    p.add_argument("--pool", default="prefork", choices=["prefork", "solo", "threads"])
+    p.add_argument("--loglevel", default="info")
+    p.add_argument("--hostname", help="Celery node name")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("migrate", help="apply database migrations")
+    p.add_argument("--revision", default="head")
+    p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("submit", help="submit files as a job to the service")
+    p.add_argument("files", nargs="+", type=Path)
+    p.add_argument("--wait", action="store_true", help="poll until the job has finished")
+    p.add_argument("--poll", type=float, default=1.0, help="seconds between polls")
+    p.add_argument("--external-id")
+    p.add_argument("--idempotency-key")
+    p.add_argument("--mode", default="page", choices=["page", "line"])
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("status", help="print a job's status")
+    p.add_argument("job")
+    p.add_argument("--pages", action="store_true", help="include each page's result")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("transcribe", help="transcribe files in this process and print the text")
+    p.add_argument("files", nargs="+", type=Path)
+    p.add_argument("--format", default="text", choices=["text", "json"])
+    p.add_argument("--mode", default="page", choices=["page", "line"])
+    p.set_defaults(func=cmd_transcribe)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="htrq", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    _register_core(sub)
+    for name in EXTENSIONS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except SettingsError as exc:
+        print(f"htrq: {exc}", file=sys.stderr)
+        return 2
+    except PageError as exc:
+        print(f"htrq: refused: {exc.code}: {exc.message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pytest
+from PIL import Image
+
+from htrq.errors import PageError
+from tests.images import corrupt_png, page_png
+from worker.pipeline import LineOutput, PageInput, PageOutput, Pipeline, page_confidence
+from worker.segment import LineBox
+
+
+@dataclass(frozen=True)
+class Result:
+    text: str
+    confidence: float
+
+
+class CountingRecognizer:
+    """Records each call; reads a crop as its width so results can be traced back."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def __call__(self, crops: Sequence[Image.Image]) -> list[Result]:
+        self.calls.append(len(crops))
+        return [Result(text=f"w{c.width}", confidence=0.5) for c in crops]
+
+
+class TwoLines:
+    """Splits every page into a top and a bottom half."""
+
+    def __call__(self, page: Image.Image) -> list[LineBox]:
+        w, h = page.size
+        return [LineBox(bbox=(0, 0, w, h // 2)), LineBox(bbox=(0, h // 2, w // 2, h))]
+
+
+def test_all_lines_of_all_pages_go_to_the_recognizer_in_one_call() -> None:
+    """A group of pages costs one recognizer call, and results map back to their pages."""
+    rec = CountingRecognizer()
+    pipe = Pipeline(recognize=rec, segmenter=TwoLines(), line_margin=0)
+    pages = [PageInput(key=i, data=page_png(size=(100 + 20 * i, 40))) for i in range(3)]
+    out = pipe(pages)
+    assert rec.calls == [6]
+    for i in range(3):
+        page = out[i]
+        assert isinstance(page, PageOutput)
+        w = 100 + 20 * i
+        assert page.text == f"w{w}\nw{w // 2}"
+        assert [ln.bbox for ln in page.lines] == [(0, 0, w, 20), (0, 20, w // 2, 40)]
+
+
+def test_a_corrupt_page_fails_alone() -> None:
+    """A page that cannot be decoded gets its PageError; the others of the group succeed."""
+    rec = CountingRecognizer()
+    pages = [
+        PageInput(key="a", data=page_png()),
+        PageInput(key="bad", data=corrupt_png()),
+        PageInput(key="b", data=page_png()),
+    ]
+    out = Pipeline(recognize=rec)(pages)
+    assert isinstance(out["bad"], PageError) and out["bad"].code == "invalid_image"
+    assert isinstance(out["a"], PageOutput) and isinstance(out["b"], PageOutput)
+    assert rec.calls == [2]
+
+
+def test_an_oversized_page_fails_with_too_large() -> None:
+    """The pixel limit refuses a page with the too_large code."""
+    out = Pipeline(recognize=CountingRecognizer(), max_pixels=1000)([PageInput("p", page_png())])
+    assert isinstance(out["p"], PageError) and out["p"].code == "too_large"
+
+
+def test_line_mode_reads_the_image_as_one_line() -> None:
+    """mode=line bypasses the page segmenter."""
+    out = Pipeline(recognize=CountingRecognizer(), segmenter=TwoLines())(
+        [PageInput("p", page_png(), mode="line")]
+    )
+    assert isinstance(out["p"], PageOutput) and len(out["p"].lines) == 1
+
+
+def test_page_confidence_is_the_character_weighted_mean() -> None:
+    """Long lines weigh more than short ones; empty lines count once; no lines gives None."""
+    lines = [LineOutput("abc", 0.9, (0, 0, 1, 1)), LineOutput("a", 0.1, (0, 0, 1, 1))]
+    assert page_confidence(lines) == pytest.approx((3 * 0.9 + 0.1) / 4)
+    assert page_confidence([LineOutput("", 0.4, (0, 0, 1, 1))]) == pytest.approx(0.4)
+    assert page_confidence([]) is None
+
+
+def test_the_tiny_model_reads_pages_end_to_end(recognizer) -> None:  # type: ignore[no-untyped-def]
+    """With a real (tiny) recognizer every page gets text and a confidence in 0..1."""
+    out = Pipeline(recognize=recognizer)([PageInput(i, page_png()) for i in range(3)])
+    for page in out.values():
+        assert isinstance(page, PageOutput)
+        assert page.confidence is not None and 0 <= page.confidence <= 1
+        assert len(page.lines) == 1
