@@ -1,0 +1,117 @@
+"""``htrq train``, ``htrq eval`` and ``htrq synth``: registered by ``htrq.cli`` when installed."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x]
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import logging
+
+    import torch
+
+    from worker.training.train import TrainConfig, train
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    best = train(
+        TrainConfig(
+            out_dir=args.out, export_dir=args.export, init=args.init, steps=args.steps,
+            batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
+            eval_every=args.eval_every, save_every=args.save_every, synthetic=not args.no_synthetic,
+            lines=args.lines, real_fraction=args.real_fraction, workers=args.workers, seed=args.seed,
+        )
+    )
+    print(f"best model: {best}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from worker.recognize import Recognizer
+    from worker.training.data import read_lines_tsv
+    from worker.training.evaluate import evaluate
+
+    pairs = read_lines_tsv(args.dir)[: args.limit or None]
+    samples = [(Image.open(p).convert("L"), t) for p, t in pairs]
+    rows = []
+    for beams in _ints(args.beams):
+        for batch in _ints(args.batch_size):
+            rec = Recognizer.load(
+                model=args.model, device=args.device, batch_size=batch, num_beams=beams,
+                max_new_tokens=args.max_new_tokens,
+            )
+            res = evaluate(rec, samples)
+            rows.append({"beams": beams, "batch": batch, **asdict(res)})
+            print(
+                f"beams={beams} batch={batch} lines={res.lines} CER={res.cer:.4f} WER={res.wer:.4f} "
+                f"lines/s={res.lines_per_s:.1f} conf(exact)={res.conf_exact:.3f} "
+                f"conf(wrong)={res.conf_wrong:.3f} CER(bottom 10% conf)={res.low_conf_cer:.4f} "
+                f"ratio={res.low_conf_ratio:.2f}",
+                flush=True,
+            )
+    if args.json:
+        json.dump(rows, sys.stdout, indent=2)
+        print()
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from worker.training.data import render_eval_set, write_lines_tsv
+    from worker.training.synth import load_fonts, split_fonts
+
+    train_fonts, held = split_fonts(load_fonts())
+    fonts = {"held-out": held, "train": train_fonts, "all": train_fonts + held}[args.fonts]
+    samples = render_eval_set(args.n, fonts, seed=args.seed, max_chars=args.max_chars)
+    print(write_lines_tsv(samples, args.dir))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train or fine-tune a line model (synthetic and/or lines.tsv data)")
+    p.add_argument("--init", default="scratch",
+                   help="'scratch', or a checkpoint directory / hub id to fine-tune (e.g. microsoft/trocr-small-handwritten)")
+    p.add_argument("--out", type=Path, default=Path("runs/train"), help="checkpoints; re-run to resume")
+    p.add_argument("--export", type=Path, default=Path("runs/train/best"), help="where each best model is written")
+    p.add_argument("--steps", type=int, default=30000)
+    p.add_argument("--batch-size", type=int, default=24)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--warmup", type=int, default=400)
+    p.add_argument("--eval-every", type=int, default=500)
+    p.add_argument("--save-every", type=int, default=250)
+    p.add_argument("--lines", type=Path, action="append", default=[], help="lines.tsv folder (repeatable)")
+    p.add_argument("--no-synthetic", action="store_true", help="train on --lines folders only")
+    p.add_argument("--real-fraction", type=float, default=0.5, help="share of --lines samples when mixed")
+    p.add_argument("--workers", type=int, default=1, help="data-loader processes rendering lines")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="CER, WER, speed and confidence quality on a lines.tsv folder")
+    p.add_argument("dir", type=Path)
+    p.add_argument("--model", default="builtin")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--beams", default="1,4", help="comma-separated beam counts")
+    p.add_argument("--batch-size", default="32", help="comma-separated batch sizes")
+    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--limit", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("synth", help="render synthetic handwriting lines into a lines.tsv folder")
+    p.add_argument("dir", type=Path)
+    p.add_argument("--n", type=int, default=200)
+    p.add_argument("--fonts", choices=["held-out", "train", "all"], default="held-out")
+    p.add_argument("--seed", type=int, default=2024)
+    p.add_argument("--max-chars", type=int, default=48)
+    p.set_defaults(func=cmd_synth)
