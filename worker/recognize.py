@@ -100,12 +100,18 @@ class Recognizer:
         processor = AutoProcessor.from_pretrained(path)
         log.info("loaded model %s on %s (%s)", path, dev, torch_dtype)
         return cls(
-            net, processor, name=model or "builtin", batch_size=batch_size,
-            num_beams=num_beams, max_new_tokens=max_new_tokens,
+            net,
+            processor,
+            name=model or "builtin",
+            batch_size=batch_size,
+            num_beams=num_beams,
+            max_new_tokens=max_new_tokens,
         )
 
     def pixels(self, crops: Sequence[Image.Image]) -> torch.Tensor:
-        fitted = [fit_line(c, height=self.height, width=self.width, channels=self.channels) for c in crops]
+        fitted = [
+            fit_line(c, height=self.height, width=self.width, channels=self.channels) for c in crops
+        ]
         px = self.processor(images=fitted, return_tensors="pt").pixel_values
         return px.to(self.device, self.dtype)
 
@@ -148,7 +154,10 @@ class Recognizer:
         # Greedy scores are raw logits and need a log-softmax; beam scores already are
         # log-probabilities and come with the beam each step belongs to.
         steps = self.model.compute_transition_scores(
-            out.sequences, out.scores, out.beam_indices if beams else None, normalize_logits=not beams
+            out.sequences,
+            out.scores,
+            out.beam_indices if beams else None,
+            normalize_logits=not beams,
         )
         tokens = out.sequences[:, -steps.shape[1] :]
         eos = self.model.generation_config.eos_token_id

@@ -15,10 +15,10 @@ from transformers import (
     PreTrainedTokenizerFast,
     TrOCRConfig,
     TrOCRProcessor,
-    ViTConfig,
-    ViTImageProcessor,
     VisionEncoderDecoderConfig,
     VisionEncoderDecoderModel,
+    ViTConfig,
+    ViTImageProcessor,
 )
 
 #: Special tokens in TrOCR's order: start, pad, end, unknown.
@@ -142,8 +142,15 @@ def save(model: VisionEncoderDecoderModel, processor: TrOCRProcessor, out_dir: P
 def build_tiny_model(out_dir: Path) -> Path:
     """A tiny random model of the same architecture, for tests of the service's mechanics."""
     shape = ModelShape(
-        height=16, width=128, patch=(16, 16), hidden=32, encoder_layers=1, decoder_layers=1,
-        heads=2, ffn=64, max_positions=64,
+        height=16,
+        width=128,
+        patch=(16, 16),
+        hidden=32,
+        encoder_layers=1,
+        decoder_layers=1,
+        heads=2,
+        ffn=64,
+        max_positions=64,
     )
     model, processor = build_model(shape)
     return save(model, processor, out_dir)

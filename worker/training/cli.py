@@ -25,10 +25,20 @@ def cmd_train(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     best = train(
         TrainConfig(
-            out_dir=args.out, export_dir=args.export, init=args.init, steps=args.steps,
-            batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
-            eval_every=args.eval_every, save_every=args.save_every, synthetic=not args.no_synthetic,
-            lines=args.lines, real_fraction=args.real_fraction, workers=args.workers, seed=args.seed,
+            out_dir=args.out,
+            export_dir=args.export,
+            init=args.init,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            warmup=args.warmup,
+            eval_every=args.eval_every,
+            save_every=args.save_every,
+            synthetic=not args.no_synthetic,
+            lines=args.lines,
+            real_fraction=args.real_fraction,
+            workers=args.workers,
+            seed=args.seed,
         )
     )
     print(f"best model: {best}")
@@ -48,13 +58,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for beams in _ints(args.beams):
         for batch in _ints(args.batch_size):
             rec = Recognizer.load(
-                model=args.model, device=args.device, batch_size=batch, num_beams=beams,
+                model=args.model,
+                device=args.device,
+                batch_size=batch,
+                num_beams=beams,
                 max_new_tokens=args.max_new_tokens,
             )
             res = evaluate(rec, samples)
             rows.append({"beams": beams, "batch": batch, **asdict(res)})
             print(
-                f"beams={beams} batch={batch} lines={res.lines} CER={res.cer:.4f} WER={res.wer:.4f} "
+                f"beams={beams} batch={batch} lines={res.lines} "
+                f"CER={res.cer:.4f} WER={res.wer:.4f} "
                 f"lines/s={res.lines_per_s:.1f} conf(exact)={res.conf_exact:.3f} "
                 f"conf(wrong)={res.conf_wrong:.3f} CER(bottom 10% conf)={res.low_conf_cer:.4f} "
                 f"ratio={res.low_conf_ratio:.2f}",
@@ -78,20 +92,37 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train or fine-tune a line model (synthetic and/or lines.tsv data)")
-    p.add_argument("--init", default="scratch",
-                   help="'scratch', or a checkpoint directory / hub id to fine-tune (e.g. microsoft/trocr-small-handwritten)")
-    p.add_argument("--out", type=Path, default=Path("runs/train"), help="checkpoints; re-run to resume")
-    p.add_argument("--export", type=Path, default=Path("runs/train/best"), help="where each best model is written")
+    p = sub.add_parser(
+        "train", help="train or fine-tune a line model (synthetic and/or lines.tsv data)"
+    )
+    p.add_argument(
+        "--init",
+        default="scratch",
+        help="'scratch', or a checkpoint directory or hub id to fine-tune "
+        "(e.g. microsoft/trocr-small-handwritten)",
+    )
+    p.add_argument(
+        "--out", type=Path, default=Path("runs/train"), help="checkpoints; re-run to resume"
+    )
+    p.add_argument(
+        "--export",
+        type=Path,
+        default=Path("runs/train/best"),
+        help="where each best model is written",
+    )
     p.add_argument("--steps", type=int, default=30000)
     p.add_argument("--batch-size", type=int, default=24)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--warmup", type=int, default=400)
     p.add_argument("--eval-every", type=int, default=500)
     p.add_argument("--save-every", type=int, default=250)
-    p.add_argument("--lines", type=Path, action="append", default=[], help="lines.tsv folder (repeatable)")
+    p.add_argument(
+        "--lines", type=Path, action="append", default=[], help="lines.tsv folder (repeatable)"
+    )
     p.add_argument("--no-synthetic", action="store_true", help="train on --lines folders only")
-    p.add_argument("--real-fraction", type=float, default=0.5, help="share of --lines samples when mixed")
+    p.add_argument(
+        "--real-fraction", type=float, default=0.5, help="share of --lines samples when mixed"
+    )
     p.add_argument("--workers", type=int, default=1, help="data-loader processes rendering lines")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--seed", type=int, default=0)

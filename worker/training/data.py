@@ -37,7 +37,7 @@ def to_pixels(im: Image.Image, height: int, width: int, channels: int = 1) -> to
 
 def encode_label(tokenizer, text: str) -> list[int]:
     """Character ids plus ``</s>``; the model prepends the start token itself."""
-    return tokenizer(text, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+    return [*tokenizer(text, add_special_tokens=False).input_ids, tokenizer.eos_token_id]
 
 
 @dataclass
@@ -114,19 +114,25 @@ class LineStream(IterableDataset):
             }
 
 
-def render_eval_set(n: int, fonts: list[Font], seed: int, max_chars: int = 48) -> list[tuple[Image.Image, str]]:
+def render_eval_set(
+    n: int, fonts: list[Font], seed: int, max_chars: int = 48
+) -> list[tuple[Image.Image, str]]:
     """A fixed set of ``n`` synthetic lines (same seed, same lines)."""
     rng = random.Random(seed)
     sampler, renderer = TextSampler(rng), LineRenderer(rng)
     return [sample_line(rng, sampler, renderer, fonts, max_chars) for _ in range(n)]
 
 
-def write_lines_tsv(samples: list[tuple[Image.Image, str]], folder: Path, font_names: list[str] | None = None) -> Path:
+def write_lines_tsv(
+    samples: list[tuple[Image.Image, str]], folder: Path, font_names: list[str] | None = None
+) -> Path:
     """Save (image, text) pairs as a ``lines.tsv`` folder that ``htrq eval`` reads."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "lines.tsv", "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh, delimiter="\t", quoting=csv.QUOTE_NONE, quotechar=None, lineterminator="\n")
+        w = csv.writer(
+            fh, delimiter="\t", quoting=csv.QUOTE_NONE, quotechar=None, lineterminator="\n"
+        )
         w.writerow(["file", "text"])
         for i, (im, text) in enumerate(samples):
             name = f"line_{i:04d}.png"
@@ -149,10 +155,19 @@ class FixedLines(torch.utils.data.Dataset):
     """A materialised list of (image, text) for validation."""
 
     def __init__(
-        self, samples: list[tuple[Image.Image, str]], tokenizer, *, height: int, width: int, channels: int = 1
+        self,
+        samples: list[tuple[Image.Image, str]],
+        tokenizer,
+        *,
+        height: int,
+        width: int,
+        channels: int = 1,
     ) -> None:
         self.items = [
-            {"pixel_values": to_pixels(im, height, width, channels), "labels": encode_label(tokenizer, t)}
+            {
+                "pixel_values": to_pixels(im, height, width, channels),
+                "labels": encode_label(tokenizer, t),
+            }
             for im, t in samples
         ]
 

@@ -37,7 +37,9 @@ def evaluate(recognizer: Recognizer, samples: list[tuple[Image.Image, str]]) -> 
     overall = cer(refs, hyps)
     k = max(1, len(samples) // 10)
     low = sorted(range(len(samples)), key=lambda i: confs[i])[:k]
-    low_cer = sum(edit_distance(refs[i], hyps[i]) for i in low) / max(1, sum(len(refs[i]) for i in low))
+    low_cer = sum(edit_distance(refs[i], hyps[i]) for i in low) / max(
+        1, sum(len(refs[i]) for i in low)
+    )
     return EvalResult(
         lines=len(samples),
         cer=overall,

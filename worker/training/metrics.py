@@ -27,4 +27,6 @@ def cer(refs: Sequence[str], hyps: Sequence[str]) -> float:
 def wer(refs: Sequence[str], hyps: Sequence[str]) -> float:
     """Word error rate: total word edits over total reference words."""
     total = sum(len(r.split()) for r in refs)
-    return sum(edit_distance(r.split(), h.split()) for r, h in zip(refs, hyps, strict=True)) / max(1, total)
+    return sum(edit_distance(r.split(), h.split()) for r, h in zip(refs, hyps, strict=True)) / max(
+        1, total
+    )

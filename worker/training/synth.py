@@ -131,33 +131,68 @@ class TextSampler:
         text = " ".join(ws)
         if len(ws) > 3 and self.rng.random() < 0.3:
             i = self.rng.randrange(1, len(ws) - 1)
-            text = " ".join(ws[:i]) + self.rng.choice([",", ";", " -", " –", ":"]) + " " + " ".join(ws[i:])
+            text = (
+                " ".join(ws[:i])
+                + self.rng.choice([",", ";", " -", " –", ":"])
+                + " "
+                + " ".join(ws[i:])
+            )
         return text + self.rng.choice(["", "", "", ".", ".", ",", "!", "?", ":", ";", "…"])
 
     def name(self) -> str:
         f = self.faker
         return self.rng.choice(
-            [f.name(), f.name(), f.last_name() + ", " + f.first_name(),
-             self.rng.choice(["Mr. ", "Mrs. ", "Dr. ", "Miss ", "Prof. "]) + f.last_name(),
-             f.first_name()[0] + ". " + f.last_name(), f.company()]
+            [
+                f.name(),
+                f.name(),
+                f.last_name() + ", " + f.first_name(),
+                self.rng.choice(["Mr. ", "Mrs. ", "Dr. ", "Miss ", "Prof. "]) + f.last_name(),
+                f.first_name()[0] + ". " + f.last_name(),
+                f.company(),
+            ]
         )
 
     def address(self) -> str:
         f = self.faker
-        return self.rng.choice([f.street_address(), f.city(), f.postcode() + " " + f.city(),
-                                f.city() + ", " + f.country()])
+        return self.rng.choice(
+            [
+                f.street_address(),
+                f.city(),
+                f.postcode() + " " + f.city(),
+                f.city() + ", " + f.country(),
+            ]
+        )
 
     def date(self) -> str:
         d = self.fakers[0].date_between("-150y", "+5y")
-        months = ["January", "February", "March", "April", "May", "June", "July", "August",
-                  "September", "October", "November", "December"]
+        months = [
+            "January",
+            "February",
+            "March",
+            "April",
+            "May",
+            "June",
+            "July",
+            "August",
+            "September",
+            "October",
+            "November",
+            "December",
+        ]
         m = months[d.month - 1]
-        return self.rng.choice([
-            f"{m} {d.day}, {d.year}", f"{d.day} {m} {d.year}", f"{d.day} {m[:3]}. {d.year}",
-            f"{d.day:02d}/{d.month:02d}/{d.year}", f"{d.month}/{d.day}/{d.year % 100:02d}",
-            f"{d.year}-{d.month:02d}-{d.day:02d}", f"{d.day}.{d.month}.{d.year}",
-            f"{m[:3]} {d.day} - {d.year % 100:02d}", f"the {d.day}th of {m}",
-        ])
+        return self.rng.choice(
+            [
+                f"{m} {d.day}, {d.year}",
+                f"{d.day} {m} {d.year}",
+                f"{d.day} {m[:3]}. {d.year}",
+                f"{d.day:02d}/{d.month:02d}/{d.year}",
+                f"{d.month}/{d.day}/{d.year % 100:02d}",
+                f"{d.year}-{d.month:02d}-{d.day:02d}",
+                f"{d.day}.{d.month}.{d.year}",
+                f"{m[:3]} {d.day} - {d.year % 100:02d}",
+                f"the {d.day}th of {m}",
+            ]
+        )
 
     def amount(self) -> str:
         v = self.rng.choice([self.rng.uniform(0, 100), self.rng.uniform(0, 10000)])
@@ -170,10 +205,33 @@ class TextSampler:
 
     def field(self) -> str:
         f = self.faker
-        label = self.rng.choice(["Name", "Date", "Ref", "No.", "Invoice No.", "Account", "Tel.",
-                                 "Signed", "Witness", "Subject", "Re", "Dear", "Item", "Qty"])
-        value = self.rng.choice([f.last_name(), str(self.rng.randint(1, 99999)), f.bothify("??-####").upper(),
-                                 " ".join(self._words(self.rng.randint(1, 3))), f.first_name()])
+        label = self.rng.choice(
+            [
+                "Name",
+                "Date",
+                "Ref",
+                "No.",
+                "Invoice No.",
+                "Account",
+                "Tel.",
+                "Signed",
+                "Witness",
+                "Subject",
+                "Re",
+                "Dear",
+                "Item",
+                "Qty",
+            ]
+        )
+        value = self.rng.choice(
+            [
+                f.last_name(),
+                str(self.rng.randint(1, 99999)),
+                f.bothify("??-####").upper(),
+                " ".join(self._words(self.rng.randint(1, 3))),
+                f.first_name(),
+            ]
+        )
         sep = self.rng.choice([": ", " ", " - ", ": ", " #"])
         return label + sep + value + (":" if label == "Dear" else "")
 
@@ -183,16 +241,22 @@ class TextSampler:
 
     def quote(self) -> str:
         inner = " ".join(self._words(self.rng.randint(1, 5)))
-        q = self.rng.choice([("“", "”"), ('"', '"'), ("‘", "’"), ("'", "'"), ("(", ")"), ("[", "]")])
+        q = self.rng.choice(
+            [("“", "”"), ('"', '"'), ("‘", "’"), ("'", "'"), ("(", ")"), ("[", "]")]
+        )
         return q[0] + inner.capitalize() + q[1] + self.rng.choice(["", ".", ","])
 
     def numbers(self) -> str:
-        return self.rng.choice([
-            " ".join(str(self.rng.randint(0, 999)) for _ in range(self.rng.randint(1, 5))),
-            f"{self.rng.randint(1, 99)}%", f"{self.rng.randint(1, 20)} x {self.rng.randint(1, 99)}",
-            f"p. {self.rng.randint(1, 400)}", f"#{self.rng.randint(1, 9999)}",
-            f"{self.rng.randint(1, 12)}:{self.rng.randint(0, 59):02d}",
-        ])
+        return self.rng.choice(
+            [
+                " ".join(str(self.rng.randint(0, 999)) for _ in range(self.rng.randint(1, 5))),
+                f"{self.rng.randint(1, 99)}%",
+                f"{self.rng.randint(1, 20)} x {self.rng.randint(1, 99)}",
+                f"p. {self.rng.randint(1, 400)}",
+                f"#{self.rng.randint(1, 9999)}",
+                f"{self.rng.randint(1, 12)}:{self.rng.randint(0, 59):02d}",
+            ]
+        )
 
 
 @functools.cache
@@ -230,7 +294,9 @@ class LineRenderer:
         track = 0.0 if self.clean or rng.random() < 0.75 else rng.uniform(-0.04, 0.12) * size
         wobble = 0.0 if self.clean else rng.uniform(0, 0.08) * size
         stroke = 0 if self.clean or rng.random() < 0.8 else 1
-        width = int(sum(f.getlength(w) + len(w) * abs(track) for w in words) + space * len(words) + size * 2)
+        width = int(
+            sum(f.getlength(w) + len(w) * abs(track) for w in words) + space * len(words) + size * 2
+        )
         height = int(size * 2.2)
         mask = Image.new("L", (max(width, 8), height), 0)
         draw = ImageDraw.Draw(mask)
@@ -256,15 +322,19 @@ class LineRenderer:
         extra = int(abs(shear) * h) + 2
         # Shear around the vertical centre so text stays on the canvas.
         mask = mask.transform(
-            (w + 2 * extra, h), Image.Transform.AFFINE,
-            (1, shear, -extra - shear * h / 2, 0, 1, 0), resample=Image.Resampling.BILINEAR,
+            (w + 2 * extra, h),
+            Image.Transform.AFFINE,
+            (1, shear, -extra - shear * h / 2, 0, 1, 0),
+            resample=Image.Resampling.BILINEAR,
         )
         angle = rng.uniform(-2.0, 2.0)
         if abs(angle) > 0.2:
             mask = mask.rotate(angle, resample=Image.Resampling.BILINEAR, expand=True)
         sx = rng.uniform(0.85, 1.15)  # narrower or wider hands
         if abs(sx - 1) > 0.02:
-            mask = mask.resize((max(1, int(mask.width * sx)), mask.height), Image.Resampling.BILINEAR)
+            mask = mask.resize(
+                (max(1, int(mask.width * sx)), mask.height), Image.Resampling.BILINEAR
+            )
         return mask
 
     def _crop(self, mask: Image.Image, bbox: tuple[int, int, int, int], size: int) -> Image.Image:
@@ -274,10 +344,14 @@ class LineRenderer:
             m = size // 4
             return mask.crop((x0 - m, y0 - m, x1 + m, y1 + m))
         th = y1 - y0
-        return mask.crop((
-            x0 - int(rng.uniform(0, 0.8) * th), y0 - int(rng.uniform(-0.03, 0.35) * th),
-            x1 + int(rng.uniform(0, 0.8) * th), y1 + int(rng.uniform(-0.03, 0.35) * th),
-        ))
+        return mask.crop(
+            (
+                x0 - int(rng.uniform(0, 0.8) * th),
+                y0 - int(rng.uniform(-0.03, 0.35) * th),
+                x1 + int(rng.uniform(0, 0.8) * th),
+                y1 + int(rng.uniform(-0.03, 0.35) * th),
+            )
+        )
 
     def _compose(self, mask: Image.Image) -> Image.Image:
         rng = self.rng
@@ -289,12 +363,16 @@ class LineRenderer:
         nprng = np.random.default_rng(rng.randrange(1 << 30))
         bg = np.full((h, w), paper, dtype=np.float32)
         if rng.random() < 0.6:  # paper texture: low-frequency blotches
-            tex = nprng.normal(0, rng.uniform(2, 12), (max(1, h // 8), max(1, w // 8))).astype(np.float32)
+            tex = nprng.normal(0, rng.uniform(2, 12), (max(1, h // 8), max(1, w // 8))).astype(
+                np.float32
+            )
             tex_im = Image.fromarray(tex).resize((w, h), Image.Resampling.BICUBIC)
             bg += np.asarray(tex_im)
         if rng.random() < 0.25:  # ruled line near the baseline, sometimes one above
             tone = rng.uniform(paper - 70, paper - 15)
-            for frac in [rng.uniform(0.72, 0.95)] + ([rng.uniform(0.0, 0.08)] if rng.random() < 0.3 else []):
+            for frac in [rng.uniform(0.72, 0.95)] + (
+                [rng.uniform(0.0, 0.08)] if rng.random() < 0.3 else []
+            ):
                 y = int(frac * (h - 1))
                 bg[y : y + rng.choice([1, 1, 2]), :] = tone
         alpha = np.asarray(mask, dtype=np.float32) / 255.0
@@ -313,7 +391,11 @@ class LineRenderer:
 
 
 def sample_line(
-    rng: random.Random, sampler: TextSampler, renderer: LineRenderer, fonts: list[Font], max_chars: int
+    rng: random.Random,
+    sampler: TextSampler,
+    renderer: LineRenderer,
+    fonts: list[Font],
+    max_chars: int,
 ) -> tuple[Image.Image, str]:
     """One (image, text) pair whose every character the chosen font can draw."""
     while True:

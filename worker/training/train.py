@@ -84,7 +84,12 @@ class _Progress(TrainerCallback):
         (self.export_dir / "training_state.json").write_text(
             json.dumps({"step": state.global_step, "val_cer": val}, indent=2) + "\n"
         )
-        log.info("exported best model (val CER %.4f at step %d) to %s", val, state.global_step, self.export_dir)
+        log.info(
+            "exported best model (val CER %.4f at step %d) to %s",
+            val,
+            state.global_step,
+            self.export_dir,
+        )
 
 
 def load_start(init: str):
@@ -114,12 +119,23 @@ def train(cfg: TrainConfig) -> Path:
     if not cfg.synthetic and not real:
         raise ValueError("no training data: give --lines folders or leave synthetic data on")
     stream = LineStream(
-        tok, height=height, width=width, channels=channels, seed=cfg.seed,
-        curriculum=Curriculum(ramp_steps=cfg.curriculum_steps), fonts=train_fonts, real=real,
+        tok,
+        height=height,
+        width=width,
+        channels=channels,
+        seed=cfg.seed,
+        curriculum=Curriculum(ramp_steps=cfg.curriculum_steps),
+        fonts=train_fonts,
+        real=real,
         real_fraction=1.0 if not cfg.synthetic else cfg.real_fraction,
     )
-    val = FixedLines(render_eval_set(cfg.val_lines, held_fonts, seed=12345), tok,
-                     height=height, width=width, channels=channels)
+    val = FixedLines(
+        render_eval_set(cfg.val_lines, held_fonts, seed=12345),
+        tok,
+        height=height,
+        width=width,
+        channels=channels,
+    )
 
     def metrics(pred) -> dict[str, float]:
         ids = pred.predictions
