@@ -59,7 +59,11 @@ class CelerySender:
     def queue_depth(self) -> int:
         """Messages waiting in the broker queue (not those already reserved by workers)."""
         with self.app.connection_for_write() as conn:
-            return int(conn.default_channel.queue_declare(PAGE_QUEUE, passive=True).message_count)
+            try:
+                ok = conn.default_channel.queue_declare(PAGE_QUEUE, passive=True)
+            except conn.channel_errors:
+                return 0  # never declared: no worker has started and nothing was sent
+            return int(ok.message_count)
 
     def ping(self) -> None:
         """Raise if the broker cannot be reached."""

@@ -1,0 +1,126 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+
+from api.main import create_app
+from htrq.queue import PAGE_QUEUE
+from htrq.settings import Settings
+from tests.images import page_png
+
+
+@pytest.fixture
+def client(settings: Settings, broker_url: str) -> Iterator[TestClient]:
+    with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+        yield c
+
+
+def _files(*names: str) -> list[tuple[str, tuple[str, bytes, str]]]:
+    return [("files", (n, page_png(n), "image/png")) for n in names]
+
+
+def test_post_creates_a_job_and_sends_one_message_per_page(
+    client: TestClient, broker_url: str
+) -> None:
+    """201 with Location and the job resource; each page id is on the Redis queue."""
+    r = client.post("/v1/jobs", files=_files("a.png", "b.png"), data={"external_id": "x-1"})
+    assert r.status_code == 201, r.text
+    job = r.json()
+    assert r.headers["location"] == f"/v1/jobs/{job['id']}"
+    assert job["status"] == "queued" and job["external_id"] == "x-1" and job["mode"] == "page"
+    assert [(p["index"], p["status"]) for p in job["pages"]] == [(0, "queued"), (1, "queued")]
+    assert redis.Redis.from_url(broker_url).llen(PAGE_QUEUE) == 2
+    assert client.get(f"/v1/jobs/{job['id']}").json() == job
+
+
+def test_repeats_answer_200_with_the_same_job(client: TestClient) -> None:
+    """Idempotency-Key or external_id make a repeat return the first job with 200."""
+    key = {"Idempotency-Key": "idem-api-1"}
+    first = client.post("/v1/jobs", files=_files("a.png"), headers=key)
+    again = client.post("/v1/jobs", files=_files("a.png"), headers=key)
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert again.json()["id"] == first.json()["id"]
+    other = client.post("/v1/jobs", files=_files("zzz.png"), headers=key)
+    assert other.status_code == 409
+    assert other.json()["error"]["code"] == "idempotency_conflict"
+    ext = {"external_id": "dms-api-1"}
+    one = client.post("/v1/jobs", files=_files("a.png"), data=ext)
+    two = client.post("/v1/jobs", files=_files("a.png"), data=ext)
+    assert (one.status_code, two.status_code, two.json()["id"]) == (201, 200, one.json()["id"])
+
+
+@pytest.mark.parametrize(
+    ("files", "data", "status", "code"),
+    [
+        ([("files", ("t.txt", b"hello", "text/plain"))], {}, 415, "unsupported_format"),
+        ([("files", ("e.png", b"", "image/png"))], {}, 422, "empty_file"),
+        ([], {"external_id": "no-files"}, 422, "invalid_request"),
+        ([("files", ("a.png", page_png(), "image/png"))], {"mode": "word"}, 422, "invalid_request"),
+    ],
+)
+def test_bad_uploads_get_4xx_with_a_code(client: TestClient, files, data, status, code) -> None:  # type: ignore[no-untyped-def]
+    """Unreadable, empty or missing files and bad fields are refused with a JSON code."""
+    r = client.post("/v1/jobs", files=files, data=data)
+    assert r.status_code == status, r.text
+    assert r.json()["error"]["code"] == code
+
+
+def test_files_over_the_size_limit_get_413(settings: Settings, broker_url: str) -> None:
+    """An upload over HTRQ_MAX_UPLOAD_BYTES is refused with too_large."""
+    app = create_app(settings.model_copy(update={"max_upload_bytes": 50}))
+    with TestClient(app) as c:
+        r = c.post("/v1/jobs", files=_files("a.png"))
+    assert r.status_code == 413 and r.json()["error"]["code"] == "too_large"
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/v1/jobs/00000000-0000-0000-0000-000000000000"),
+        ("GET", "/v1/jobs/not-a-uuid"),
+        ("GET", "/v1/jobs/00000000-0000-0000-0000-000000000000/pages/0"),
+        ("POST", "/v1/jobs/00000000-0000-0000-0000-000000000000/retry"),
+        ("GET", "/v1/nothing-here"),
+    ],
+)
+def test_unknown_ids_get_404_json(client: TestClient, method: str, path: str) -> None:
+    """Unknown or malformed ids answer 404 with a JSON error, never 500."""
+    r = client.request(method, path)
+    assert r.status_code == 404
+    assert r.json()["error"]["code"] == "not_found"
+
+
+def test_page_resource_of_a_queued_page(client: TestClient) -> None:
+    """A page not yet read has no text, no lines, no error and no attempts; bad index is 404."""
+    job = client.post("/v1/jobs", files=_files("a.png")).json()
+    page = client.get(f"/v1/jobs/{job['id']}/pages/0").json()
+    assert page["status"] == "queued" and page["id"] == job["pages"][0]["id"]
+    assert (page["text"], page["lines"], page["error"], page["attempts"]) == (None, [], None, 0)
+    assert client.get(f"/v1/jobs/{job['id']}/pages/1").status_code == 404
+    r = client.post(f"/v1/jobs/{job['id']}/retry")
+    assert r.status_code == 200 and r.json()["requeued"] == 0
+
+
+def test_probes_and_docs(client: TestClient) -> None:
+    """healthz, readyz (database and broker up), /docs and /openapi.json answer 200."""
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").json() == {"database": True, "broker": True}
+    assert client.get("/docs").status_code == 200
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {
+        "/v1/jobs",
+        "/v1/jobs/{job_id}",
+        "/v1/jobs/{job_id}/pages/{index}",
+        "/v1/jobs/{job_id}/retry",
+    } <= set(paths)
+
+
+def test_readyz_is_503_when_the_broker_is_down(settings: Settings) -> None:
+    """readyz names the dependency that cannot be reached."""
+    down = settings.model_copy(update={"broker_url": "redis://127.0.0.1:1/0"})
+    with TestClient(create_app(down)) as c:
+        r = c.get("/readyz")
+    assert r.status_code == 503 and r.json() == {"database": True, "broker": False}

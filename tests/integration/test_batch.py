@@ -1,0 +1,173 @@
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import timedelta
+
+import pytest
+import redis
+from PIL import Image
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from htrq import jobs
+from htrq.claims import claim_pages, sweep, write_result
+from htrq.models import Line, Page, utcnow
+from htrq.queue import PAGE_QUEUE, CelerySender, make_celery
+from htrq.settings import Settings
+from htrq.storage import DirectoryStore
+from tests.images import corrupt_png, page_png
+from worker.batch import BatchContext, process_batch
+from worker.embedded import LocalQueue
+from worker.pipeline import LineOutput, Pipeline
+from worker.sweeper import sweep_once
+
+
+def _context(sessions, settings, recognize) -> BatchContext:  # type: ignore[no-untyped-def]
+    return BatchContext(
+        settings=settings,
+        sessions=sessions,
+        storage=DirectoryStore(settings.storage_dir),
+        pipeline=Pipeline(recognize=recognize),
+        model_name="tiny",
+        send=LocalQueue(),
+    )
+
+
+def _submit(ctx: BatchContext, files: list[bytes]) -> list[str]:
+    job, _ = jobs.submit(
+        sessions=ctx.sessions,
+        storage=ctx.storage,
+        send=ctx.send,
+        settings=ctx.settings,
+        uploads=[jobs.Upload(f"{i}.png", d) for i, d in enumerate(files)],
+    )
+    return [str(p.id) for p in job.pages]
+
+
+def _pages(sessions: sessionmaker[Session], ids: Sequence[str]) -> list[Page]:
+    with sessions() as s:
+        return [s.get_one(Page, p) for p in map(__import__("uuid").UUID, ids)]
+
+
+def _line_counts(sessions: sessionmaker[Session], ids: Sequence[str]) -> list[int]:
+    with sessions() as s:
+        return [
+            s.scalar(select(func.count()).select_from(Line).where(Line.page_id == p.id)) or 0
+            for p in _pages(sessions, ids)
+        ]
+
+
+class Broken:
+    """A recognizer that always fails, as a model on a sick GPU would."""
+
+    def __call__(self, crops: Sequence[Image.Image]) -> list[object]:
+        raise RuntimeError("CUDA error: device-side assert")
+
+
+def test_a_group_is_read_and_stored_with_the_corrupt_page_failed(
+    sessions, settings, recognizer
+) -> None:  # type: ignore[no-untyped-def]
+    """Good pages succeed with lines and confidence; the corrupt one fails with its code."""
+    ctx = _context(sessions, settings, recognizer)
+    ids = _submit(ctx, [page_png("one"), corrupt_png(), page_png("three")])
+    report = process_batch(ids, ctx)
+    assert (report.claimed, report.succeeded, report.failed) == (3, 2, 1)
+    good, bad, good2 = _pages(sessions, ids)
+    for p in (good, good2):
+        assert (p.status, p.attempts, p.model) == ("succeeded", 1, "tiny")
+        assert p.text is not None and p.confidence is not None and 0 <= p.confidence <= 1
+        assert p.started_at and p.finished_at and p.lease_until is None
+    assert (bad.status, bad.error_code, bad.attempts) == ("failed", "invalid_image", 1)
+    assert _line_counts(sessions, ids) == [1, 0, 1]
+
+
+def test_duplicate_messages_are_processed_once(sessions, settings, recognizer) -> None:  # type: ignore[no-untyped-def]
+    """The same id twice in a group, and again later, gives one claim and one set of lines."""
+    ctx = _context(sessions, settings, recognizer)
+    a, b = _submit(ctx, [page_png("a"), page_png("b")])
+    assert process_batch([a, a, b], ctx).claimed == 2
+    assert process_batch([a, b, "not-an-id"], ctx).claimed == 0
+    assert [p.attempts for p in _pages(sessions, [a, b])] == [1, 1]
+    assert _line_counts(sessions, [a, b]) == [1, 1]
+
+
+def test_a_result_from_a_lost_claim_is_thrown_away(sessions, settings) -> None:  # type: ignore[no-untyped-def]
+    """After the sweeper takes a page back, the old claim's write changes nothing."""
+    ctx = _context(sessions, settings, Broken())
+    (pid,) = _submit(ctx, [page_png()])
+    with sessions() as s, s.begin():
+        (old,) = claim_pages(s, [_pages(sessions, [pid])[0].id], lease_seconds=1)
+    with sessions() as s, s.begin():
+        swept = sweep(s, now=utcnow() + timedelta(seconds=5))
+    assert old.page_id in swept.requeued
+    with sessions() as s, s.begin():
+        (new,) = claim_pages(s, [old.page_id], lease_seconds=60)
+        line = LineOutput("late", 0.5, (0, 0, 1, 1))
+        kw = {"text": "late", "confidence": 0.5, "lines": [line], "model": "m", "processing_ms": 1}
+        assert not write_result(s, old, **kw)
+        assert new.token == old.token + 1
+        assert write_result(s, new, **kw)
+    assert _line_counts(sessions, [pid]) == [1]
+
+
+def test_transient_errors_requeue_then_fail_with_the_last_error(sessions, settings) -> None:  # type: ignore[no-untyped-def]
+    """A model error re-sends the page with backoff until its attempts are spent."""
+    ctx = _context(sessions, settings, Broken())
+    (pid,) = _submit(ctx, [page_png()])
+    queue = ctx.send
+    assert isinstance(queue, LocalQueue)
+    queue.take(10)
+    first = process_batch([pid], ctx)
+    assert first.requeued_ids == [pid] and len(queue) == 1
+    (page,) = _pages(sessions, [pid])
+    assert (page.status, page.error_code, page.attempts) == ("queued", "model_error", 1)
+    second = process_batch(queue.take(10), ctx)
+    assert second.failed == 1 and len(queue) == 0
+    (page,) = _pages(sessions, [pid])
+    assert (page.status, page.error_code, page.attempts) == ("failed", "model_error", 2)
+    assert "device-side assert" in (page.error_message or "")
+
+
+def test_a_missing_blob_fails_the_page(sessions, settings, recognizer, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A page whose stored file is gone fails with blob_missing instead of looping."""
+    ctx = _context(sessions, settings, recognizer)
+    (pid,) = _submit(ctx, [page_png()])
+    ctx.storage = DirectoryStore(tmp_path / "empty")
+    process_batch([pid], ctx)
+    assert _pages(sessions, [pid])[0].error_code == "blob_missing"
+
+
+def test_sweeper_requeues_expired_leases_and_fails_spent_ones(sessions, settings) -> None:  # type: ignore[no-untyped-def]
+    """Expired leases go back to queued, or to failed (worker_lost) with no attempts left."""
+    ctx = _context(sessions, settings, Broken())
+    a, b = _submit(ctx, [page_png("a"), page_png("b")])
+    pa, pb = (p.id for p in _pages(sessions, [a, b]))
+    with sessions() as s, s.begin():
+        claim_pages(s, [pa, pb], lease_seconds=1)
+        s.get_one(Page, pb).attempts = 2  # b has used its last attempt
+    with sessions() as s, s.begin():
+        swept = sweep(s, now=utcnow() + timedelta(seconds=5))
+    assert pa in swept.requeued and pb in swept.failed
+    page_a, page_b = _pages(sessions, [a, b])
+    assert (page_a.status, page_b.status, page_b.error_code) == ("queued", "failed", "worker_lost")
+
+
+@pytest.mark.usefixtures("broker_url")
+def test_sweeper_resends_lost_messages_only_when_the_queue_is_empty(
+    sessions, settings: Settings
+) -> None:  # type: ignore[no-untyped-def]
+    """Pages queued past the grace period are re-sent to Redis while nothing waits there."""
+    ctx = _context(sessions, settings, Broken())
+    (pid,) = _submit(ctx, [page_png()])
+    stale = settings.model_copy(update={"queued_grace_seconds": 0.001})
+    sender = CelerySender(make_celery(settings))
+    client = redis.Redis.from_url(settings.broker_url or "")
+    swept = sweep_once(sessions=sessions, sender=sender, settings=stale)
+    assert [str(i) for i in swept.resend] == [pid]
+    assert client.llen(PAGE_QUEUE) == 1
+    # Now a message waits in the queue: a long wait is no proof of loss.
+    (page,) = _pages(sessions, [pid])
+    with sessions() as s, s.begin():
+        s.get_one(Page, page.id).queued_at = utcnow() - timedelta(hours=1)
+    assert sweep_once(sessions=sessions, sender=sender, settings=stale).resend == []
+    assert client.llen(PAGE_QUEUE) == 1

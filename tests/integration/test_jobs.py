@@ -1,0 +1,179 @@
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+from sqlalchemy import Engine, select, text, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from htrq import jobs
+from htrq.errors import PageError
+from htrq.models import Page
+from htrq.resources import StatusCounts, job_status
+from htrq.settings import Settings
+from htrq.storage import DirectoryStore
+from tests.images import corrupt_png, page_png
+
+
+class Recorder:
+    """A send function that remembers what it was asked to enqueue."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    def __call__(self, page_ids: Sequence[str], countdown: float = 0) -> None:
+        self.sent.extend(page_ids)
+
+
+def _submit(sessions: sessionmaker[Session], settings: Settings, send: Recorder, **kw):  # type: ignore[no-untyped-def]
+    kw.setdefault("uploads", [jobs.Upload(f"p{i}.png", page_png(f"page {i}")) for i in range(3)])
+    return jobs.submit(
+        sessions=sessions,
+        storage=DirectoryStore(settings.storage_dir),
+        send=send,
+        settings=settings,
+        **kw,
+    )
+
+
+def test_submit_creates_queued_pages_with_consecutive_indexes(sessions, settings) -> None:  # type: ignore[no-untyped-def]
+    """Each file becomes a queued page, indexes 0..n-1, and each page is sent once."""
+    send = Recorder()
+    job, created = _submit(sessions, settings, send)
+    assert created and job.status == "queued"
+    assert [p.index for p in job.pages] == [0, 1, 2]
+    assert job.counts == StatusCounts(queued=3)
+    assert sorted(send.sent) == sorted(str(p.id) for p in job.pages)
+    with sessions() as s:
+        rows = s.scalars(select(Page).where(Page.job_id == job.id)).all()
+    store = DirectoryStore(settings.storage_dir)
+    assert all(store.get(r.blob_key) for r in rows)
+    assert {(r.frame, r.attempts, r.attempt_limit) for r in rows} == {(0, 0, 2)}
+
+
+def test_pages_are_sent_only_after_the_commit(engine: Engine, settings: Settings) -> None:
+    """When the broker gets a page id, another connection can already read the row."""
+    seen: list[int] = []
+
+    def send(page_ids: Sequence[str], countdown: float = 0) -> None:
+        with engine.connect() as other:
+            for pid in page_ids:
+                q = text("SELECT count(*) FROM pages WHERE id = :id")
+                seen.append(other.execute(q, {"id": pid}).scalar_one())
+
+    jobs.submit(
+        sessions=sessionmaker(engine),
+        storage=DirectoryStore(settings.storage_dir),
+        send=send,
+        settings=settings,
+        uploads=[jobs.Upload("a.png", page_png()), jobs.Upload("b.png", page_png("b"))],
+    )
+    assert seen == [1, 1]
+
+
+def test_a_repeat_under_the_same_key_returns_the_first_job(sessions, settings) -> None:  # type: ignore[no-untyped-def]
+    """Idempotency-Key and external_id both make a repeat return the job, not a new one."""
+    send = Recorder()
+    first, _ = _submit(sessions, settings, send, idempotency_key="k-1")
+    again, created = _submit(sessions, settings, send, idempotency_key="k-1")
+    assert (again.id, created) == (first.id, False)
+    by_ext, _ = _submit(sessions, settings, send, external_id="dms-7")
+    again, created = _submit(sessions, settings, send, external_id="dms-7")
+    assert (again.id, created) == (by_ext.id, False)
+    assert len(send.sent) == 6  # the repeats sent nothing
+
+
+def test_other_files_under_a_used_key_conflict(sessions, settings) -> None:  # type: ignore[no-untyped-def]
+    """A different payload under a used key is refused, naming the existing job."""
+    first, _ = _submit(sessions, settings, Recorder(), idempotency_key="k-2")
+    with pytest.raises(jobs.IdempotencyConflict) as err:
+        _submit(
+            sessions,
+            settings,
+            Recorder(),
+            idempotency_key="k-2",
+            uploads=[jobs.Upload("x.png", page_png("other"))],
+        )
+    assert err.value.job_id == first.id
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [(b"", "empty_file"), (b"plain text, not an image", "unsupported_format")],
+)
+def test_refused_uploads_store_nothing(sessions, settings, data: bytes, code: str) -> None:  # type: ignore[no-untyped-def]
+    """An unreadable upload refuses the whole job with a code; no row or blob is written."""
+    send = Recorder()
+    uploads = [jobs.Upload("ok.png", page_png()), jobs.Upload("bad.bin", data)]
+    with pytest.raises(PageError) as err:
+        _submit(sessions, settings, send, uploads=uploads)
+    assert err.value.code == code and "bad.bin" in err.value.message
+    assert send.sent == [] and not settings.storage_dir.exists()
+
+
+def test_a_corrupt_image_is_accepted_and_left_to_the_worker(sessions, settings) -> None:  # type: ignore[no-untyped-def]
+    """A file whose header reads is a page; decoding (and failing) happens in the worker."""
+    job, _ = _submit(sessions, settings, Recorder(), uploads=[jobs.Upload("c.png", corrupt_png())])
+    assert len(job.pages) == 1
+
+
+def test_oversized_files_are_refused(sessions, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+    """Files over HTRQ_MAX_UPLOAD_BYTES get too_large."""
+    small = settings.model_copy(update={"max_upload_bytes": 10})
+    with pytest.raises(PageError) as err:
+        _submit(sessions, small, Recorder())
+    assert err.value.code == "too_large"
+
+
+def test_retry_requeues_only_failed_pages_and_keeps_attempts(sessions, settings) -> None:  # type: ignore[no-untyped-def]
+    """Retry re-sends failed pages, raises their attempt limit and never lowers attempts."""
+    job, _ = _submit(sessions, settings, Recorder())
+    failed, done = job.pages[0].id, job.pages[1].id
+    with sessions() as s, s.begin():
+        s.execute(
+            update(Page)
+            .where(Page.id == failed)
+            .values(status="failed", attempts=2, error_code="model_error")
+        )
+        s.execute(update(Page).where(Page.id == done).values(status="succeeded", attempts=1))
+    send = Recorder()
+    n = jobs.retry(sessions=sessions, send=send, settings=settings, job_id=job.id)
+    assert n == 1 and send.sent == [str(failed)]
+    with sessions() as s:
+        page = s.get(Page, failed)
+        assert page is not None
+        assert (page.status, page.attempts, page.attempt_limit, page.error_code) == (
+            "queued",
+            2,
+            4,
+            None,
+        )
+
+
+def test_unknown_ids_raise_not_found(sessions, settings) -> None:  # type: ignore[no-untyped-def]
+    """Unknown and malformed job ids, and missing page indexes, raise NotFound."""
+    job, _ = _submit(sessions, settings, Recorder())
+    for call in (
+        lambda: jobs.get_job(sessions=sessions, job_id="not-a-uuid"),
+        lambda: jobs.get_job(sessions=sessions, job_id="00000000-0000-0000-0000-000000000000"),
+        lambda: jobs.get_page(sessions=sessions, job_id=job.id, index=3),
+        lambda: jobs.retry(sessions=sessions, send=Recorder(), settings=settings, job_id="x"),
+    ):
+        with pytest.raises(jobs.NotFound):
+            call()
+
+
+@pytest.mark.parametrize(
+    ("counts", "status"),
+    [
+        (StatusCounts(queued=2), "queued"),
+        (StatusCounts(queued=1, running=1), "running"),
+        (StatusCounts(queued=1, succeeded=1), "running"),
+        (StatusCounts(succeeded=2), "succeeded"),
+        (StatusCounts(failed=2), "failed"),
+        (StatusCounts(succeeded=1, failed=1), "partial"),
+    ],
+)
+def test_job_status_is_derived_from_its_pages(counts: StatusCounts, status: str) -> None:
+    """Partial means all pages finished and some failed; anything started is running."""
+    assert job_status(counts) == status

@@ -1,0 +1,138 @@
+"""The training tools: tokenizer, synthetic lines, line fitting, metrics, model building."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from transformers import AutoProcessor, VisionEncoderDecoderModel
+
+from worker.lineimage import fit_line
+from worker.training.build import CHARSET, build_tiny_model, build_tokenizer
+from worker.training.data import collate, encode_label, read_lines_tsv, write_lines_tsv
+from worker.training.metrics import cer, edit_distance, wer
+from worker.training.synth import (
+    HELD_OUT_FONTS,
+    LineRenderer,
+    TextSampler,
+    load_fonts,
+    sample_line,
+    split_fonts,
+)
+
+
+def test_tokenizer_round_trips_every_character():
+    """Each character of the charset is one token, and decoding restores the text exactly."""
+    tok = build_tokenizer()
+    text = "Dear Mrs. Müller, “£12.50” – paid 3/4 … ½ ß Ç"
+    ids = tok(text, add_special_tokens=False).input_ids
+    assert len(ids) == len(text)
+    assert tok.unk_token_id not in ids
+    assert tok.decode(ids) == text
+    assert all(tok.convert_tokens_to_ids(c) != tok.unk_token_id for c in CHARSET)
+
+
+def test_tokenizer_maps_unknown_characters_to_unk():
+    """A character outside the charset becomes <unk> instead of being dropped."""
+    tok = build_tokenizer()
+    assert tok("a☃b", add_special_tokens=False).input_ids[1] == tok.unk_token_id
+
+
+def test_labels_end_with_eos_and_pad_with_ignore_index():
+    """Labels are characters plus </s>; shorter labels are padded with -100."""
+    tok = build_tokenizer()
+    a, b = encode_label(tok, "ab"), encode_label(tok, "abcd")
+    assert a[-1] == tok.eos_token_id and len(a) == 3
+    import torch
+
+    batch = collate(
+        [
+            {"pixel_values": torch.zeros(1, 4, 8), "labels": a},
+            {"pixel_values": torch.zeros(1, 4, 8), "labels": b},
+        ]
+    )
+    assert batch["labels"].shape == (2, 5)
+    assert batch["labels"][0, 3:].tolist() == [-100, -100]
+
+
+def test_held_out_fonts_are_present_and_never_in_training_split():
+    """Validation fonts exist in the bundle and the training split excludes all of them."""
+    fonts = load_fonts()
+    train, held = split_fonts(fonts)
+    assert {f.name for f in held} == set(HELD_OUT_FONTS)
+    assert not {f.name for f in train} & set(HELD_OUT_FONTS)
+    assert len(train) >= 20
+
+
+def test_synthetic_lines_only_use_glyphs_the_font_has():
+    """Every sampled label is drawable by the font that rendered it, so labels never lie."""
+    rng = random.Random(7)
+    sampler, renderer = TextSampler(rng), LineRenderer(rng)
+    fonts = load_fonts()
+    for _ in range(30):
+        font = rng.choice(fonts)
+        im, text = sample_line(rng, sampler, renderer, [font], 40)
+        assert 0 < len(text) <= 40
+        assert all(c == " " or c in font.charset for c in text)
+        assert im.mode == "L" and im.width > im.height
+
+
+def test_sampler_is_reproducible_from_its_seed():
+    """The same seed yields the same texts (fixed validation sets depend on it)."""
+    a = TextSampler(random.Random(3))
+    b = TextSampler(random.Random(3))
+    assert [a(40) for _ in range(20)] == [b(40) for _ in range(20)]
+
+
+def test_fit_line_keeps_aspect_and_pads_on_the_right():
+    """A short line is scaled to the input height and padded with white, not stretched."""
+    from PIL import Image
+
+    im = Image.new("L", (100, 50), 0)
+    out = fit_line(im, height=32, width=384)
+    assert out.size == (384, 32)
+    px = out.load()
+    assert px[300, 16] == 255  # padding
+    square = fit_line(im, height=64, width=64)
+    assert square.size == (64, 64)
+
+
+@pytest.mark.parametrize(
+    ("ref", "hyp", "expected"),
+    [("abc", "abc", 0), ("abc", "abd", 1), ("abc", "", 3), ("", "ab", 2), ("kitten", "sitting", 3)],
+)
+def test_edit_distance(ref, hyp, expected):
+    """Levenshtein distance on known pairs."""
+    assert edit_distance(ref, hyp) == expected
+
+
+def test_cer_and_wer_are_normalised_by_reference_length():
+    """CER divides edits by reference characters; WER by reference words."""
+    assert cer(["abcd", "ef"], ["abcd", "eg"]) == pytest.approx(1 / 6)
+    assert wer(["the cat sat"], ["the hat sat"]) == pytest.approx(1 / 3)
+
+
+def test_lines_tsv_round_trip(tmp_path):
+    """A folder written by write_lines_tsv reads back with the same texts, quotes included."""
+    from PIL import Image
+
+    samples = [
+        (Image.new("L", (40, 10), 255), 'He said "yes"'),
+        (Image.new("L", (40, 10), 255), "a\\b"),
+    ]
+    write_lines_tsv(samples, tmp_path)
+    pairs = read_lines_tsv(tmp_path)
+    assert [t for _, t in pairs] == ['He said "yes"', "a\\b"]
+    assert all(p.exists() for p, _ in pairs)
+
+
+def test_built_model_reloads_offline_as_a_standard_trocr_checkpoint(tmp_path):
+    """The saved model loads with stock transformers classes and keeps its special token ids."""
+    path = build_tiny_model(tmp_path / "tiny")
+    model = VisionEncoderDecoderModel.from_pretrained(path)
+    processor = AutoProcessor.from_pretrained(path)
+    assert model.config.decoder.model_type == "trocr"
+    assert model.config.encoder.model_type == "vit"
+    assert model.generation_config.eos_token_id == processor.tokenizer.eos_token_id
+    assert model.config.pad_token_id == processor.tokenizer.pad_token_id
+    assert (path / "model.safetensors").exists()
