@@ -98,6 +98,9 @@ class Recognizer:
         # Checkpoints saved in fp16 load as fp16 unless told otherwise.
         net = VisionEncoderDecoderModel.from_pretrained(path, dtype=torch_dtype).to(dev)
         processor = AutoProcessor.from_pretrained(path)
+        # Checkpoints written by the trainer pin max_length=20; our explicit max_new_tokens
+        # should be the only length limit (and the warning about both is noise in the logs).
+        net.generation_config.max_length = None
         log.info("loaded model %s on %s (%s)", path, dev, torch_dtype)
         return cls(
             net,
