@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import functools
 import io
+import logging
 import math
 import random
 from dataclasses import dataclass
@@ -45,6 +46,9 @@ class Font:
 
 def _charset(path: Path, missing: str) -> frozenset[str]:
     from fontTools.ttLib import TTFont  # only the training tools need fontTools
+
+    # fontTools reports harmless quirks of some fonts' tables (extra bytes in 'post').
+    logging.getLogger("fontTools").setLevel(logging.ERROR)
 
     cmap = TTFont(str(path), lazy=True).getBestCmap() or {}
     return frozenset(chr(c) for c in cmap) - set(missing)
