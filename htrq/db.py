@@ -12,7 +12,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 import migrations
 
-MIGRATIONS_DIR = Path(migrations.__file__).parent
+# __path__, not __file__: an editable install may present the folder as a namespace package.
+MIGRATIONS_DIR = Path(next(iter(migrations.__path__)))
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:

@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from htrq.cli import main
+from tests.images import corrupt_png, page_png
+
+
+@pytest.fixture
+def embedded_env(monkeypatch: pytest.MonkeyPatch, tiny_model: Path) -> None:
+    """No server configured: transcribe must fall back to SQLite and an in-process queue."""
+    for name in ("HTRQ_DATABASE_URL", "HTRQ_BROKER_URL", "HTRQ_STORAGE_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTRQ_MODEL", str(tiny_model))
+    monkeypatch.setenv("HTRQ_NUM_BEAMS", "1")
+    monkeypatch.setenv("HTRQ_MAX_NEW_TOKENS", "6")
+    monkeypatch.setenv("HTRQ_FLUSH_EVERY", "2")
+
+
+@pytest.mark.usefixtures("embedded_env")
+def test_transcribe_prints_page_resources_as_json(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """transcribe runs jobs, queue and batch code in-process and prints the API's page shape."""
+    files = []
+    for i, data in enumerate([page_png("one"), page_png("two"), corrupt_png()]):
+        files.append(tmp_path / f"{i}.png")
+        files[-1].write_bytes(data)
+    code = main(["transcribe", *map(str, files), "--format", "json"])
+    out = capsys.readouterr()
+    pages = json.loads(out.out)
+    assert code == 1  # one page failed
+    assert [p["index"] for p in pages] == [0, 1, 2]
+    assert [p["status"] for p in pages] == ["succeeded", "succeeded", "failed"]
+    assert pages[2]["error"]["code"] == "invalid_image"
+    assert all(len(p["lines"]) == 1 and 0 <= p["confidence"] <= 1 for p in pages[:2])
+    assert "3/3 pages" in out.err  # progress goes to stderr
+
+
+@pytest.mark.usefixtures("embedded_env")
+def test_transcribe_text_output_and_refused_files(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """Text output has a header per file; an unreadable file stops with its code, exit 2."""
+    good = tmp_path / "good.png"
+    good.write_bytes(page_png())
+    assert main(["transcribe", str(good)]) == 0
+    assert "## good.png (confidence " in capsys.readouterr().out
+    bad = tmp_path / "notes.txt"
+    bad.write_text("not an image")
+    assert main(["transcribe", str(good), str(bad)]) == 2
+    assert "unsupported_format" in capsys.readouterr().err
+
+
+def test_a_bad_setting_exits_2_naming_the_variable(monkeypatch: pytest.MonkeyPatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    """The CLI turns a wrong HTRQ_* value into a one-line message and exit status 2."""
+    monkeypatch.setenv("HTRQ_LEASE_SECONDS", "-5")
+    assert main(["transcribe", "x.png"]) == 2
+    assert "HTRQ_LEASE_SECONDS" in capsys.readouterr().err

@@ -1,0 +1,235 @@
+"""End to end: real ``htrq worker`` and ``htrq api`` processes on Redis and PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import Engine, func, select
+
+from htrq.models import Job, Line, Page
+from htrq.settings import Settings
+from tests.images import corrupt_png, page_png
+
+pytestmark = pytest.mark.slow
+
+HTRQ = str(Path(sys.executable).parent / "htrq")
+#: Generous bound for a busy 2-core machine; the tests finish far sooner when it is idle.
+DEADLINE = 180
+
+
+def _env(settings: Settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HTRQ_")}
+    for name, value in settings.model_dump().items():
+        if value is not None:
+            env[f"HTRQ_{name.upper()}"] = str(value)
+    # One thread per process: the worker shares two cores with the test and the API.
+    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", TRANSFORMERS_VERBOSITY="error")
+    return env
+
+
+class Processes:
+    """Start service processes in their own process groups; kill what is left at the end."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(
+        self, name: str, args: list[str], env: dict[str, str]
+    ) -> tuple[subprocess.Popen[bytes], Path]:
+        log = self.tmp / f"{name}.log"
+        proc = subprocess.Popen(
+            [HTRQ, *args],
+            env=env,
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own group, so SIGKILL reaches pool children too
+        )
+        self.procs.append(proc)
+        return proc, log
+
+    def worker(self, name: str, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], Path]:
+        proc, log = self.start(name, ["worker", "--loglevel=info", f"--hostname={name}@%h"], env)
+        _wait_for(lambda: b" ready." in log.read_bytes(), f"{name} to start", proc, log)
+        return proc, log
+
+    def api(self, env: dict[str, str]) -> str:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        proc, log = self.start("api", ["api", "--port", str(port), "--loglevel=warning"], env)
+        url = f"http://127.0.0.1:{port}"
+
+        def up() -> bool:
+            try:
+                return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        _wait_for(up, "the API to answer", proc, log)
+        return url
+
+    def kill(self, proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=30)
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                self.kill(proc, signal.SIGTERM)
+
+
+def _wait_for(
+    ready: Callable[[], bool],
+    what: str,
+    proc: subprocess.Popen[bytes] | None = None,
+    log: Path | None = None,
+    interval: float = 0.2,
+) -> None:
+    deadline = time.monotonic() + DEADLINE
+    while not ready():
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-3000:] if log else ""
+            pytest.fail(f"process exited with {proc.returncode} waiting for {what}:\n{tail}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(interval)
+
+
+@pytest.fixture
+def processes(tmp_path: Path, broker_url: str) -> Iterator[Processes]:
+    procs = Processes(tmp_path)
+    yield procs
+    procs.close()
+
+
+def _poll_job(url: str, job_id: str) -> dict:  # type: ignore[type-arg]
+    job: dict = {}  # type: ignore[type-arg]
+
+    def finished() -> bool:
+        nonlocal job
+        job = httpx.get(f"{url}/v1/jobs/{job_id}", timeout=10).json()
+        return job["status"] in ("succeeded", "failed", "partial")
+
+    _wait_for(finished, f"job {job_id} to finish", interval=0.5)
+    return job
+
+
+def test_a_job_with_a_corrupt_file_ends_partial_with_every_row_right(
+    processes: Processes, settings: Settings, engine: Engine, tiny_model: Path
+) -> None:
+    """Worker + API processes: good pages succeed in batches, the corrupt one fails alone."""
+    env = _env(settings)
+    _, worker_log = processes.worker("w1", env)
+    url = processes.api(env)
+
+    files = [("files", (f"p{i}.png", page_png(f"page {i}"), "image/png")) for i in range(5)]
+    files.insert(2, ("files", ("broken.png", corrupt_png(), "image/png")))
+    r = httpx.post(f"{url}/v1/jobs", files=files, data={"external_id": "e2e-partial"}, timeout=30)
+    assert r.status_code == 201, r.text
+    job_id = r.json()["id"]
+
+    job = _poll_job(url, job_id)
+    assert job["status"] == "partial"
+    assert job["counts"] == {"queued": 0, "running": 0, "succeeded": 5, "failed": 1}
+
+    with engine.connect() as conn:
+        db_job = conn.execute(select(Job).where(Job.id == job_id)).one()
+        pages = conn.execute(select(Page).where(Page.job_id == job_id).order_by(Page.index)).all()
+        lines = conn.execute(
+            select(Line).join(Page, Line.page_id == Page.id).where(Page.job_id == job_id)
+        ).all()
+    assert (db_job.external_id, db_job.mode) == ("e2e-partial", "page")
+    assert [p.index for p in pages] == list(range(6))
+    assert [p.filename for p in pages] == [
+        "p0.png",
+        "p1.png",
+        "broken.png",
+        "p2.png",
+        "p3.png",
+        "p4.png",
+    ]
+    for p in pages:
+        assert p.attempts == 1 and p.lease_until is None
+        assert p.started_at is not None and p.finished_at is not None
+        assert p.started_at <= p.finished_at
+        if p.filename == "broken.png":
+            assert (p.status, p.error_code, p.text) == ("failed", "invalid_image", None)
+        else:
+            assert (p.status, p.error_code, p.model) == ("succeeded", None, str(tiny_model))
+            assert p.text is not None and 0 <= p.confidence <= 1
+    by_page: dict[object, list[Line]] = {}
+    for ln in lines:
+        by_page.setdefault(ln.page_id, []).append(ln)
+    good = [p for p in pages if p.status == "succeeded"]
+    assert {p.id for p in good} == set(by_page)
+    for p in good:
+        (ln,) = by_page[p.id]
+        assert (ln.index, ln.text, (ln.x0, ln.y0, ln.x1, ln.y1)) == (0, p.text, (0, 0, 160, 32))
+
+    page = httpx.get(f"{url}/v1/jobs/{job_id}/pages/2", timeout=10).json()
+    assert page["error"]["code"] == "invalid_image" and page["attempts"] == 1
+    page = httpx.get(f"{url}/v1/jobs/{job_id}/pages/0", timeout=10).json()
+    assert page["status"] == "succeeded" and page["lines"][0]["bbox"] == [0, 0, 160, 32]
+
+    sizes = [int(n) for n in re.findall(rb"batch of (\d+)", worker_log.read_bytes())]
+    assert sum(sizes) == 6 and max(sizes) > 1, sizes  # celery-batches grouped the pages
+
+
+def test_a_worker_killed_mid_batch_loses_no_page_and_duplicates_none(
+    processes: Processes, settings: Settings, engine: Engine
+) -> None:
+    """SIGKILL during a batch; a second worker finishes every page exactly once."""
+    settings = settings.model_copy(
+        update={"lease_seconds": 4, "queued_grace_seconds": 3, "max_attempts": 3}
+    )
+    env = _env(settings)
+    first, _ = processes.worker("doomed", env)
+    url = processes.api(env)
+    files = [("files", (f"p{i}.png", page_png(f"line {i}"), "image/png")) for i in range(12)]
+    r = httpx.post(f"{url}/v1/jobs", files=files, timeout=30)
+    job_id = r.json()["id"]
+
+    def running() -> int:
+        with engine.connect() as conn:
+            q = select(func.count()).where(Page.job_id == job_id, Page.status == "running")
+            return conn.execute(q).scalar_one()
+
+    _wait_for(lambda: running() > 0, "a batch to start", first, interval=0.01)
+    processes.kill(first)
+    stranded = running()
+    assert stranded > 0, "the worker finished its batch before the kill landed"
+
+    processes.worker("rescuer", env)
+    job = _poll_job(url, job_id)
+    assert job["status"] == "succeeded"
+
+    with engine.connect() as conn:
+        pages = conn.execute(select(Page).where(Page.job_id == job_id)).all()
+        line_counts = dict(
+            conn.execute(
+                select(Line.page_id, func.count())
+                .join(Page, Line.page_id == Page.id)
+                .where(Page.job_id == job_id)
+                .group_by(Line.page_id)
+            ).all()
+        )
+    assert len(pages) == 12
+    assert all(p.status == "succeeded" and p.error_code is None for p in pages)
+    assert all(line_counts.get(p.id) == 1 for p in pages)  # one set of lines per page
+    # The pages the dead worker held were claimed again once; no page ran more than twice.
+    assert sum(p.attempts == 2 for p in pages) >= stranded
+    assert max(p.attempts for p in pages) <= 2
