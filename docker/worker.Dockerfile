@@ -1,0 +1,32 @@
+# The worker image: CUDA runtime, a CUDA build of torch, the model and the batch task.
+# Build from the repository root:
+#   docker build -f docker/worker.Dockerfile -t htrq-worker .
+FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
+
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cu128
+ENV DEBIAN_FRONTEND=noninteractive PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 PATH=/opt/venv/bin:$PATH \
+    HTRQ_DEVICE=cuda HTRQ_DTYPE=float16 HTRQ_STORAGE_DIR=/data/blobs \
+    HF_HUB_OFFLINE=1
+
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-venv libglib2.0-0 \
+    && rm -rf /var/lib/apt/lists/* \
+    && python3 -m venv /opt/venv
+# torch first, from the CUDA wheel index, so the worker extra finds it satisfied.
+RUN pip install torch --index-url "$TORCH_INDEX"
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY htrq ./htrq
+COPY api ./api
+COPY migrations ./migrations
+COPY worker ./worker
+RUN pip install ".[worker]" && useradd --uid 10001 --create-home htrq \
+    && mkdir -p /data/blobs && chown htrq /data/blobs
+USER htrq
+
+# Alive if the worker answers a Celery ping on its broker.
+HEALTHCHECK --interval=30s --timeout=15s --start-period=60s --retries=3 \
+    CMD celery -A worker.app inspect ping --destination "celery@$HOSTNAME" --timeout 10 || exit 1
+CMD ["htrq", "worker", "--hostname", "celery@%h"]
