@@ -154,6 +154,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_transcribe(args: argparse.Namespace) -> int:
     from worker.embedded import transcribe
 
+    if not args.verbose:
+        # Each failure is printed with its page below; the worker's tracebacks are noise here.
+        logging.getLogger("worker.batch").setLevel(logging.CRITICAL)
     pages = transcribe(args.files, settings=load_settings(), mode=args.mode, progress=_progress)
     if args.format == "json":
         _print_json([p.model_dump(mode="json") for p in pages])
@@ -212,6 +215,7 @@ def _register_core(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="htrq", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", required=True)
     _register_core(sub)
     for name in EXTENSIONS:
@@ -227,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    level = logging.INFO if args.verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
     except SettingsError as exc:

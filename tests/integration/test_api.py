@@ -124,3 +124,13 @@ def test_readyz_is_503_when_the_broker_is_down(settings: Settings) -> None:
     with TestClient(create_app(down)) as c:
         r = c.get("/readyz")
     assert r.status_code == 503 and r.json() == {"database": True, "broker": False}
+
+
+def test_a_broker_outage_still_accepts_the_job(settings: Settings) -> None:
+    """With Redis down the job is stored and queued (the sweeper re-sends it later), not a 500."""
+    down = settings.model_copy(update={"broker_url": "redis://127.0.0.1:1/0"})
+    with TestClient(create_app(down)) as c:
+        r = c.post("/v1/jobs", files=_files("a.png"))
+        assert r.status_code == 201, r.text
+        job = c.get(r.headers["location"]).json()
+    assert job["status"] == "queued" and len(job["pages"]) == 1
