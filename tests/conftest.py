@@ -19,9 +19,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from htrq.db import make_engine, upgrade
 from htrq.settings import Settings
 
-#: Server URLs; override to run the tests elsewhere.
-PG_ADMIN_URL = os.environ.get("HTRQ_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-REDIS_URL = os.environ.get("HTRQ_TEST_REDIS", "redis://127.0.0.1:6379/13")
+#: A PostgreSQL server (any database on it) where each run creates and drops its own database.
+PG_ADMIN_URL = os.environ.get(
+    "HTRQ_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+).replace("postgresql+psycopg://", "postgresql://", 1)
+#: A Redis database the tests may flush.
+REDIS_URL = os.environ.get("HTRQ_TEST_BROKER_URL", "redis://127.0.0.1:6379/13")
 
 
 @pytest.fixture(scope="session")
