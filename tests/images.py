@@ -20,3 +20,13 @@ def corrupt_png() -> bytes:
     """A PNG whose header is fine (accepted at upload) but whose pixels are cut off."""
     data = page_png("corrupt")
     return data[: len(data) // 2]
+
+
+def multipage_tiff(pages: int) -> bytes:
+    """A multi-frame TIFF: one upload that becomes several pages."""
+    frames = [Image.new("L", (160, 32), 255) for _ in range(pages)]
+    for i, im in enumerate(frames):
+        ImageDraw.Draw(im).text((4, 8), f"frame {i}", fill=0)
+    buf = io.BytesIO()
+    frames[0].save(buf, "TIFF", save_all=True, append_images=frames[1:])
+    return buf.getvalue()

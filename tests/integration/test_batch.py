@@ -15,7 +15,7 @@ from htrq.models import Line, Page, utcnow
 from htrq.queue import PAGE_QUEUE, CelerySender, make_celery
 from htrq.settings import Settings
 from htrq.storage import DirectoryStore
-from tests.images import corrupt_png, page_png
+from tests.images import corrupt_png, multipage_tiff, page_png
 from worker.batch import BatchContext, process_batch
 from worker.embedded import LocalQueue
 from worker.pipeline import LineOutput, Pipeline
@@ -79,6 +79,19 @@ def test_a_group_is_read_and_stored_with_the_corrupt_page_failed(
         assert p.started_at and p.finished_at and p.lease_until is None
     assert (bad.status, bad.error_code, bad.attempts) == ("failed", "invalid_image", 1)
     assert _line_counts(sessions, ids) == [1, 0, 1]
+
+
+def test_a_multipage_file_becomes_consecutive_pages_read_by_frame(
+    sessions, settings, recognizer
+) -> None:  # type: ignore[no-untyped-def]
+    """A 3-frame TIFF and a PNG give pages 0..3 on two blobs, each frame read on its own."""
+    ctx = _context(sessions, settings, recognizer)
+    ids = _submit(ctx, [multipage_tiff(3), page_png()])
+    pages = _pages(sessions, ids)
+    assert [(p.index, p.frame) for p in pages] == [(0, 0), (1, 1), (2, 2), (3, 0)]
+    assert len({p.blob_key for p in pages}) == 2
+    assert process_batch(ids, ctx).succeeded == 4
+    assert _line_counts(sessions, ids) == [1, 1, 1, 1]
 
 
 def test_duplicate_messages_are_processed_once(sessions, settings, recognizer) -> None:  # type: ignore[no-untyped-def]
