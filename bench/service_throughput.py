@@ -37,6 +37,7 @@ from htrq.models import Page
 from htrq.queue import CelerySender, make_celery
 from htrq.settings import Settings, load_settings
 from htrq.storage import DirectoryStore
+from worker.app import load_recognizer
 from worker.pipeline import PageInput, Pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,16 +80,7 @@ def line_crops(pages: list[bytes], settings: Settings) -> list[Image.Image]:
 
 
 def bare_rate(settings: Settings, crops: list[Image.Image], pages: int) -> float:
-    from worker.recognize import Recognizer, resolve_model
-
-    rec = Recognizer.load(
-        model=resolve_model(settings.model),
-        device=settings.device,
-        dtype=settings.dtype,
-        batch_size=settings.batch_size,
-        num_beams=settings.num_beams,
-        max_new_tokens=settings.max_new_tokens,
-    )
+    rec = load_recognizer(settings)
     rec(crops[: settings.batch_size])  # warm-up, as the worker's first batch would be
     started = time.perf_counter()
     rec(crops)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from sqlalchemy import ColumnElement, and_, delete, insert, update
+from sqlalchemy import and_, delete, insert, update
 from sqlalchemy.orm import Session
 
 from htrq.models import Line, Page, utcnow
@@ -58,8 +58,15 @@ def claim_pages(
     return [Claim(r.id, r.attempts, r.attempt_limit, r.blob_key, r.frame) for r in rows]
 
 
-def _held(claim: Claim) -> ColumnElement[bool]:
-    return and_(Page.id == claim.page_id, Page.status == "running", Page.attempts == claim.token)
+def _fenced_update(session: Session, claim: Claim, **values: object) -> bool:
+    """UPDATE the page only while ``claim`` holds it; True if it did."""
+    done = session.execute(
+        update(Page)
+        .where(Page.id == claim.page_id, Page.status == "running", Page.attempts == claim.token)
+        .values(lease_until=None, **values)
+        .execution_options(**NO_SYNC)
+    )
+    return done.rowcount == 1  # type: ignore[attr-defined]
 
 
 def write_result(
@@ -77,23 +84,19 @@ def write_result(
     The fenced UPDATE comes first: it locks the row, so the line replacement below cannot
     interleave with another writer of the same page.
     """
-    done = session.execute(
-        update(Page)
-        .where(_held(claim))
-        .values(
-            status="succeeded",
-            text=text,
-            confidence=confidence,
-            model=model,
-            processing_ms=processing_ms,
-            finished_at=utcnow(),
-            lease_until=None,
-            error_code=None,
-            error_message=None,
-        )
-        .execution_options(**NO_SYNC)
+    kept = _fenced_update(
+        session,
+        claim,
+        status="succeeded",
+        text=text,
+        confidence=confidence,
+        model=model,
+        processing_ms=processing_ms,
+        finished_at=utcnow(),
+        error_code=None,
+        error_message=None,
     )
-    if done.rowcount != 1:  # type: ignore[attr-defined]
+    if not kept:
         return False
     session.execute(delete(Line).where(Line.page_id == claim.page_id).execution_options(**NO_SYNC))
     if lines:
@@ -118,19 +121,14 @@ def write_result(
 
 def write_failure(session: Session, claim: Claim, *, code: str, message: str) -> bool:
     """Mark the page ``failed`` (no retry) if the claim still holds."""
-    done = session.execute(
-        update(Page)
-        .where(_held(claim))
-        .values(
-            status="failed",
-            error_code=code,
-            error_message=message,
-            finished_at=utcnow(),
-            lease_until=None,
-        )
-        .execution_options(**NO_SYNC)
+    return _fenced_update(
+        session,
+        claim,
+        status="failed",
+        error_code=code,
+        error_message=message,
+        finished_at=utcnow(),
     )
-    return done.rowcount == 1  # type: ignore[attr-defined]
 
 
 def release_for_retry(session: Session, claim: Claim, *, code: str, message: str) -> str | None:
@@ -141,19 +139,15 @@ def release_for_retry(session: Session, claim: Claim, *, code: str, message: str
     """
     if claim.token >= claim.attempt_limit:
         return "failed" if write_failure(session, claim, code=code, message=message) else None
-    done = session.execute(
-        update(Page)
-        .where(_held(claim))
-        .values(
-            status="queued",
-            error_code=code,
-            error_message=message,
-            lease_until=None,
-            queued_at=utcnow(),
-        )
-        .execution_options(**NO_SYNC)
+    kept = _fenced_update(
+        session,
+        claim,
+        status="queued",
+        error_code=code,
+        error_message=message,
+        queued_at=utcnow(),
     )
-    return "queued" if done.rowcount == 1 else None  # type: ignore[attr-defined]
+    return "queued" if kept else None
 
 
 @dataclass(frozen=True)

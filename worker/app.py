@@ -7,12 +7,12 @@ never at import: the main process stays free of torch and of CUDA state that for
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import Celery, signals
 
 from htrq.db import make_engine, make_sessions
-from htrq.queue import CelerySender, make_celery
+from htrq.queue import CelerySender, Send, make_celery
 from htrq.settings import Settings, load_settings
 from htrq.storage import DirectoryStore
 from worker.batch import BatchContext
@@ -20,6 +20,9 @@ from worker.pipeline import Pipeline
 from worker.segment import Segmenter, WholeImageSegmenter
 from worker.sweeper import SweeperThread
 from worker.tasks import register_tasks
+
+if TYPE_CHECKING:
+    from worker.recognize import Recognizer
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +37,11 @@ def make_segmenter(settings: Settings) -> Segmenter:
     return WholeImageSegmenter()
 
 
-def load_context(settings: Settings, *, database_url: str, send: Any) -> BatchContext:
-    """Load the model and open the database: everything a process needs to run batches."""
-    from worker.recognize import Recognizer, resolve_model  # torch: only where it runs
+def load_recognizer(settings: Settings) -> Recognizer:
+    """The recognizer the settings describe (imports torch: call it only where it runs)."""
+    from worker.recognize import Recognizer, resolve_model
 
-    recognizer = Recognizer.load(
+    return Recognizer.load(
         model=resolve_model(settings.model),
         device=settings.device,
         dtype=settings.dtype,
@@ -46,6 +49,11 @@ def load_context(settings: Settings, *, database_url: str, send: Any) -> BatchCo
         num_beams=settings.num_beams,
         max_new_tokens=settings.max_new_tokens,
     )
+
+
+def load_context(settings: Settings, *, database_url: str, send: Send) -> BatchContext:
+    """Load the model and open the database: everything a process needs to run batches."""
+    recognizer = load_recognizer(settings)
     return BatchContext(
         settings=settings,
         sessions=make_sessions(make_engine(database_url)),
