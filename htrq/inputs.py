@@ -1,21 +1,32 @@
 """What an uploaded file holds: its format and how many pages it becomes.
 
-The API calls :func:`inspect_upload` to split one upload into page rows (cheap: nothing is
-decoded); the worker calls :func:`render_page` to turn one stored file plus a frame index into
-a page image. No torch here.
+The API calls :func:`inspect_upload` to split one upload into page rows (cheap: headers only,
+no pixel is decoded); the worker calls :func:`render_page` to turn one stored file plus a frame
+index into a page image. PDF pages are rendered with pypdfium2, image files with Pillow; each
+frame of a multi-frame TIFF is a page. No torch here.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 
+import pypdfium2 as pdfium
 from PIL import Image
 
 from htrq.errors import PageError
 
-#: Formats accepted for upload, by the name Pillow (or ``pdf``) gives them.
+#: Formats accepted for upload, by the name Pillow (or ``PDF``) gives them.
 IMAGE_FORMATS = {"PNG", "JPEG", "TIFF", "WEBP", "BMP"}
+
+#: Default pixel bound for one page (about A3 at 600 DPI). The worker passes its setting.
+DEFAULT_MAX_PIXELS = 100_000_000
+
+#: PDFium's FPDF_ERR_PASSWORD: the document is encrypted and no (right) password was given.
+_PDF_ERR_PASSWORD = 4
 
 
 @dataclass(frozen=True)
@@ -24,28 +35,132 @@ class UploadInfo:
     pages: int  #: how many page rows the file becomes
 
 
+def is_pdf(data: bytes) -> bool:
+    # The spec lets the header start anywhere in the first 1024 bytes.
+    return b"%PDF-" in data[:1024]
+
+
 def inspect_upload(data: bytes, *, max_pages: int = 500) -> UploadInfo:
     """Identify ``data`` and count its pages, or raise :class:`PageError`."""
     if not data:
         raise PageError("empty_file", "the uploaded file is empty")
-    try:
-        with Image.open(io.BytesIO(data)) as im:
+    if is_pdf(data):
+        with _open_pdf(data) as pdf:
+            pages = len(pdf)
+        fmt = "PDF"
+    else:
+        with _open_image(data) as im:
             fmt = im.format or ""
+            if fmt not in IMAGE_FORMATS:
+                raise PageError("unsupported_format", f"{fmt or 'unknown'} files are not accepted")
+            _check_not_empty(im.size, 0)
+            # Only TIFF frames are pages; an animated WebP is one picture, read its first frame.
+            pages = getattr(im, "n_frames", 1) if fmt == "TIFF" else 1
+    if pages > max_pages:
+        raise PageError(
+            "too_many_pages",
+            f"the file has {pages} pages, over the limit of {max_pages}; split it into parts",
+        )
+    return UploadInfo(format=fmt, pages=pages)
+
+
+def render_page(
+    data: bytes, frame: int = 0, *, dpi: int = 300, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> Image.Image:
+    """Return page ``frame`` of a stored upload as a decoded PIL image (not yet normalised).
+
+    The pixel count is checked from the header (or the PDF page size at ``dpi``) before any
+    pixel is decoded, so a decompression bomb is refused with ``too_large`` at no cost.
+    """
+    if is_pdf(data):
+        return _render_pdf_page(data, frame, dpi=dpi, max_pixels=max_pixels)
+    with _open_image(data) as im:
+        try:
+            im.seek(frame)
+        except EOFError as exc:
+            raise PageError("invalid_image", f"the file has no page {frame}") from exc
+        _check_not_empty(im.size, frame)
+        check_pixels(im.size, max_pixels)
+        try:
+            im.load()
+        except Exception as exc:  # truncated or corrupt pixel data; Pillow raises many types
+            raise PageError("invalid_image", f"page {frame} could not be decoded: {exc}") from exc
+        # Copy the one frame out so the file handle can close (a TIFF keeps it open otherwise).
+        page = im.copy()
+    # Keep the EXIF orientation: normalise_page applies it.
+    if "exif" in im.info:
+        page.info["exif"] = im.info["exif"]
+    return page
+
+
+def check_pixels(size: tuple[int, int], max_pixels: int) -> None:
+    """Refuse a page over ``max_pixels`` with ``too_large`` (call before decoding)."""
+    w, h = size
+    if w * h > max_pixels:
+        raise PageError(
+            "too_large",
+            f"{w}x{h} is {w * h} pixels, over the limit of {max_pixels}; scan at a lower DPI",
+        )
+
+
+def _check_not_empty(size: tuple[int, int], frame: int) -> None:
+    if size[0] <= 0 or size[1] <= 0:
+        raise PageError("empty_image", f"page {frame} has no pixels ({size[0]}x{size[1]})")
+
+
+@contextlib.contextmanager
+def _open_image(data: bytes) -> Iterator[Image.Image]:
+    """Open (not decode) an image; Pillow's own bomb guard becomes ``too_large``."""
+    try:
+        with warnings.catch_warnings():
+            # Our own bound (check_pixels) decides; Pillow's warning would only add noise,
+            # and its error (over twice its limit) is mapped to too_large below.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise PageError("too_large", f"the image is too large to decode safely: {exc}") from exc
     except Exception as exc:  # Pillow raises several types for unreadable data
         raise PageError(
-            "unsupported_format", "not a readable PNG, JPEG, TIFF, WebP or BMP image"
+            "unsupported_format", "not a readable PDF, PNG, JPEG, TIFF, WebP or BMP file"
         ) from exc
-    if fmt not in IMAGE_FORMATS:
-        raise PageError("unsupported_format", f"{fmt or 'unknown'} files are not accepted")
-    return UploadInfo(format=fmt, pages=1)
+    with im:
+        yield im
 
 
-def render_page(data: bytes, frame: int = 0, *, dpi: int = 300) -> Image.Image:
-    """Return page ``frame`` of a stored upload as a PIL image (not yet normalised)."""
+@contextlib.contextmanager
+def _open_pdf(data: bytes) -> Iterator[pdfium.PdfDocument]:
     try:
-        im = Image.open(io.BytesIO(data))
-        im.seek(frame)
-        im.load()
-    except Exception as exc:
-        raise PageError("invalid_image", f"page {frame} could not be decoded: {exc}") from exc
-    return im
+        pdf = pdfium.PdfDocument(data)
+    except pdfium.PdfiumError as exc:
+        if exc.err_code == _PDF_ERR_PASSWORD:
+            raise PageError(
+                "encrypted_pdf", "the PDF is password-protected; upload an unprotected copy"
+            ) from exc
+        raise PageError("invalid_pdf", f"the PDF could not be read: {exc}") from exc
+    try:
+        yield pdf
+    finally:
+        pdf.close()
+
+
+def _render_pdf_page(data: bytes, index: int, *, dpi: int, max_pixels: int) -> Image.Image:
+    with _open_pdf(data) as pdf:
+        if not 0 <= index < len(pdf):
+            raise PageError("invalid_pdf", f"the PDF has no page {index}")
+        try:
+            page = pdf[index]
+            try:
+                # Page size is in points (1/72 inch): check the rendered size before rendering.
+                w_pt, h_pt = page.get_size()
+                scale = dpi / 72
+                size = (round(w_pt * scale), round(h_pt * scale))
+                _check_not_empty(size, index)
+                check_pixels(size, max_pixels)
+                # Grayscale rendering: the recognizer reads L images, and it is a third of RGB.
+                return page.render(scale=scale, grayscale=True).to_pil()
+            finally:
+                page.close()
+        except PageError:
+            raise
+        except Exception as exc:  # PdfiumError or a malformed page object
+            raise PageError("invalid_pdf", f"page {index} could not be rendered: {exc}") from exc

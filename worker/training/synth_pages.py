@@ -29,7 +29,8 @@ FONT_DIR = Path(__file__).parent / "fonts"
 #: Characters every usable font draws (fonts.tsv lists none of them as missing).
 SAFE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,'-")
 
-_WORDS = (
+#: Words for the built-in text source (kept as one string: easier to read than a list).
+_WORD_TEXT = (
     "the of and to in a is that for it as was with be by on not he this are or his from at "
     "which but have an they you were her she there been one all we their has would when if so "
     "no will my more who what up out about dear letter sorrow friend house morning evening "
@@ -38,7 +39,8 @@ _WORDS = (
     "Tuesday March April June Stanford London Boston county street office money paid account "
     "note page people university president telephone meeting given place great little "
     "should could never always often before after while under between 1905 12 3 47 250"
-).split()
+)
+_WORDS = tuple(_WORD_TEXT.split())
 
 
 @dataclass(frozen=True)
@@ -102,7 +104,10 @@ def render_page(
     w, h = size
     px = rng.randint(34, 60)  # font size: about 25-45 px letter height at this page size
     font = ImageFont.truetype(str(font_path), px)
-    pitch = px * rng.uniform(1.45, 2.2)
+    ascent, descent = font.getmetrics()
+    # Line pitch from the font's own extent, so tall-looped hands are not packed into each
+    # other; tight pages still have ascenders and descenders that touch now and then.
+    pitch = max(1.6 * px, 0.9 * (ascent + descent)) * rng.uniform(1.0, 1.4)
     ruled = rng.random() < 0.5
     left, right = rng.randint(90, 220), w - rng.randint(60, 160)
     top = rng.randint(80, 200)
@@ -133,7 +138,7 @@ def render_page(
             if note:
                 _draw_line(rng, ink, labels, len(texts) + 1, note, small, 20, baseline, px)
                 texts.append(note)
-        y += pitch * (1.0 if ruled else rng.uniform(0.9, 1.15))
+        y += pitch * (1.0 if ruled else rng.uniform(0.93, 1.1))
 
     page = _paper(rng, (h, w), rules if ruled else [], left)
     tone = rng.uniform(0, 70)

@@ -1,0 +1,290 @@
+"""Classical line segmentation with OpenCV: ink mask, rule removal, smeared line cores.
+
+Method (after OCRopus' and kraken's legacy page segmenter, reduced to OpenCV primitives):
+
+1. work on a copy whose longer side is ``work_size`` px; binarise with background flattening;
+2. remove ruled lines (long thin horizontal or vertical runs) with morphological opening;
+3. estimate the text scale (median height of letter-sized connected components);
+4. smear the ink with a wide, flat Gaussian so the words of a line fuse into one *core* while
+   neighbouring lines stay apart; each large core is one text line;
+5. give every ink pixel to its nearest core (distance transform with labels), so ascenders,
+   descenders and touching strokes go to the line they are closest to;
+6. per line: bounding box, an upper/lower envelope polygon and a baseline (lowest core edge).
+
+Coordinates are returned in the input page's pixels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from worker.preprocess import ink_mask
+from worker.segment import LineBox
+
+Points = list[tuple[int, int]]
+
+
+@dataclass(frozen=True)
+class ClassicalSegmenter:
+    """Line segmenter for handwritten pages; a :class:`worker.segment.Segmenter`.
+
+    Lengths below are in units of the page's line pitch (distance between baselines, measured
+    per page), so one setting serves small and large writing alike.
+    """
+
+    #: Longer side of the working copy, px: large enough for small writing, small for speed.
+    work_size: int = 1600
+    #: Horizontal smear (Gaussian sigma): fuses letters and close words into fragments.
+    smear_x: float = 0.3
+    #: Vertical smear: small, so neighbouring lines do not fuse.
+    smear_y: float = 0.06
+    #: A smeared pixel belongs to a fragment when its ink density is at least this fraction
+    #: of the median density over ink pixels.
+    core_threshold: float = 0.5
+    #: A fragment pixel must reach this fraction of the highest density within one pitch
+    #: above or below it (the line's middle), which splits lines that touch.
+    ridge: float = 0.5
+    #: Fragments side by side are one line when their gap is under this...
+    join_gap: float = 2.0
+    #: ...and their middles are within this vertically.
+    join_dy: float = 0.35
+    #: Lines narrower than this are stray marks (ticks, dots, stains), not text.
+    min_line_width: float = 0.6
+    #: Ink farther than this from any fragment is left out (stains, far-off marks).
+    max_ink_distance: float = 0.6
+
+    def __call__(self, page: Image.Image) -> list[LineBox]:
+        gray = np.asarray(page.convert("L"))
+        h, w = gray.shape
+        f = min(1.0, self.work_size / max(h, w))
+        small = cv2.resize(gray, None, fx=f, fy=f, interpolation=cv2.INTER_AREA) if f < 1 else gray
+        ink = ink_mask(small)
+        scale = estimate_scale(ink)
+        if scale is None:
+            return []
+        ink = remove_rules(ink, scale)
+        ink = _drop_specks(ink, scale)
+        pitch = estimate_pitch(ink, scale)
+        fragments = self._fragments(ink, pitch)
+        cores = self._join(fragments, pitch)
+        lines = _assign_ink(ink, cores, max_distance=self.max_ink_distance * pitch)
+        return [_scale_line(line, 1 / f, (w, h)) for line in reading_order(lines)]
+
+    def _fragments(self, ink: np.ndarray, pitch: float) -> tuple[np.ndarray, np.ndarray]:
+        """Label image of smeared ink blobs (words or parts of words) and their stats."""
+        smeared = cv2.GaussianBlur(
+            ink.astype(np.float32), (0, 0), sigmaX=self.smear_x * pitch, sigmaY=self.smear_y * pitch
+        )
+        # Relative to the density typical of ink, so pen width and scan resolution cancel out.
+        level = float(np.median(smeared[ink > 0]))
+        # Ridge test: keep only the upper part of each vertical density peak, so lines whose
+        # ascenders and descenders touch still give separate fragments.
+        local_max = cv2.dilate(smeared, np.ones((max(3, int(pitch)) | 1, 1), np.uint8))
+        mask = (smeared >= self.core_threshold * level) & (smeared >= self.ridge * local_max)
+        mask = mask.astype(np.uint8)
+        _, labels, stats, centroids = cv2.connectedComponentsWithStats(mask, connectivity=8)
+        return labels, np.column_stack([stats, centroids])
+
+    def _join(self, fragments: tuple[np.ndarray, np.ndarray], pitch: float) -> list[np.ndarray]:
+        """Chain fragments left to right into lines; return one boolean mask per line."""
+        labels, stats = fragments
+        n = len(stats)
+        parent = list(range(n))
+
+        def find(i: int) -> int:
+            while parent[i] != i:
+                parent[i] = parent[parent[i]]
+                i = parent[i]
+            return i
+
+        order = sorted(range(1, n), key=lambda i: stats[i, 0])
+        for a_pos, a in enumerate(order):
+            ax1 = stats[a, 0] + stats[a, 2]
+            for b in order[a_pos + 1 :]:
+                gap = stats[b, 0] - ax1
+                if gap > self.join_gap * pitch:
+                    break
+                if abs(stats[b, 6] - stats[a, 6]) < self.join_dy * pitch:
+                    parent[find(b)] = find(a)
+        groups: dict[int, list[int]] = {}
+        for i in range(1, n):
+            groups.setdefault(find(i), []).append(i)
+        cores = []
+        for members in groups.values():
+            x0 = min(stats[i, 0] for i in members)
+            x1 = max(stats[i, 0] + stats[i, 2] for i in members)
+            y0 = min(stats[i, 1] for i in members)
+            y1 = max(stats[i, 1] + stats[i, 3] for i in members)
+            # Too short to be writing, or too flat (what is left of a rule after removal).
+            if x1 - x0 < self.min_line_width * pitch or y1 - y0 < 0.15 * pitch:
+                continue
+            cores.append(np.isin(labels, members))
+        return cores
+
+
+def estimate_pitch(ink: np.ndarray, scale: float) -> float:
+    """Line pitch in px: the first strong peak of the row profile's autocorrelation.
+
+    Falls back to three letter heights when the page has too few lines for a periodic profile.
+    """
+    rows = ink.sum(axis=1).astype(np.float64)
+    rows -= rows.mean()
+    if not rows.any():
+        return 3 * scale
+    ac = np.correlate(rows, rows, mode="full")[len(rows) - 1 :]
+    ac /= ac[0]
+    lo, hi = max(2, int(1.2 * scale)), min(len(ac) - 1, int(12 * scale), len(rows) // 2)
+    if hi <= lo:
+        return 3 * scale
+    lag = lo + int(np.argmax(ac[lo:hi]))
+    return float(lag) if ac[lag] > 0.1 else 3 * scale
+
+
+@dataclass
+class _Line:
+    bbox: tuple[int, int, int, int]
+    polygon: Points
+    baseline: Points
+
+
+def estimate_scale(ink: np.ndarray) -> float | None:
+    """Typical letter height in px: median height of mid-sized connected components."""
+    n, _, stats, _ = cv2.connectedComponentsWithStats(ink, connectivity=8)
+    if n <= 1:
+        return None
+    hs, ws, areas = stats[1:, cv2.CC_STAT_HEIGHT], stats[1:, cv2.CC_STAT_WIDTH], stats[1:, 4]
+    # Dots, commas and noise are tiny; rules and smudges are huge: neither says the text size.
+    keep = (hs >= 4) & (areas >= 12) & (hs < ink.shape[0] / 8) & (ws < ink.shape[1] / 3)
+    if keep.sum() < 3:
+        return None
+    return float(np.median(hs[keep]))
+
+
+def remove_rules(ink: np.ndarray, scale: float) -> np.ndarray:
+    """Erase ruled lines and margin rules: straight runs that together span the page.
+
+    A rule on a scan is faint and broken by noise, so it is found as many straight pieces
+    (runs of three letter heights) lying in the same row (or column) and covering a quarter
+    of the page; only those pieces, thickened by a pixel for their anti-aliased edges, are
+    erased. Strokes of the writing that cross a rule keep their other pixels.
+    """
+    run = max(10, int(3 * scale))
+    out = ink.copy()
+    for axis, kernel, grow in ((1, (1, run), (3, 1)), (0, (run, 1), (1, 3))):
+        pieces = cv2.morphologyEx(ink, cv2.MORPH_OPEN, np.ones(kernel, np.uint8))
+        # Coverage of each row (column), pooled over 3 so a slightly tilted rule counts whole.
+        cover = np.convolve(pieces.sum(axis=axis), np.ones(3), mode="same") / ink.shape[axis]
+        lines = cover > 0.25
+        if not lines.any():
+            continue
+        rules = pieces * (lines[:, None] if axis == 1 else lines[None, :])
+        out &= 1 - cv2.dilate(rules.astype(np.uint8), np.ones(grow, np.uint8))
+    return out
+
+
+def reading_order(lines: list[_Line]) -> list[_Line]:
+    """Top to bottom by baseline; lines side by side (overlapping rows) left to right."""
+    ordered = sorted(lines, key=lambda ln: (ln.bbox[1] + ln.bbox[3]) / 2)
+    rows: list[list[_Line]] = []
+    for line in ordered:
+        y0, y1 = line.bbox[1], line.bbox[3]
+        if rows:
+            ry0 = min(ln.bbox[1] for ln in rows[-1])
+            ry1 = max(ln.bbox[3] for ln in rows[-1])
+            overlap = min(y1, ry1) - max(y0, ry0)
+            if overlap > 0.5 * min(y1 - y0, ry1 - ry0):
+                rows[-1].append(line)
+                continue
+        rows.append([line])
+    return [ln for row in rows for ln in sorted(row, key=lambda ln: ln.bbox[0])]
+
+
+def _drop_specks(ink: np.ndarray, scale: float) -> np.ndarray:
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(ink, connectivity=8)
+    small = np.flatnonzero(stats[:, 4] < max(4, (scale * 0.15) ** 2))
+    small = small[small > 0]
+    if len(small):
+        ink = ink.copy()
+        ink[np.isin(labels, small)] = 0
+    return ink
+
+
+def _assign_ink(ink: np.ndarray, cores: list[np.ndarray], *, max_distance: float) -> list[_Line]:
+    if not cores:
+        return []
+    core_ids = np.zeros(ink.shape, np.int32)
+    for i, c in enumerate(cores, start=1):
+        core_ids[c] = i
+    # Distance to the nearest core pixel, and which core pixel it is (each pixel its own label).
+    dist, nearest = cv2.distanceTransformWithLabels(
+        (core_ids == 0).astype(np.uint8), cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL
+    )
+    zero_y, zero_x = np.nonzero(core_ids)  # pixel labels are assigned in scan order
+    owner_of_label = np.concatenate([[0], core_ids[zero_y, zero_x]])
+    owner = owner_of_label[nearest]
+    owner[(ink == 0) | (dist > max_distance)] = 0
+    lines = []
+    for i, core in enumerate(cores, start=1):
+        ys, xs = np.nonzero(owner == i)
+        if len(xs) == 0:
+            continue
+        lines.append(_describe(xs, ys, core))
+    return lines
+
+
+def _describe(xs: np.ndarray, ys: np.ndarray, core: np.ndarray) -> _Line:
+    x0, x1, y0, y1 = int(xs.min()), int(xs.max()) + 1, int(ys.min()), int(ys.max()) + 1
+    # Envelope polygon: top and bottom of the line's ink in vertical strips.
+    n_bins = max(2, min(40, (x1 - x0) // 8))
+    edges = np.linspace(x0, x1, n_bins + 1)
+    strip = np.clip(np.searchsorted(edges, xs, side="right") - 1, 0, n_bins - 1)
+    top, bottom = np.full(n_bins, y1, float), np.full(n_bins, y0, float)
+    np.minimum.at(top, strip, ys)
+    np.maximum.at(bottom, strip, ys + 1)
+    filled = bottom > top
+    centres = (edges[:-1] + edges[1:]) / 2
+    tx, ty, by = centres[filled], top[filled], bottom[filled]
+    upper = [(x0, int(ty[0]))] + [(int(x), int(y)) for x, y in zip(tx, ty, strict=True)]
+    upper.append((x1, int(ty[-1])))
+    lower = [(x1, int(by[-1]))] + [
+        (int(x), int(y)) for x, y in zip(tx[::-1], by[::-1], strict=True)
+    ]
+    lower.append((x0, int(by[0])))
+    # Baseline: the core's lower edge, fitted with a straight line (handwriting wanders, but
+    # a line is what ALTO/PAGE consumers draw and what the recognizer crop needs).
+    cys, cxs = np.nonzero(core)
+    base_y = _lower_edge_fit(cxs, cys, x0, x1)
+    return _Line((x0, y0, x1, y1), upper + lower, [(x0, base_y[0]), (x1, base_y[1])])
+
+
+def _lower_edge_fit(xs: np.ndarray, ys: np.ndarray, x0: int, x1: int) -> tuple[int, int]:
+    n_bins = max(2, min(20, (x1 - x0) // 16))
+    edges = np.linspace(xs.min(), xs.max() + 1, n_bins + 1)
+    strip = np.clip(np.searchsorted(edges, xs, side="right") - 1, 0, n_bins - 1)
+    low = np.full(n_bins, -1.0)
+    np.maximum.at(low, strip, ys)
+    ok = low >= 0
+    cx = ((edges[:-1] + edges[1:]) / 2)[ok]
+    if ok.sum() >= 2:
+        slope, icpt = np.polyfit(cx, low[ok], 1)
+    else:
+        slope, icpt = 0.0, float(low[ok].mean())
+    return round(slope * x0 + icpt), round(slope * x1 + icpt)
+
+
+def _scale_line(line: _Line, k: float, size: tuple[int, int]) -> LineBox:
+    w, h = size
+
+    def pt(x: float, y: float) -> tuple[int, int]:
+        return min(w, max(0, round(x * k))), min(h, max(0, round(y * k)))
+
+    x0, y0, x1, y1 = line.bbox
+    return LineBox(
+        bbox=(*pt(x0, y0), *pt(x1, y1)),
+        polygon=[pt(x, y) for x, y in line.polygon],
+        baseline=[pt(x, y) for x, y in line.baseline],
+    )
