@@ -7,6 +7,8 @@ never at import: the main process stays free of torch and of CUDA state that for
 from __future__ import annotations
 
 import logging
+import os
+import signal
 from typing import TYPE_CHECKING, Any
 
 from celery import Celery, signals
@@ -30,6 +32,8 @@ _app: Celery | None = None
 _settings: Settings | None = None
 _context: BatchContext | None = None
 _sweeper: SweeperThread | None = None
+#: The worker's main process, which pool processes inherit through the fork.
+_main_pid = os.getpid()
 
 
 def make_segmenter(settings: Settings) -> Segmenter:
@@ -97,7 +101,8 @@ def create_app(settings: Settings) -> Celery:
         worker_send_task_events=False,
     )
     register_tasks(app, settings, get_context)
-    _app, _settings = app, settings
+    global _main_pid
+    _app, _settings, _main_pid = app, settings, os.getpid()
     signals.worker_process_init.connect(_on_process_init, weak=False, dispatch_uid="htrq-init")
     signals.worker_ready.connect(_start_sweeper, weak=False, dispatch_uid="htrq-sweeper")
     signals.worker_shutdown.connect(_stop_sweeper, weak=False, dispatch_uid="htrq-stop")
@@ -107,7 +112,13 @@ def create_app(settings: Settings) -> Celery:
 def _on_process_init(**_: Any) -> None:
     global _context
     _context = None  # never reuse a parent's engine or model after a fork
-    get_context()
+    try:
+        get_context()
+    except Exception:
+        # A worker without its model would take pages and fail every one of them: stop the
+        # whole worker (the main process, which is this one under --pool=solo) instead.
+        log.critical("cannot load the model; stopping the worker", exc_info=True)
+        os.kill(_main_pid, signal.SIGTERM)
 
 
 def _start_sweeper(**_: Any) -> None:
