@@ -56,3 +56,31 @@ def test_a_bad_setting_exits_2_naming_the_variable(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("HTRQ_LEASE_SECONDS", "-5")
     assert main(["transcribe", "x.png"]) == 2
     assert "HTRQ_LEASE_SECONDS" in capsys.readouterr().err
+
+
+def test_migrate_submit_and_status_against_the_servers(
+    monkeypatch: pytest.MonkeyPatch, database_url: str, broker_url: str, tmp_path: Path, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    """migrate is idempotent; submit queues a job on Redis; status prints it and its pages."""
+    monkeypatch.setenv("HTRQ_DATABASE_URL", database_url)
+    monkeypatch.setenv("HTRQ_BROKER_URL", broker_url)
+    monkeypatch.setenv("HTRQ_STORAGE_DIR", str(tmp_path / "blobs"))
+    assert main(["migrate"]) == 0
+    page = tmp_path / "p.png"
+    page.write_bytes(page_png())
+    assert main(["submit", str(page), "--external-id", "cli-1"]) == 0
+    job = json.loads(capsys.readouterr().out)
+    assert job["status"] == "queued" and job["external_id"] == "cli-1"
+    assert main(["status", job["id"], "--pages"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["pages"][0]["filename"] == "p.png" and status["pages"][0]["attempts"] == 0
+    assert main(["status", "00000000-0000-0000-0000-000000000000"]) == 1
+
+
+def test_server_commands_say_which_variable_is_missing(
+    monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    """Without HTRQ_DATABASE_URL the server commands refuse to start, naming it."""
+    monkeypatch.delenv("HTRQ_DATABASE_URL", raising=False)
+    assert main(["migrate"]) == 2
+    assert "HTRQ_DATABASE_URL" in capsys.readouterr().err
