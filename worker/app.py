@@ -43,10 +43,10 @@ def make_segmenter(settings: Settings) -> Segmenter:
 
 def load_recognizer(settings: Settings) -> Recognizer:
     """The recognizer the settings describe (imports torch: call it only where it runs)."""
-    from worker.recognize import Recognizer, resolve_model
+    from worker.recognize import Recognizer
 
     return Recognizer.load(
-        model=resolve_model(settings.model),
+        model=settings.model,
         device=settings.device,
         dtype=settings.dtype,
         batch_size=settings.batch_size,
