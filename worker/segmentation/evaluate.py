@@ -1,11 +1,11 @@
-"""Score line detection: boxes matched one-to-one at IoU >= a threshold (pure, no I/O but XML)."""
+"""Score line detection: boxes matched one-to-one at IoU >= a threshold."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
-from lxml import etree
+from xml.etree import ElementTree as ET
 
 Box = tuple[int, int, int, int]  #: x0, y0, x1, y1
 
@@ -67,9 +67,9 @@ def match(predicted: list[Box], expected: list[Box], *, threshold: float = 0.5) 
 
 def alto_line_boxes(path: Path) -> list[Box]:
     """Ground-truth line boxes of an ALTO file (any ALTO namespace version)."""
-    tree = etree.parse(str(path))
+    tree = ET.parse(path)
     boxes: list[Box] = []
-    for line in tree.iter("{*}TextLine"):
+    for line in tree.getroot().iterfind(".//{*}TextLine"):
         x, y = float(line.get("HPOS", 0)), float(line.get("VPOS", 0))
         w, h = float(line.get("WIDTH", 0)), float(line.get("HEIGHT", 0))
         boxes.append((round(x), round(y), round(x + w), round(y + h)))

@@ -1,0 +1,243 @@
+"""Page results as plain text, JSON, ALTO 4 and PAGE XML 2019 (pure functions, no ORM).
+
+Coordinates are page-image pixels, origin top left. A line's confidence (0..1) goes into ALTO
+``String/@WC`` and PAGE ``TextEquiv/@conf``.
+
+Whole jobs: ``txt`` is every page's text with a form feed (U+000C) between pages, the plain
+text convention for page breaks (pdftotext, lpr); ``json`` is ``{"pages": [...]}``; ``alto``
+and ``page`` are a zip with one XML file per page (``page-0001.xml`` ...). A PAGE file holds
+exactly one page by schema, and one ALTO file per page image is what HTR tools (eScriptorium,
+Transkribus, kraken) exchange, so both XML formats use the same zip layout.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from xml.etree import ElementTree as ET
+
+ALTO_NS = "http://www.loc.gov/standards/alto/ns-v4#"
+ALTO_SCHEMA = "http://www.loc.gov/standards/alto/v4/alto-4-4.xsd"
+PAGE_NS = "http://schema.primaresearch.org/PAGE/gts/pagecontent/2019-07-15"
+PAGE_SCHEMA = f"{PAGE_NS}/pagecontent.xsd"
+XSI_NS = "http://www.w3.org/2001/XMLSchema-instance"
+
+#: Export formats and the media type each is served with; job-level XML is a zip.
+FORMATS = {
+    "txt": "text/plain; charset=utf-8",
+    "json": "application/json",
+    "alto": "application/xml",
+    "page": "application/xml",
+}
+
+Point = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class LineResult:
+    text: str
+    confidence: float | None  #: 0..1, None when the recognizer gave none
+    bbox: tuple[int, int, int, int]  #: x0, y0, x1, y1
+    polygon: Sequence[Point] | None = None
+    baseline: Sequence[Point] | None = None
+
+
+@dataclass(frozen=True)
+class PageResult:
+    index: int  #: position in the job, from 0
+    width: int  #: page image size in pixels
+    height: int
+    image_name: str  #: file the coordinates refer to (the upload's name, ``#frame`` appended)
+    lines: Sequence[LineResult] = field(default_factory=tuple)
+    confidence: float | None = None  #: page confidence, 0..1
+    status: str = "succeeded"
+    error: dict[str, str] | None = None  #: ``{"code", "message"}`` of a failed page
+
+    @property
+    def text(self) -> str:
+        return "\n".join(line.text for line in self.lines)
+
+
+def render_page_export(page: PageResult, fmt: str) -> bytes:
+    """One page in ``fmt`` (see :data:`FORMATS`) as bytes."""
+    if fmt == "txt":
+        return page.text.encode()
+    if fmt == "json":
+        return json.dumps(page_json(page), ensure_ascii=False).encode()
+    if fmt == "alto":
+        return alto(page)
+    if fmt == "page":
+        return page_xml(page)
+    raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+
+
+def render_job_export(pages: Sequence[PageResult], fmt: str) -> tuple[bytes, str, str]:
+    """A whole job in ``fmt``: ``(body, media type, file extension)``."""
+    if fmt == "txt":
+        return "\f".join(p.text for p in pages).encode(), FORMATS["txt"], "txt"
+    if fmt == "json":
+        body = {"pages": [page_json(p) for p in pages]}
+        return json.dumps(body, ensure_ascii=False).encode(), FORMATS["json"], "json"
+    if fmt in ("alto", "page"):
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+            for p in pages:
+                zf.writestr(f"page-{p.index + 1:04d}.xml", render_page_export(p, fmt))
+        return buf.getvalue(), "application/zip", "zip"
+    raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+
+
+def page_json(page: PageResult) -> dict[str, Any]:
+    return {
+        "index": page.index,
+        "image": page.image_name,
+        "width": page.width,
+        "height": page.height,
+        "status": page.status,
+        "text": page.text,
+        "confidence": page.confidence,
+        "error": page.error,
+        "lines": [
+            {
+                "text": ln.text,
+                "confidence": ln.confidence,
+                "bbox": list(ln.bbox),
+                "polygon": [list(p) for p in ln.polygon] if ln.polygon else None,
+                "baseline": [list(p) for p in ln.baseline] if ln.baseline else None,
+            }
+            for ln in page.lines
+        ],
+    }
+
+
+def alto(page: PageResult) -> bytes:
+    """ALTO 4.4: one TextBlock holding the page's lines, one String per line."""
+    ET.register_namespace("", ALTO_NS)
+    ET.register_namespace("xsi", XSI_NS)
+    a = _ns(ALTO_NS)
+    root = ET.Element(a("alto"), {f"{{{XSI_NS}}}schemaLocation": f"{ALTO_NS} {ALTO_SCHEMA}"})
+    desc = ET.SubElement(root, a("Description"))
+    ET.SubElement(desc, a("MeasurementUnit")).text = "pixel"
+    src = ET.SubElement(desc, a("sourceImageInformation"))
+    ET.SubElement(src, a("fileName")).text = page.image_name
+    proc = ET.SubElement(desc, a("OCRProcessing"), ID="OCR_0")
+    step = ET.SubElement(proc, a("ocrProcessingStep"))
+    sw = ET.SubElement(step, a("processingSoftware"))
+    ET.SubElement(sw, a("softwareName")).text = "htrq"
+    layout = ET.SubElement(root, a("Layout"))
+    pg = ET.SubElement(
+        layout,
+        a("Page"),
+        ID=f"p{page.index}",
+        PHYSICAL_IMG_NR=str(page.index + 1),
+        WIDTH=str(page.width),
+        HEIGHT=str(page.height),
+    )
+    space = ET.SubElement(
+        pg, a("PrintSpace"), HPOS="0", VPOS="0", WIDTH=str(page.width), HEIGHT=str(page.height)
+    )
+    if page.lines:
+        block = ET.SubElement(
+            space, a("TextBlock"), ID=f"p{page.index}_b0", **_alto_box(_union(page.lines))
+        )
+        for i, ln in enumerate(page.lines):
+            attrs = {"ID": f"p{page.index}_l{i}", **_alto_box(ln.bbox)}
+            if ln.baseline and len(ln.baseline) >= 2:
+                attrs["BASELINE"] = _points(ln.baseline, page)
+            line = ET.SubElement(block, a("TextLine"), attrs)
+            if ln.polygon and len(ln.polygon) >= 3:
+                shape = ET.SubElement(line, a("Shape"))
+                ET.SubElement(shape, a("Polygon"), POINTS=_points(ln.polygon, page))
+            s_attrs = {"ID": f"p{page.index}_l{i}_s0", "CONTENT": ln.text, **_alto_box(ln.bbox)}
+            if ln.confidence is not None:
+                s_attrs["WC"] = _conf(ln.confidence)
+            ET.SubElement(line, a("String"), s_attrs)
+    return _serialise(root)
+
+
+def page_xml(page: PageResult, *, created: datetime | None = None) -> bytes:
+    """PAGE XML 2019-07-15: one TextRegion holding the page's lines, text per line."""
+    ET.register_namespace("", PAGE_NS)
+    ET.register_namespace("xsi", XSI_NS)
+    p = _ns(PAGE_NS)
+    root = ET.Element(p("PcGts"), {f"{{{XSI_NS}}}schemaLocation": f"{PAGE_NS} {PAGE_SCHEMA}"})
+    meta = ET.SubElement(root, p("Metadata"))
+    stamp = (created or datetime.now(UTC)).replace(microsecond=0).isoformat()
+    ET.SubElement(meta, p("Creator")).text = "htrq"
+    ET.SubElement(meta, p("Created")).text = stamp
+    ET.SubElement(meta, p("LastChange")).text = stamp
+    pg = ET.SubElement(
+        root,
+        p("Page"),
+        imageFilename=page.image_name,
+        imageWidth=str(page.width),
+        imageHeight=str(page.height),
+    )
+    if page.lines:
+        order = ET.SubElement(pg, p("ReadingOrder"))
+        group = ET.SubElement(order, p("OrderedGroup"), id=f"p{page.index}_ro")
+        ET.SubElement(group, p("RegionRefIndexed"), index="0", regionRef=f"p{page.index}_r0")
+        region = ET.SubElement(pg, p("TextRegion"), id=f"p{page.index}_r0", type="paragraph")
+        ET.SubElement(region, p("Coords"), points=_points(_corners(_union(page.lines)), page))
+        for i, ln in enumerate(page.lines):
+            line = ET.SubElement(region, p("TextLine"), id=f"p{page.index}_l{i}")
+            outline = ln.polygon if ln.polygon and len(ln.polygon) >= 3 else _corners(ln.bbox)
+            ET.SubElement(line, p("Coords"), points=_points(outline, page))
+            if ln.baseline and len(ln.baseline) >= 2:
+                ET.SubElement(line, p("Baseline"), points=_points(ln.baseline, page))
+            _text_equiv(line, p, ln.text, ln.confidence)
+        _text_equiv(region, p, page.text, page.confidence)
+    return _serialise(root)
+
+
+def _text_equiv(parent: ET.Element, p: Any, text: str, conf: float | None) -> None:
+    attrs = {"conf": _conf(conf)} if conf is not None else {}
+    equiv = ET.SubElement(parent, p("TextEquiv"), attrs)
+    ET.SubElement(equiv, p("Unicode")).text = text
+
+
+def _ns(uri: str) -> Any:
+    return lambda tag: f"{{{uri}}}{tag}"
+
+
+def _conf(value: float) -> str:
+    return f"{min(1.0, max(0.0, value)):.4f}"
+
+
+def _union(lines: Sequence[LineResult]) -> tuple[int, int, int, int]:
+    return (
+        min(ln.bbox[0] for ln in lines),
+        min(ln.bbox[1] for ln in lines),
+        max(ln.bbox[2] for ln in lines),
+        max(ln.bbox[3] for ln in lines),
+    )
+
+
+def _corners(b: tuple[int, int, int, int]) -> list[Point]:
+    return [(b[0], b[1]), (b[2], b[1]), (b[2], b[3]), (b[0], b[3])]
+
+
+def _alto_box(b: tuple[int, int, int, int]) -> dict[str, str]:
+    return {
+        "HPOS": str(b[0]),
+        "VPOS": str(b[1]),
+        "WIDTH": str(max(0, b[2] - b[0])),
+        "HEIGHT": str(max(0, b[3] - b[1])),
+    }
+
+
+def _points(points: Sequence[Point], page: PageResult) -> str:
+    # Both schemas want non-negative integers inside the page: clamp what rounding pushed out.
+    return " ".join(
+        f"{min(page.width, max(0, int(x)))},{min(page.height, max(0, int(y)))}" for x, y in points
+    )
+
+
+def _serialise(root: ET.Element) -> bytes:
+    ET.indent(root)
+    return ET.tostring(root, encoding="utf-8", xml_declaration=True)
