@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-
 from xml.etree import ElementTree as ET
 
 Box = tuple[int, int, int, int]  #: x0, y0, x1, y1
