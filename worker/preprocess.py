@@ -27,6 +27,9 @@ MIN_SKEW_DEGREES = 0.2
 #: Skew is estimated on a copy this wide: enough for 0.1 degree steps, and fast.
 _SKEW_WORK_WIDTH = 1000
 
+#: A page whose tones all lie within this range (of 255) is blank: nothing to read.
+BLANK_TONE_RANGE = 8
+
 #: ``Image.info`` key under which the applied rotation (degrees, counter-clockwise) is kept.
 SKEW_INFO_KEY = "htrq_skew_degrees"
 
@@ -34,8 +37,9 @@ SKEW_INFO_KEY = "htrq_skew_degrees"
 def normalise_page(im: Image.Image, *, max_pixels: int, deskew: bool = True) -> Image.Image:
     """Return ``im`` upright, 8-bit grayscale, contrast-stretched and (optionally) deskewed.
 
-    Raises :class:`PageError` ``empty_image`` or ``too_large`` before decoding any pixel when
-    ``im`` is still lazy (as :func:`PIL.Image.open` returns it). The rotation applied is kept
+    Raises :class:`PageError` ``too_large`` before decoding any pixel when ``im`` is still lazy
+    (as :func:`PIL.Image.open` returns it), and ``empty_image`` for a page without pixels or
+    a blank one (a single uniform tone). The rotation applied is kept
     in ``result.info[SKEW_INFO_KEY]``.
     """
     w, h = im.size
@@ -44,6 +48,9 @@ def normalise_page(im: Image.Image, *, max_pixels: int, deskew: bool = True) -> 
     check_pixels((w, h), max_pixels)
     im = ImageOps.exif_transpose(im)
     gray = im.convert("L") if im.mode != "L" else im.copy()
+    lo, hi = gray.getextrema()
+    if hi - lo < BLANK_TONE_RANGE:
+        raise PageError("empty_image", "the page is blank (one uniform tone): nothing to read")
     # A 1% tail on each side keeps specks and bleed-through from setting the range.
     gray = ImageOps.autocontrast(gray, cutoff=(1, 1))
     angle = estimate_skew(gray) if deskew else 0.0
