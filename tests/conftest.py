@@ -9,6 +9,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
 import pytest
@@ -18,6 +19,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from htrq.db import make_engine, upgrade
 from htrq.settings import Settings
+
+if TYPE_CHECKING:
+    from worker.recognize import Recognizer
 
 #: A PostgreSQL server (any database on it) where each run creates and drops its own database.
 PG_ADMIN_URL = os.environ.get(
@@ -86,7 +90,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def recognizer(tiny_model: Path):  # type: ignore[no-untyped-def]
+def recognizer(tiny_model: Path) -> Recognizer:
     from worker.recognize import Recognizer
 
     return Recognizer.load(model=str(tiny_model), batch_size=8, num_beams=1, max_new_tokens=6)

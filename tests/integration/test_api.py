@@ -61,7 +61,13 @@ def test_repeats_answer_200_with_the_same_job(client: TestClient) -> None:
         ([("files", ("a.png", page_png(), "image/png"))], {"mode": "word"}, 422, "invalid_request"),
     ],
 )
-def test_bad_uploads_get_4xx_with_a_code(client: TestClient, files, data, status, code) -> None:  # type: ignore[no-untyped-def]
+def test_bad_uploads_get_4xx_with_a_code(
+    client: TestClient,
+    files: list[tuple[str, tuple[str, bytes, str]]],
+    data: dict[str, str],
+    status: int,
+    code: str,
+) -> None:
     """Unreadable, empty or missing files and bad fields are refused with a JSON code."""
     r = client.post("/v1/jobs", files=files, data=data)
     assert r.status_code == status, r.text

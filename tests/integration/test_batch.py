@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 import redis
@@ -18,11 +19,14 @@ from htrq.storage import DirectoryStore
 from tests.images import corrupt_png, multipage_tiff, page_png
 from worker.batch import BatchContext, process_batch
 from worker.embedded import LocalQueue
-from worker.pipeline import LineOutput, Pipeline
+from worker.pipeline import LineOutput, Pipeline, Recognize
+from worker.recognize import Recognizer
 from worker.sweeper import sweep_once
 
 
-def _context(sessions, settings, recognize) -> BatchContext:  # type: ignore[no-untyped-def]
+def _context(
+    sessions: sessionmaker[Session], settings: Settings, recognize: Recognize
+) -> BatchContext:
     return BatchContext(
         settings=settings,
         sessions=sessions,
@@ -65,8 +69,8 @@ class Broken:
 
 
 def test_a_group_is_read_and_stored_with_the_corrupt_page_failed(
-    sessions, settings, recognizer
-) -> None:  # type: ignore[no-untyped-def]
+    sessions: sessionmaker[Session], settings: Settings, recognizer: Recognizer
+) -> None:
     """Good pages succeed with lines and confidence; the corrupt one fails with its code."""
     ctx = _context(sessions, settings, recognizer)
     ids = _submit(ctx, [page_png("one"), corrupt_png(), page_png("three")])
@@ -82,8 +86,8 @@ def test_a_group_is_read_and_stored_with_the_corrupt_page_failed(
 
 
 def test_a_multipage_file_becomes_consecutive_pages_read_by_frame(
-    sessions, settings, recognizer
-) -> None:  # type: ignore[no-untyped-def]
+    sessions: sessionmaker[Session], settings: Settings, recognizer: Recognizer
+) -> None:
     """A 3-frame TIFF and a PNG give pages 0..3 on two blobs, each frame read on its own."""
     ctx = _context(sessions, settings, recognizer)
     ids = _submit(ctx, [multipage_tiff(3), page_png()])
@@ -94,7 +98,9 @@ def test_a_multipage_file_becomes_consecutive_pages_read_by_frame(
     assert _line_counts(sessions, ids) == [1, 1, 1, 1]
 
 
-def test_duplicate_messages_are_processed_once(sessions, settings, recognizer) -> None:  # type: ignore[no-untyped-def]
+def test_duplicate_messages_are_processed_once(
+    sessions: sessionmaker[Session], settings: Settings, recognizer: Recognizer
+) -> None:
     """The same id twice in a group, and again later, gives one claim and one set of lines."""
     ctx = _context(sessions, settings, recognizer)
     a, b = _submit(ctx, [page_png("a"), page_png("b")])
@@ -104,7 +110,9 @@ def test_duplicate_messages_are_processed_once(sessions, settings, recognizer) -
     assert _line_counts(sessions, [a, b]) == [1, 1]
 
 
-def test_a_result_from_a_lost_claim_is_thrown_away(sessions, settings) -> None:  # type: ignore[no-untyped-def]
+def test_a_result_from_a_lost_claim_is_thrown_away(
+    sessions: sessionmaker[Session], settings: Settings
+) -> None:
     """After the sweeper takes a page back, the old claim's write changes nothing."""
     ctx = _context(sessions, settings, Broken())
     (pid,) = _submit(ctx, [page_png()])
@@ -123,7 +131,9 @@ def test_a_result_from_a_lost_claim_is_thrown_away(sessions, settings) -> None: 
     assert _line_counts(sessions, [pid]) == [1]
 
 
-def test_transient_errors_requeue_then_fail_with_the_last_error(sessions, settings) -> None:  # type: ignore[no-untyped-def]
+def test_transient_errors_requeue_then_fail_with_the_last_error(
+    sessions: sessionmaker[Session], settings: Settings
+) -> None:
     """A model error re-sends the page with backoff until its attempts are spent."""
     ctx = _context(sessions, settings, Broken())
     (pid,) = _submit(ctx, [page_png()])
@@ -141,7 +151,9 @@ def test_transient_errors_requeue_then_fail_with_the_last_error(sessions, settin
     assert "device-side assert" in (page.error_message or "")
 
 
-def test_a_missing_blob_fails_the_page(sessions, settings, recognizer, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_missing_blob_fails_the_page(
+    sessions: sessionmaker[Session], settings: Settings, recognizer: Recognizer, tmp_path: Path
+) -> None:
     """A page whose stored file is gone fails with blob_missing instead of looping."""
     ctx = _context(sessions, settings, recognizer)
     (pid,) = _submit(ctx, [page_png()])
@@ -150,7 +162,9 @@ def test_a_missing_blob_fails_the_page(sessions, settings, recognizer, tmp_path)
     assert _pages(sessions, [pid])[0].error_code == "blob_missing"
 
 
-def test_sweeper_requeues_expired_leases_and_fails_spent_ones(sessions, settings) -> None:  # type: ignore[no-untyped-def]
+def test_sweeper_requeues_expired_leases_and_fails_spent_ones(
+    sessions: sessionmaker[Session], settings: Settings
+) -> None:
     """Expired leases go back to queued, or to failed (worker_lost) with no attempts left."""
     ctx = _context(sessions, settings, Broken())
     a, b = _submit(ctx, [page_png("a"), page_png("b")])
@@ -167,8 +181,8 @@ def test_sweeper_requeues_expired_leases_and_fails_spent_ones(sessions, settings
 
 @pytest.mark.usefixtures("broker_url")
 def test_sweeper_resends_lost_messages_only_when_the_queue_is_empty(
-    sessions, settings: Settings
-) -> None:  # type: ignore[no-untyped-def]
+    sessions: sessionmaker[Session], settings: Settings
+) -> None:
     """Pages queued past the grace period are re-sent to Redis while nothing waits there."""
     ctx = _context(sessions, settings, Broken())
     (pid,) = _submit(ctx, [page_png()])

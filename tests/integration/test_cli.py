@@ -21,7 +21,9 @@ def embedded_env(monkeypatch: pytest.MonkeyPatch, tiny_model: Path) -> None:
 
 
 @pytest.mark.usefixtures("embedded_env")
-def test_transcribe_prints_page_resources_as_json(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_transcribe_prints_page_resources_as_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """transcribe runs jobs, queue and batch code in-process and prints the API's page shape."""
     files = []
     for i, data in enumerate([page_png("one"), page_png("two"), corrupt_png()]):
@@ -39,7 +41,9 @@ def test_transcribe_prints_page_resources_as_json(tmp_path: Path, capsys) -> Non
 
 
 @pytest.mark.usefixtures("embedded_env")
-def test_transcribe_text_output_and_refused_files(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_transcribe_text_output_and_refused_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Text output has a header per file; an unreadable file stops with its code, exit 2."""
     good = tmp_path / "good.png"
     good.write_bytes(page_png())
@@ -51,7 +55,9 @@ def test_transcribe_text_output_and_refused_files(tmp_path: Path, capsys) -> Non
     assert "unsupported_format" in capsys.readouterr().err
 
 
-def test_a_bad_setting_exits_2_naming_the_variable(monkeypatch: pytest.MonkeyPatch, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_a_bad_setting_exits_2_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The CLI turns a wrong HTRQ_* value into a one-line message and exit status 2."""
     monkeypatch.setenv("HTRQ_LEASE_SECONDS", "-5")
     assert main(["transcribe", "x.png"]) == 2
@@ -59,8 +65,12 @@ def test_a_bad_setting_exits_2_naming_the_variable(monkeypatch: pytest.MonkeyPat
 
 
 def test_migrate_submit_and_status_against_the_servers(
-    monkeypatch: pytest.MonkeyPatch, database_url: str, broker_url: str, tmp_path: Path, capsys
-) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
+    database_url: str,
+    broker_url: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     """migrate is idempotent; submit queues a job on Redis; status prints it and its pages."""
     monkeypatch.setenv("HTRQ_DATABASE_URL", database_url)
     monkeypatch.setenv("HTRQ_BROKER_URL", broker_url)
@@ -78,8 +88,8 @@ def test_migrate_submit_and_status_against_the_servers(
 
 
 def test_server_commands_say_which_variable_is_missing(
-    monkeypatch: pytest.MonkeyPatch, capsys
-) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Without HTRQ_DATABASE_URL the server commands refuse to start, naming it."""
     monkeypatch.delenv("HTRQ_DATABASE_URL", raising=False)
     assert main(["migrate"]) == 2

@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -115,8 +116,8 @@ def processes(tmp_path: Path, broker_url: str) -> Iterator[Processes]:
     procs.close()
 
 
-def _poll_job(url: str, job_id: str) -> dict:  # type: ignore[type-arg]
-    job: dict = {}  # type: ignore[type-arg]
+def _poll_job(url: str, job_id: str) -> dict[str, Any]:
+    job: dict[str, Any] = {}
 
     def finished() -> bool:
         nonlocal job

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, select, text, update
@@ -9,7 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from htrq import jobs
 from htrq.errors import PageError
 from htrq.models import Page
-from htrq.resources import StatusCounts, job_status
+from htrq.resources import JobResource, StatusCounts, job_status
 from htrq.settings import Settings
 from htrq.storage import DirectoryStore
 from tests.images import corrupt_png, page_png
@@ -25,7 +26,9 @@ class Recorder:
         self.sent.extend(page_ids)
 
 
-def _submit(sessions: sessionmaker[Session], settings: Settings, send: Recorder, **kw):  # type: ignore[no-untyped-def]
+def _submit(
+    sessions: sessionmaker[Session], settings: Settings, send: Recorder, **kw: Any
+) -> tuple[JobResource, bool]:
     kw.setdefault("uploads", [jobs.Upload(f"p{i}.png", page_png(f"page {i}")) for i in range(3)])
     return jobs.submit(
         sessions=sessions,
@@ -36,7 +39,9 @@ def _submit(sessions: sessionmaker[Session], settings: Settings, send: Recorder,
     )
 
 
-def test_submit_creates_queued_pages_with_consecutive_indexes(sessions, settings) -> None:  # type: ignore[no-untyped-def]
+def test_submit_creates_queued_pages_with_consecutive_indexes(
+    sessions: sessionmaker[Session], settings: Settings
+) -> None:
     """Each file becomes a queued page, indexes 0..n-1, and each page is sent once."""
     send = Recorder()
     job, created = _submit(sessions, settings, send)
@@ -71,7 +76,9 @@ def test_pages_are_sent_only_after_the_commit(engine: Engine, settings: Settings
     assert seen == [1, 1]
 
 
-def test_a_repeat_under_the_same_key_returns_the_first_job(sessions, settings) -> None:  # type: ignore[no-untyped-def]
+def test_a_repeat_under_the_same_key_returns_the_first_job(
+    sessions: sessionmaker[Session], settings: Settings
+) -> None:
     """Idempotency-Key and external_id both make a repeat return the job, not a new one."""
     send = Recorder()
     first, _ = _submit(sessions, settings, send, idempotency_key="k-1")
@@ -83,7 +90,9 @@ def test_a_repeat_under_the_same_key_returns_the_first_job(sessions, settings) -
     assert len(send.sent) == 6  # the repeats sent nothing
 
 
-def test_other_files_under_a_used_key_conflict(sessions, settings) -> None:  # type: ignore[no-untyped-def]
+def test_other_files_under_a_used_key_conflict(
+    sessions: sessionmaker[Session], settings: Settings
+) -> None:
     """A different payload under a used key is refused, naming the existing job."""
     first, _ = _submit(sessions, settings, Recorder(), idempotency_key="k-2")
     with pytest.raises(jobs.IdempotencyConflict) as err:
@@ -101,7 +110,9 @@ def test_other_files_under_a_used_key_conflict(sessions, settings) -> None:  # t
     ("data", "code"),
     [(b"", "empty_file"), (b"plain text, not an image", "unsupported_format")],
 )
-def test_refused_uploads_store_nothing(sessions, settings, data: bytes, code: str) -> None:  # type: ignore[no-untyped-def]
+def test_refused_uploads_store_nothing(
+    sessions: sessionmaker[Session], settings: Settings, data: bytes, code: str
+) -> None:
     """An unreadable upload refuses the whole job with a code; no row or blob is written."""
     send = Recorder()
     uploads = [jobs.Upload("ok.png", page_png()), jobs.Upload("bad.bin", data)]
@@ -111,13 +122,15 @@ def test_refused_uploads_store_nothing(sessions, settings, data: bytes, code: st
     assert send.sent == [] and not settings.storage_dir.exists()
 
 
-def test_a_corrupt_image_is_accepted_and_left_to_the_worker(sessions, settings) -> None:  # type: ignore[no-untyped-def]
+def test_a_corrupt_image_is_accepted_and_left_to_the_worker(
+    sessions: sessionmaker[Session], settings: Settings
+) -> None:
     """A file whose header reads is a page; decoding (and failing) happens in the worker."""
     job, _ = _submit(sessions, settings, Recorder(), uploads=[jobs.Upload("c.png", corrupt_png())])
     assert len(job.pages) == 1
 
 
-def test_oversized_files_are_refused(sessions, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+def test_oversized_files_are_refused(sessions: sessionmaker[Session], settings: Settings) -> None:
     """Files over HTRQ_MAX_UPLOAD_BYTES get too_large."""
     small = settings.model_copy(update={"max_upload_bytes": 10})
     with pytest.raises(PageError) as err:
@@ -125,7 +138,9 @@ def test_oversized_files_are_refused(sessions, settings: Settings) -> None:  # t
     assert err.value.code == "too_large"
 
 
-def test_retry_requeues_only_failed_pages_and_keeps_attempts(sessions, settings) -> None:  # type: ignore[no-untyped-def]
+def test_retry_requeues_only_failed_pages_and_keeps_attempts(
+    sessions: sessionmaker[Session], settings: Settings
+) -> None:
     """Retry re-sends failed pages, raises their attempt limit and never lowers attempts."""
     job, _ = _submit(sessions, settings, Recorder())
     failed, done = job.pages[0].id, job.pages[1].id
@@ -150,7 +165,7 @@ def test_retry_requeues_only_failed_pages_and_keeps_attempts(sessions, settings)
         )
 
 
-def test_unknown_ids_raise_not_found(sessions, settings) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_ids_raise_not_found(sessions: sessionmaker[Session], settings: Settings) -> None:
     """Unknown and malformed job ids, and missing page indexes, raise NotFound."""
     job, _ = _submit(sessions, settings, Recorder())
     for call in (

@@ -9,6 +9,7 @@ from PIL import Image
 from htrq.errors import PageError
 from tests.images import corrupt_png, page_png
 from worker.pipeline import LineOutput, PageInput, PageOutput, Pipeline, page_confidence
+from worker.recognize import Recognizer
 from worker.segment import LineBox
 
 
@@ -88,7 +89,7 @@ def test_page_confidence_is_the_character_weighted_mean() -> None:
     assert page_confidence([]) is None
 
 
-def test_the_tiny_model_reads_pages_end_to_end(recognizer) -> None:  # type: ignore[no-untyped-def]
+def test_the_tiny_model_reads_pages_end_to_end(recognizer: Recognizer) -> None:
     """With a real (tiny) recognizer every page gets text and a confidence in 0..1."""
     out = Pipeline(recognize=recognizer)([PageInput(i, page_png()) for i in range(3)])
     for page in out.values():
