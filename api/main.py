@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -27,13 +30,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
     if not settings.database_url or not settings.broker_url:
         raise ValueError("the API needs HTRQ_DATABASE_URL and HTRQ_BROKER_URL")
+    engine = make_engine(settings.database_url)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        engine.dispose()
+
     app = FastAPI(
         title="htrq",
         version="1",
         summary="Handwritten pages in, text with confidences out.",
+        lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.sessions = make_sessions(make_engine(settings.database_url))
+    app.state.sessions = make_sessions(engine)
     app.state.storage = DirectoryStore(settings.storage_dir)
     app.state.sender = CelerySender(make_celery(settings, name="htrq-api"))
     app.include_router(jobs.router)

@@ -12,7 +12,8 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,8 +22,6 @@ from htrq.settings import Settings, SettingsError, load_settings
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
-
-    from htrq.queue import CelerySender
 
 #: Modules with a ``register(subparsers)`` function that add commands when installed.
 EXTENSIONS = ("worker.training.cli",)
@@ -90,60 +89,65 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 # -- submit, status ---------------------------------------------------------------------------
 
 
-def _service(settings: Settings) -> tuple[sessionmaker[Session], CelerySender]:
+@contextmanager
+def _database(settings: Settings) -> Iterator[sessionmaker[Session]]:
     from htrq.db import make_engine, make_sessions
-    from htrq.queue import CelerySender, make_celery
 
-    _need(settings, "database_url", "broker_url")
+    _need(settings, "database_url")
     assert settings.database_url
-    return make_sessions(make_engine(settings.database_url)), CelerySender(make_celery(settings))
+    engine = make_engine(settings.database_url)
+    try:
+        yield make_sessions(engine)
+    finally:
+        engine.dispose()
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
     from htrq import jobs
+    from htrq.queue import CelerySender, make_celery
     from htrq.storage import DirectoryStore
 
     settings = load_settings()
-    sessions, sender = _service(settings)
-    job, created = jobs.submit(
-        sessions=sessions,
-        storage=DirectoryStore(settings.storage_dir),
-        send=sender,
-        settings=settings,
-        uploads=[jobs.Upload(filename=p.name, data=p.read_bytes()) for p in args.files],
-        idempotency_key=args.idempotency_key,
-        external_id=args.external_id,
-        mode=args.mode,
-    )
-    if not created:
-        _progress(f"repeat submission: job {job.id} already exists")
-    while args.wait and job.status not in FINISHED:
-        time.sleep(args.poll)
-        job = jobs.get_job(sessions=sessions, job_id=job.id)
-        _progress(f"{job.counts.succeeded + job.counts.failed}/{len(job.pages)} pages finished")
+    _need(settings, "database_url", "broker_url")
+    with _database(settings) as sessions:
+        job, created = jobs.submit(
+            sessions=sessions,
+            storage=DirectoryStore(settings.storage_dir),
+            send=CelerySender(make_celery(settings)),
+            settings=settings,
+            uploads=[jobs.Upload(filename=p.name, data=p.read_bytes()) for p in args.files],
+            idempotency_key=args.idempotency_key,
+            external_id=args.external_id,
+            mode=args.mode,
+        )
+        if not created:
+            _progress(f"repeat submission: job {job.id} already exists")
+        while args.wait and job.status not in FINISHED:
+            time.sleep(args.poll)
+            job = jobs.get_job(sessions=sessions, job_id=job.id)
+            done = job.counts.succeeded + job.counts.failed
+            _progress(f"{done}/{len(job.pages)} pages finished")
     _print_json(job.model_dump(mode="json"))
     return 1 if args.wait and job.status != "succeeded" else 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     from htrq import jobs
-    from htrq.db import make_engine, make_sessions
 
-    settings = load_settings()
-    _need(settings, "database_url")
-    assert settings.database_url
-    sessions = make_sessions(make_engine(settings.database_url))
-    try:
-        job = jobs.get_job(sessions=sessions, job_id=args.job)
-    except jobs.NotFound as exc:
-        print(f"htrq: {exc}", file=sys.stderr)
-        return 1
-    out = job.model_dump(mode="json")
-    if args.pages:
-        out["pages"] = [
-            jobs.get_page(sessions=sessions, job_id=job.id, index=p.index).model_dump(mode="json")
-            for p in job.pages
-        ]
+    with _database(load_settings()) as sessions:
+        try:
+            job = jobs.get_job(sessions=sessions, job_id=args.job)
+        except jobs.NotFound as exc:
+            print(f"htrq: {exc}", file=sys.stderr)
+            return 1
+        out = job.model_dump(mode="json")
+        if args.pages:
+            out["pages"] = [
+                jobs.get_page(sessions=sessions, job_id=job.id, index=p.index).model_dump(
+                    mode="json"
+                )
+                for p in job.pages
+            ]
     _print_json(out)
     return 0
 

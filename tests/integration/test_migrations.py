@@ -15,6 +15,14 @@ def _diff(engine: Engine) -> list[object]:
         return list(compare_metadata(MigrationContext.configure(conn), Base.metadata))
 
 
+def _tables(url: str) -> set[str]:
+    engine = make_engine(url)
+    try:
+        return set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
 def test_head_matches_the_models(engine: Engine) -> None:
     """The migrations build exactly the schema the models declare (nothing to autogenerate)."""
     assert _diff(engine) == []
@@ -35,13 +43,15 @@ def test_head_has_the_constraints_against_duplicates(engine: Engine) -> None:
 def test_downgrade_to_base_and_up_again(pg_url: str, database_url: str) -> None:
     """Every migration can be undone and reapplied on PostgreSQL."""
     downgrade(pg_url, "base")
-    assert set(inspect(make_engine(pg_url)).get_table_names()) == {"alembic_version"}
+    assert _tables(pg_url) == {"alembic_version"}
     upgrade(pg_url)
-    assert {"jobs", "pages", "lines"} <= set(inspect(make_engine(pg_url)).get_table_names())
+    assert {"jobs", "pages", "lines"} <= _tables(pg_url)
 
 
 def test_the_same_migrations_build_the_embedded_sqlite_schema(tmp_path: Path) -> None:
     """htrq transcribe's SQLite database comes from the same revisions, matching the models."""
     url = f"sqlite:///{tmp_path / 'htrq.sqlite'}"
     upgrade(url)
-    assert _diff(make_engine(url)) == []
+    engine = make_engine(url)
+    assert _diff(engine) == []
+    engine.dispose()
