@@ -86,35 +86,46 @@ class ClassicalSegmenter:
         local_max = cv2.dilate(smeared, np.ones((max(3, int(pitch)) | 1, 1), np.uint8))
         mask = (smeared >= self.core_threshold * level) & (smeared >= self.ridge * local_max)
         mask = mask.astype(np.uint8)
-        _, labels, stats, centroids = cv2.connectedComponentsWithStats(mask, connectivity=8)
+        for _ in range(_MAX_SPLIT_ROUNDS):
+            _, labels, stats, centroids = cv2.connectedComponentsWithStats(mask, connectivity=8)
+            if not _split_tall(mask, labels, stats, pitch):
+                break
         return labels, np.column_stack([stats, centroids])
 
     def _join(self, fragments: tuple[np.ndarray, np.ndarray], pitch: float) -> list[np.ndarray]:
-        """Chain fragments left to right into lines; return one boolean mask per line."""
+        """Chain fragments left to right into lines; return one boolean mask per line.
+
+        Each fragment (left to right) extends the chain whose last fragment ends closest
+        before it, within ``join_gap``, and sits at nearly the same height (``join_dy``,
+        compared with that last fragment, so a line may wander up or down). Fragments
+        narrower than half a pitch (dots, commas, loose pieces of long descenders) start or
+        extend no chain: they could bridge two lines; their ink still goes to the nearest
+        line in :func:`_assign_ink`.
+        """
         labels, stats = fragments
-        n = len(stats)
-        parent = list(range(n))
-
-        def find(i: int) -> int:
-            while parent[i] != i:
-                parent[i] = parent[parent[i]]
-                i = parent[i]
-            return i
-
-        order = sorted(range(1, n), key=lambda i: stats[i, 0])
-        for a_pos, a in enumerate(order):
-            ax1 = stats[a, 0] + stats[a, 2]
-            for b in order[a_pos + 1 :]:
-                gap = stats[b, 0] - ax1
-                if gap > self.join_gap * pitch:
-                    break
-                if abs(stats[b, 6] - stats[a, 6]) < self.join_dy * pitch:
-                    parent[find(b)] = find(a)
-        groups: dict[int, list[int]] = {}
-        for i in range(1, n):
-            groups.setdefault(find(i), []).append(i)
+        x0s, widths, cys = stats[:, 0], stats[:, 2], stats[:, 6]
+        chains: list[list[int]] = []
+        ends: list[tuple[float, float]] = []  # (right end, middle height of last fragment)
+        order = sorted(
+            (i for i in range(1, len(stats)) if widths[i] >= 0.5 * pitch), key=lambda i: x0s[i]
+        )
+        for i in order:
+            best, best_cost = -1, float("inf")
+            for c, (x1, y) in enumerate(ends):
+                gap, dy = x0s[i] - x1, abs(cys[i] - y)
+                if gap > self.join_gap * pitch or gap < -0.5 * pitch or dy > self.join_dy * pitch:
+                    continue
+                cost = dy + 0.25 * max(gap, 0.0)
+                if cost < best_cost:
+                    best, best_cost = c, cost
+            if best < 0:
+                chains.append([i])
+                ends.append((x0s[i] + widths[i], cys[i]))
+            else:
+                chains[best].append(i)
+                ends[best] = (max(ends[best][0], x0s[i] + widths[i]), cys[i])
         cores = []
-        for members in groups.values():
+        for members in chains:
             x0 = min(stats[i, 0] for i in members)
             x1 = max(stats[i, 0] + stats[i, 2] for i in members)
             y0 = min(stats[i, 1] for i in members)
@@ -124,6 +135,37 @@ class ClassicalSegmenter:
                 continue
             cores.append(np.isin(labels, members))
         return cores
+
+
+#: A fragment may span several lines; each round cuts every tall fragment once.
+_MAX_SPLIT_ROUNDS = 4
+
+
+def _split_tall(mask: np.ndarray, labels: np.ndarray, stats: np.ndarray, pitch: float) -> bool:
+    """Cut fragments taller than a line where they narrow most (in place); True if any cut.
+
+    Two lines joined by a long descender or a flourish form one fragment shaped like two
+    wide bands with a narrow neck; the row where the fragment is narrowest, between its two
+    widest rows, is that neck.
+    """
+    cut = False
+    for i in np.flatnonzero(stats[:, cv2.CC_STAT_HEIGHT] > 0.9 * pitch):
+        if i == 0:
+            continue
+        x, y, w, h = stats[i, :4]
+        widths = (labels[y : y + h, x : x + w] == i).sum(axis=1)
+        # Search the neck away from the ends, where any fragment tapers.
+        margin = max(1, int(0.25 * pitch))
+        if h <= 2 * margin:
+            continue
+        inner = widths[margin : h - margin]
+        neck = margin + int(np.argmin(inner))
+        upper, lower = widths[:neck].max(), widths[neck:].max()
+        if widths[neck] < 0.3 * min(upper, lower):
+            rows = slice(y + max(0, neck - 1), y + neck + 2)
+            mask[rows, x : x + w][labels[rows, x : x + w] == i] = 0
+            cut = True
+    return cut
 
 
 def estimate_pitch(ink: np.ndarray, scale: float) -> float:
