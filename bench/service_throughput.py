@@ -110,14 +110,15 @@ def service_rate(settings: Settings, pages: list[bytes], timeout: float) -> floa
         {f"HTRQ_{k.upper()}": str(v) for k, v in settings.model_dump().items() if v is not None}
     )
     env["TRANSFORMERS_VERBOSITY"] = "error"
-    log = open(Path(tempfile.gettempdir()) / "htrq-bench-worker.log", "wb")  # noqa: SIM115
-    worker = subprocess.Popen(
-        [str(Path(sys.executable).parent / "htrq"), "worker", "--loglevel=warning"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    log = Path(tempfile.gettempdir()) / "htrq-bench-worker.log"
+    with log.open("wb") as out:  # the worker keeps its own copy of the descriptor
+        worker = subprocess.Popen(
+            [str(Path(sys.executable).parent / "htrq"), "worker", "--loglevel=warning"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     sessions = make_sessions(make_engine(settings.database_url))
     sender = CelerySender(make_celery(settings))
     storage = DirectoryStore(settings.storage_dir)

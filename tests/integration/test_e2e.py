@@ -50,13 +50,14 @@ class Processes:
         self, name: str, args: list[str], env: dict[str, str]
     ) -> tuple[subprocess.Popen[bytes], Path]:
         log = self.tmp / f"{name}.log"
-        proc = subprocess.Popen(
-            [HTRQ, *args],
-            env=env,
-            stdout=log.open("wb"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own group, so SIGKILL reaches pool children too
-        )
+        with log.open("wb") as out:  # the child keeps its own copy of the descriptor
+            proc = subprocess.Popen(
+                [HTRQ, *args],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own group, so SIGKILL reaches pool children too
+            )
         self.procs.append(proc)
         return proc, log
 
