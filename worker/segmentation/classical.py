@@ -53,7 +53,7 @@ class ClassicalSegmenter:
     #: ...and their middles are within this vertically.
     join_dy: float = 0.35
     #: Lines narrower than this are stray marks (ticks, dots, stains), not text.
-    min_line_width: float = 0.6
+    min_line_width: float = 1.0
     #: Ink farther than this from any fragment is left out (stains, far-off marks).
     max_ink_distance: float = 0.6
 
