@@ -1,0 +1,158 @@
+"""Export routes over real database rows: formats, job-level forms, 404 and 409."""
+
+from __future__ import annotations
+
+import io
+import json
+import uuid
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from fastapi.testclient import TestClient
+from lxml import etree
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.routes import exports
+from htrq.jobs import NotFound
+from htrq.models import Job, Line, Page
+
+SCHEMAS = Path(__file__).parents[1] / "resources" / "schemas"
+
+
+def valid(xml: bytes, xsd: str) -> bool:
+    schema = etree.XMLSchema(etree.parse(str(SCHEMAS / xsd)))
+    ok = schema.validate(etree.fromstring(xml))
+    assert ok, schema.error_log
+    return ok
+
+
+@pytest.fixture
+def client(sessions: sessionmaker[Session]) -> Iterator[TestClient]:
+    """The export router on an app of its own, over the test's rolled-back session."""
+    app = FastAPI()
+    app.include_router(exports.router)
+    app.state.sessions = sessions
+
+    @app.exception_handler(NotFound)
+    def _not_found(_: Request, exc: NotFound) -> JSONResponse:
+        return JSONResponse({"error": {"code": "not_found", "message": str(exc)}}, 404)
+
+    with TestClient(app) as c:
+        yield c
+
+
+@pytest.fixture
+def job_id(sessions: sessionmaker[Session]) -> uuid.UUID:
+    """A job of three pages from one PDF: succeeded (two lines), failed, queued."""
+    with sessions() as s:
+        job = Job(fingerprint="f" * 64, mode="page")
+        s.add(job)
+        s.flush()
+        done = Page(
+            job_id=job.id,
+            index=0,
+            blob_key="b",
+            frame=0,
+            filename="letter.pdf",
+            status="succeeded",
+            attempt_limit=3,
+            text="Dear Sir,\nyours truly",
+            confidence=0.8,
+        )
+        failed = Page(
+            job_id=job.id,
+            index=1,
+            blob_key="b",
+            frame=1,
+            filename="letter.pdf",
+            status="failed",
+            attempt_limit=3,
+            error_code="invalid_pdf",
+            error_message="page 1 could not be rendered",
+        )
+        queued = Page(
+            job_id=job.id, index=2, blob_key="b", frame=2, filename="letter.pdf", attempt_limit=3
+        )
+        s.add_all([done, failed, queued])
+        s.flush()
+        s.add_all(
+            [
+                Line(
+                    page_id=done.id,
+                    index=0,
+                    text="Dear Sir,",
+                    confidence=0.9,
+                    x0=10,
+                    y0=20,
+                    x1=400,
+                    y1=60,
+                ),
+                Line(
+                    page_id=done.id,
+                    index=1,
+                    text="yours truly",
+                    confidence=0.7,
+                    x0=12,
+                    y0=80,
+                    x1=500,
+                    y1=130,
+                ),
+            ]
+        )
+        s.commit()
+        return job.id
+
+
+def test_page_exports_in_every_format(client: TestClient, job_id: uuid.UUID) -> None:
+    """A succeeded page exports as txt, json, valid ALTO and valid PAGE XML."""
+    base = f"/v1/jobs/{job_id}/pages/0/export"
+    r = client.get(base)  # txt by default
+    assert r.status_code == 200 and r.text == "Dear Sir,\nyours truly"
+    assert r.headers["content-type"].startswith("text/plain")
+    body = client.get(base, params={"format": "json"}).json()
+    assert [ln["bbox"] for ln in body["lines"]] == [[10, 20, 400, 60], [12, 80, 500, 130]]
+    assert body["image"] == "letter.pdf"
+    r = client.get(base, params={"format": "alto"})
+    assert r.headers["content-type"].startswith("application/xml")
+    assert valid(r.content, "alto-4-4.local.xsd")
+    assert b'WC="0.9000"' in r.content
+    assert valid(client.get(base, params={"format": "page"}).content, "pagecontent-2019-07-15.xsd")
+
+
+def test_page_export_of_unfinished_or_unknown_pages(client: TestClient, job_id: uuid.UUID) -> None:
+    """Failed and queued pages answer 409; unknown pages, jobs and formats 404/422."""
+    for index in (1, 2):
+        r = client.get(f"/v1/jobs/{job_id}/pages/{index}/export")
+        assert r.status_code == 409 and r.json()["error"]["code"] == "page_not_succeeded"
+    assert client.get(f"/v1/jobs/{job_id}/pages/7/export").status_code == 404
+    assert client.get(f"/v1/jobs/{uuid.uuid4()}/export").status_code == 404
+    assert client.get("/v1/jobs/not-a-uuid/export").status_code == 404
+    assert client.get(f"/v1/jobs/{job_id}/export", params={"format": "hocr"}).status_code == 422
+
+
+def test_job_exports_hold_every_page_in_order(client: TestClient, job_id: uuid.UUID) -> None:
+    """txt has a form feed between pages; json carries states; XML is a zip of valid files."""
+    r = client.get(f"/v1/jobs/{job_id}/export")
+    assert r.text.split("\f") == ["Dear Sir,\nyours truly", "", ""]
+    pages = client.get(f"/v1/jobs/{job_id}/export", params={"format": "json"}).json()["pages"]
+    assert [(p["index"], p["status"]) for p in pages] == [
+        (0, "succeeded"),
+        (1, "failed"),
+        (2, "queued"),
+    ]
+    assert pages[1]["error"]["code"] == "invalid_pdf"
+    assert [p["image"] for p in pages] == ["letter.pdf", "letter.pdf[1]", "letter.pdf[2]"]
+    for fmt, xsd in (("alto", "alto-4-4.local.xsd"), ("page", "pagecontent-2019-07-15.xsd")):
+        r = client.get(f"/v1/jobs/{job_id}/export", params={"format": fmt})
+        assert r.headers["content-type"] == "application/zip"
+        assert r.headers["content-disposition"].endswith(f'.{fmt}.zip"')
+        with zipfile.ZipFile(io.BytesIO(r.content)) as zf:
+            assert zf.namelist() == ["page-0001.xml", "page-0002.xml", "page-0003.xml"]
+            assert all(valid(zf.read(n), xsd) for n in zf.namelist())
+    assert (
+        json.loads(client.get(f"/v1/jobs/{job_id}/pages/0/export?format=json").text)["index"] == 0
+    )
