@@ -73,3 +73,12 @@ def alto_line_boxes(path: Path) -> list[Box]:
         w, h = float(line.get("WIDTH", 0)), float(line.get("HEIGHT", 0))
         boxes.append((round(x), round(y), round(x + w), round(y + h)))
     return boxes
+
+
+def alto_line_texts(path: Path) -> list[str]:
+    """Ground-truth text of each ALTO line, in document order (its Strings joined by spaces)."""
+    tree = ET.parse(path)
+    return [
+        " ".join(s.get("CONTENT", "") for s in line.iterfind("{*}String")).strip()
+        for line in tree.getroot().iterfind(".//{*}TextLine")
+    ]

@@ -1,0 +1,100 @@
+"""Page-level character error rate of the whole path: normalise, segment, crop, recognise.
+
+    python bench/page_cer.py --real ../shared/data/real-pages/lathrop1905 --synthetic 10
+    python bench/page_cer.py --model path/to/model --segmenter classical -v
+
+A page's text is its lines joined by newlines, as the service returns it; the reference is
+the ground-truth lines (ALTO Strings for real pages, the rendered text for synthetic ones)
+joined the same way. Lines wider than the model's input are split with overlap and the
+pieces' texts re-joined (``split_wide`` / ``join_pieces``), as the pipeline does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from worker.preprocess import normalise_page
+from worker.segment import crop_lines, join_pieces, make_segmenter, split_wide
+from worker.segmentation.evaluate import alto_line_texts
+from worker.training.metrics import edit_distance
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--real", type=Path, help="folder of page images with ALTO ground truth")
+    ap.add_argument("--synthetic", type=int, default=0, help="number of synthetic pages")
+    ap.add_argument("--seed", type=int, default=1000, help="first synthetic page seed")
+    ap.add_argument("--model", default="builtin", help="recognizer: builtin, a folder or hub id")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--segmenter", default="classical")
+    ap.add_argument("--num-beams", type=int, default=4)
+    ap.add_argument("--max-new-tokens", type=int, default=96)
+    ap.add_argument("-v", "--verbose", action="store_true", help="print every page's texts")
+    args = ap.parse_args(argv)
+
+    from worker.recognize import Recognizer
+
+    rec = Recognizer.load(
+        model=args.model,
+        device=args.device,
+        num_beams=args.num_beams,
+        max_new_tokens=args.max_new_tokens,
+    )
+    segment = make_segmenter(args.segmenter)
+    max_aspect = rec.width / rec.height if rec.width / rec.height >= 4 else 1e9
+
+    pages: list[tuple[str, str, object]] = []
+    if args.real:
+        from PIL import Image
+
+        for xml in sorted(args.real.rglob("*.xml")):
+            img = next(
+                (xml.with_suffix(e) for e in (".jpg", ".png") if xml.with_suffix(e).exists()), None
+            )
+            if img:
+                pages.append(("real", "\n".join(alto_line_texts(xml)), Image.open(img)))
+    if args.synthetic:
+        from worker.training.synth_pages import render_page
+
+        for s in range(args.seed, args.seed + args.synthetic):
+            p = render_page(s)
+            pages.append(("synthetic", "\n".join(ln.text for ln in p.lines), p.image))
+
+    totals: dict[str, list[float]] = {}
+    for kind, ref, image in pages:
+        t0 = time.perf_counter()
+        page = normalise_page(image, max_pixels=200_000_000)  # type: ignore[arg-type]
+        crops = crop_lines(page, segment(page))
+        pieces = [split_wide(c, max_aspect=max_aspect) for c in crops]
+        flat = [p for ps in pieces for p in ps]
+        texts = [r.text for r in rec(flat)]
+        lines, i = [], 0
+        for ps in pieces:
+            lines.append(join_pieces(texts[i : i + len(ps)]))
+            i += len(ps)
+        hyp = "\n".join(lines)
+        dt = time.perf_counter() - t0
+        errors = edit_distance(ref, hyp)
+        acc = totals.setdefault(kind, [0, 0, 0.0, 0])
+        acc[0] += errors
+        acc[1] += len(ref)
+        acc[2] += dt
+        acc[3] += 1
+        if args.verbose:
+            print(f"--- {kind} page: CER {errors / max(1, len(ref)):.3f}, {dt:.1f} s")
+            print(hyp)
+    print(f"model {args.model}, segmenter {args.segmenter}, beams {args.num_beams}")
+    for kind, (errors, chars, seconds, n) in totals.items():
+        print(
+            f"{kind:10s} pages {n:3d}  CER {errors / max(1, chars):.3f}  s/page {seconds / n:.1f}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
