@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 #: Segmenters :func:`make_segmenter` knows; ``kraken`` needs the optional kraken package.
-SEGMENTERS = ("classical", "kraken", "whole")
+SEGMENTERS = ("classical", "projection", "kraken", "whole")
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,10 @@ def make_segmenter(name: str = "classical") -> Segmenter:
         from worker.segmentation.classical import ClassicalSegmenter
 
         return ClassicalSegmenter()
+    if name == "projection":
+        from worker.segmentation.projection import ProjectionSegmenter
+
+        return ProjectionSegmenter()
     if name == "kraken":
         from worker.segmentation.kraken_blla import KrakenSegmenter
 
