@@ -52,31 +52,16 @@ def job_id(sessions: sessionmaker[Session]) -> uuid.UUID:
         job = Job(fingerprint="f" * 64, mode="page")
         s.add(job)
         s.flush()
+        common = {"job_id": job.id, "blob_key": "b", "filename": "letter.pdf", "attempt_limit": 3}
         done = Page(
-            job_id=job.id,
-            index=0,
-            blob_key="b",
-            frame=0,
-            filename="letter.pdf",
-            status="succeeded",
-            attempt_limit=3,
-            text="Dear Sir,\nyours truly",
-            confidence=0.8,
-        )
+            index=0, frame=0, status="succeeded", text="Dear Sir,\nyours truly", confidence=0.8,
+            **common,
+        )  # fmt: skip
         failed = Page(
-            job_id=job.id,
-            index=1,
-            blob_key="b",
-            frame=1,
-            filename="letter.pdf",
-            status="failed",
-            attempt_limit=3,
-            error_code="invalid_pdf",
-            error_message="page 1 could not be rendered",
-        )
-        queued = Page(
-            job_id=job.id, index=2, blob_key="b", frame=2, filename="letter.pdf", attempt_limit=3
-        )
+            index=1, frame=1, status="failed", error_code="invalid_pdf",
+            error_message="page 1 could not be rendered", **common,
+        )  # fmt: skip
+        queued = Page(index=2, frame=2, **common)
         s.add_all([done, failed, queued])
         s.flush()
         s.add_all(

@@ -58,17 +58,11 @@ class ClassicalSegmenter:
     max_ink_distance: float = 0.6
 
     def __call__(self, page: Image.Image) -> list[LineBox]:
-        gray = np.asarray(page.convert("L"))
-        h, w = gray.shape
-        f = min(1.0, self.work_size / max(h, w))
-        small = cv2.resize(gray, None, fx=f, fy=f, interpolation=cv2.INTER_AREA) if f < 1 else gray
-        ink = ink_mask(small)
-        scale = estimate_scale(ink)
-        if scale is None:
+        prepared = prepare(page, self.work_size)
+        if prepared is None:
             return []
-        ink = remove_rules(ink, scale)
-        ink = _drop_specks(ink, scale)
-        pitch = estimate_pitch(ink, scale)
+        ink, pitch, f = prepared
+        w, h = page.size
         fragments = self._fragments(ink, pitch)
         cores = self._join(fragments, pitch)
         lines = _assign_ink(ink, cores, max_distance=self.max_ink_distance * pitch)
@@ -184,6 +178,23 @@ def estimate_pitch(ink: np.ndarray, scale: float) -> float:
         return 3 * scale
     lag = lo + int(np.argmax(ac[lo:hi]))
     return float(lag) if ac[lag] > 0.1 else 3 * scale
+
+
+def prepare(page: Image.Image, work_size: int) -> tuple[np.ndarray, float, float] | None:
+    """Steps 1-3 for any segmenter here: ``(ink mask, line pitch, scale factor)``.
+
+    The ink mask is of the working copy (``scale factor`` times the page size), without
+    rules and specks; None for a page without text-sized ink.
+    """
+    gray = np.asarray(page.convert("L"))
+    f = min(1.0, work_size / max(gray.shape))
+    small = cv2.resize(gray, None, fx=f, fy=f, interpolation=cv2.INTER_AREA) if f < 1 else gray
+    ink = ink_mask(small)
+    scale = estimate_scale(ink)
+    if scale is None:
+        return None
+    ink = _drop_specks(remove_rules(ink, scale), scale)
+    return ink, estimate_pitch(ink, scale), f
 
 
 @dataclass

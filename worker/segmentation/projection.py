@@ -11,13 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 from PIL import Image
 
-from worker.preprocess import ink_mask
 from worker.segment import LineBox
-from worker.segmentation.classical import estimate_pitch, estimate_scale, remove_rules
+from worker.segmentation.classical import prepare
 
 
 @dataclass(frozen=True)
@@ -28,16 +26,10 @@ class ProjectionSegmenter:
     level: float = 0.2
 
     def __call__(self, page: Image.Image) -> list[LineBox]:
-        gray = np.asarray(page.convert("L"))
-        h, w = gray.shape
-        f = min(1.0, self.work_size / max(h, w))
-        small = cv2.resize(gray, None, fx=f, fy=f, interpolation=cv2.INTER_AREA) if f < 1 else gray
-        ink = ink_mask(small)
-        scale = estimate_scale(ink)
-        if scale is None:
+        prepared = prepare(page, self.work_size)
+        if prepared is None:
             return []
-        ink = remove_rules(ink, scale)
-        pitch = estimate_pitch(ink, scale)
+        ink, pitch, f = prepared
         rows = ink.sum(axis=1).astype(np.float64)
         k = max(1, int(pitch / 4)) | 1
         smooth = np.convolve(rows, np.ones(k) / k, mode="same")
