@@ -64,30 +64,15 @@ def job_id(sessions: sessionmaker[Session]) -> uuid.UUID:
         queued = Page(index=2, frame=2, **common)
         s.add_all([done, failed, queued])
         s.flush()
-        s.add_all(
-            [
+        for i, (text, conf, box) in enumerate(
+            [("Dear Sir,", 0.9, (10, 20, 400, 60)), ("yours truly", 0.7, (12, 80, 500, 130))]
+        ):
+            x0, y0, x1, y1 = box
+            s.add(
                 Line(
-                    page_id=done.id,
-                    index=0,
-                    text="Dear Sir,",
-                    confidence=0.9,
-                    x0=10,
-                    y0=20,
-                    x1=400,
-                    y1=60,
-                ),
-                Line(
-                    page_id=done.id,
-                    index=1,
-                    text="yours truly",
-                    confidence=0.7,
-                    x0=12,
-                    y0=80,
-                    x1=500,
-                    y1=130,
-                ),
-            ]
-        )
+                    page_id=done.id, index=i, text=text, confidence=conf, x0=x0, y0=y0, x1=x1, y1=y1
+                )
+            )
         s.commit()
         return job.id
 
