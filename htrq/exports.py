@@ -195,6 +195,50 @@ def page_xml(page: PageResult, *, created: datetime | None = None) -> bytes:
     return _serialise(root)
 
 
+def from_rows(page: Any, lines: Sequence[Any]) -> PageResult:
+    """A stored page and its lines (``htrq.models.Page`` / ``Line`` rows) as export input.
+
+    Page size and line outlines come from ``Page.width``/``height`` and ``Line.polygon``/
+    ``baseline`` (JSON point lists) where the schema has them; without a stored size the
+    page is taken to end at its lowest, rightmost line.
+    """
+    line_results = [
+        LineResult(
+            text=ln.text,
+            confidence=ln.confidence,
+            bbox=(ln.x0, ln.y0, ln.x1, ln.y1),
+            polygon=_stored_points(getattr(ln, "polygon", None)),
+            baseline=_stored_points(getattr(ln, "baseline", None)),
+        )
+        for ln in lines
+    ]
+    width = getattr(page, "width", None) or max((ln.x1 for ln in lines), default=1)
+    height = getattr(page, "height", None) or max((ln.y1 for ln in lines), default=1)
+    name = page.filename or f"page-{page.index + 1}"
+    # Pages of one PDF or TIFF share a file name: name the frame as ImageMagick does.
+    image_name = name if page.frame == 0 else f"{name}[{page.frame}]"
+    return PageResult(
+        index=page.index,
+        width=int(width),
+        height=int(height),
+        image_name=image_name,
+        lines=line_results,
+        confidence=page.confidence,
+        status=page.status,
+        error={"code": page.error_code, "message": page.error_message or ""}
+        if page.error_code
+        else None,
+    )
+
+
+def _stored_points(value: Any) -> list[tuple[int, int]] | None:
+    """A stored point list (JSON text or a list of pairs) as tuples, or None."""
+    if not value:
+        return None
+    pts = json.loads(value) if isinstance(value, str) else value
+    return [(int(x), int(y)) for x, y in pts]
+
+
 def _text_equiv(parent: ET.Element, p: Any, text: str, conf: float | None) -> None:
     attrs = {"conf": _conf(conf)} if conf is not None else {}
     equiv = ET.SubElement(parent, p("TextEquiv"), attrs)

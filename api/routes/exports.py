@@ -7,9 +7,7 @@ time: pages not (yet) succeeded are empty in txt and XML and carry their status 
 
 from __future__ import annotations
 
-import json
 import uuid
-from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Response
@@ -19,9 +17,9 @@ from sqlalchemy.orm import selectinload
 
 from api.deps import SessionsDep
 from api.schemas import ErrorBody
-from htrq.exports import FORMATS, LineResult, PageResult, render_job_export, render_page_export
+from htrq.exports import FORMATS, from_rows, render_job_export, render_page_export
 from htrq.jobs import NotFound
-from htrq.models import Job, Line, Page
+from htrq.models import Job, Page
 
 router = APIRouter(prefix="/v1/jobs", tags=["exports"])
 
@@ -60,7 +58,7 @@ def export_page(
                 },
                 status_code=409,
             )
-        result = page_result(page, page.lines)
+        result = from_rows(page, page.lines)
     body = render_page_export(result, format)
     name = f"{jid}-page-{index + 1:04d}.{EXTENSIONS[format]}"
     return _download(body, FORMATS[format], name)
@@ -81,55 +79,11 @@ def export_job(job_id: str, sessions: SessionsDep, format: FormatQuery = "txt") 
             .order_by(Page.index)
             .options(selectinload(Page.lines))
         ).all()
-        results = [page_result(p, p.lines if p.status == "succeeded" else []) for p in pages]
+        results = [from_rows(p, p.lines if p.status == "succeeded" else []) for p in pages]
     body, media, ext = render_job_export(results, format)
     if format in ("alto", "page"):
         ext = f"{format}.zip"
     return _download(body, media, f"{jid}.{ext}")
-
-
-def page_result(page: Page, lines: Sequence[Line]) -> PageResult:
-    """ORM rows to the export's input.
-
-    Page size and line outlines come from ``Page.width``/``height`` and ``Line.polygon``/
-    ``baseline`` (JSON point lists) where the schema has them; without a stored size the
-    page is taken to end at its lowest, rightmost line.
-    """
-    line_results = [
-        LineResult(
-            text=ln.text,
-            confidence=ln.confidence,
-            bbox=(ln.x0, ln.y0, ln.x1, ln.y1),
-            polygon=_points(getattr(ln, "polygon", None)),
-            baseline=_points(getattr(ln, "baseline", None)),
-        )
-        for ln in lines
-    ]
-    width = getattr(page, "width", None) or max((ln.x1 for ln in lines), default=1)
-    height = getattr(page, "height", None) or max((ln.y1 for ln in lines), default=1)
-    name = page.filename or f"page-{page.index + 1}"
-    # Pages of one PDF or TIFF share a file name: name the frame as ImageMagick does.
-    image_name = name if page.frame == 0 else f"{name}[{page.frame}]"
-    return PageResult(
-        index=page.index,
-        width=int(width),
-        height=int(height),
-        image_name=image_name,
-        lines=line_results,
-        confidence=page.confidence,
-        status=page.status,
-        error={"code": page.error_code, "message": page.error_message or ""}
-        if page.error_code
-        else None,
-    )
-
-
-def _points(value: Any) -> list[tuple[int, int]] | None:
-    """A stored point list (JSON text or a list of pairs) as tuples, or None."""
-    if not value:
-        return None
-    pts = json.loads(value) if isinstance(value, str) else value
-    return [(int(x), int(y)) for x, y in pts]
 
 
 def _parse_id(job_id: str) -> uuid.UUID:
