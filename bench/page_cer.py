@@ -6,7 +6,7 @@
 A page's text is its lines joined by newlines, as the service returns it; the reference is
 the ground-truth lines (ALTO Strings for real pages, the rendered text for synthetic ones)
 joined the same way. Lines wider than the model's input are split with overlap and the
-pieces' texts re-joined (``split_wide`` / ``join_pieces``), as the pipeline does.
+pieces' texts re-joined (``split_all`` / ``join_all``), as the pipeline does.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from worker.preprocess import normalise_page
-from worker.segment import crop_lines, join_pieces, make_segmenter, split_wide
+from worker.segment import crop_lines, join_all, make_segmenter, split_all
 from worker.segmentation.evaluate import alto_line_texts
 from worker.training.metrics import edit_distance
 
@@ -70,13 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         page = normalise_page(image, max_pixels=200_000_000)  # type: ignore[arg-type]
         crops = crop_lines(page, segment(page))
-        pieces = [split_wide(c, max_aspect=max_aspect) for c in crops]
-        flat = [p for ps in pieces for p in ps]
-        texts = [r.text for r in rec(flat)]
-        lines, i = [], 0
-        for ps in pieces:
-            lines.append(join_pieces(texts[i : i + len(ps)]))
-            i += len(ps)
+        pieces, counts = split_all(crops, max_aspect=max_aspect)
+        lines = [t for t, _ in join_all([(r.text, r.confidence) for r in rec(pieces)], counts)]
         hyp = "\n".join(lines)
         dt = time.perf_counter() - t0
         errors = edit_distance(ref, hyp)

@@ -9,6 +9,7 @@ recognizer's fixed input width.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -170,6 +171,32 @@ def join_pieces(texts: list[str], *, min_overlap: int = 3) -> str:
             out = out[: len(out) - len(tail) + m.a] + text[m.b :]
         else:
             out = f"{out} {text}"
+    return out
+
+
+def split_all(
+    crops: Sequence[Image.Image], *, max_aspect: float = 12.0
+) -> tuple[list[Image.Image], list[int]]:
+    """:func:`split_wide` over many crops: every piece in order, and how many each crop gave."""
+    pieces = [split_wide(c, max_aspect=max_aspect) for c in crops]
+    return [p for ps in pieces for p in ps], [len(ps) for ps in pieces]
+
+
+def join_all(
+    results: Sequence[tuple[str, float]], counts: Sequence[int]
+) -> list[tuple[str, float]]:
+    """Undo :func:`split_all` on the recognizer's ``(text, confidence)`` per piece.
+
+    A line's text is :func:`join_pieces` of its pieces; its confidence the mean of theirs,
+    weighted by their text length (as a page's is over its lines).
+    """
+    out, i = [], 0
+    for n in counts:
+        part = results[i : i + n]
+        i += n
+        weights = [max(1, len(t)) for t, _ in part]
+        conf = sum(c * w for (_, c), w in zip(part, weights, strict=True)) / max(1, sum(weights))
+        out.append((join_pieces([t for t, _ in part]), conf))
     return out
 
 

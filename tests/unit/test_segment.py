@@ -11,8 +11,10 @@ from worker.segment import (
     LineBox,
     WholeImageSegmenter,
     crop_lines,
+    join_all,
     join_pieces,
     make_segmenter,
+    split_all,
     split_wide,
     to_source_frame,
 )
@@ -114,6 +116,17 @@ def test_join_pieces_merges_the_overlap() -> None:
     assert join_pieces(["hello wor", "xyz abc"]) == "hello wor xyz abc"
     assert join_pieces(["", "a b", ""]) == "a b"
     assert join_pieces([]) == ""
+
+
+def test_split_all_and_join_all_round_trip() -> None:
+    """Pieces of several crops are recognised flat and regrouped into one result per line."""
+    short, long = words_line(n_words=3), words_line(n_words=30)
+    pieces, counts = split_all([short, long, short], max_aspect=12)
+    assert counts[0] == counts[2] == 1 and counts[1] > 1 and len(pieces) == sum(counts)
+    texts = [("a b", 0.5)] + [("w x", 0.9)] * counts[1] + [("c", 1.0)]
+    lines = join_all(texts, counts)
+    assert [t for t, _ in lines][::2] == ["a b", "c"]
+    assert lines[1][1] == pytest.approx(0.9)
 
 
 def test_to_source_frame_maps_back_to_the_upload() -> None:
