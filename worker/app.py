@@ -82,7 +82,13 @@ def get_context() -> BatchContext:
         _context = load_context(
             _settings, database_url=_settings.database_url, send=CelerySender(_app)
         )
-        log.info("worker process ready: model %s", _context.model_name)
+        import torch  # loaded by now
+
+        log.info(
+            "worker process ready: model %s, %d torch threads",
+            _context.model_name,
+            torch.get_num_threads(),
+        )
     return _context
 
 

@@ -48,6 +48,8 @@ class BatchReport:
     failed: int = 0
     requeued: int = 0
     discarded: int = 0  #: results thrown away because the claim was lost
+    pipeline_ms: int = 0  #: decoding, segmentation and recognition of the whole group
+    write_ms: int = 0  #: storing the results, one transaction per page
     requeued_ids: list[str] = field(default_factory=list)
 
 
@@ -98,7 +100,8 @@ def process_batch(page_ids: Sequence[str], ctx: BatchContext) -> BatchReport:
             if c.page_id not in outcomes:
                 _release(ctx, c, "model_error", f"recognition failed: {exc}", report)
         return _finish(ctx, claims, outcomes, report, 0)
-    return _finish(ctx, claims, outcomes, report, round((time.perf_counter() - started) * 1000))
+    report.pipeline_ms = round((time.perf_counter() - started) * 1000)
+    return _finish(ctx, claims, outcomes, report, report.pipeline_ms)
 
 
 def _finish(
@@ -108,6 +111,7 @@ def _finish(
     report: BatchReport,
     elapsed_ms: int,
 ) -> BatchReport:
+    started = time.perf_counter()
     for c in claims:
         outcome = outcomes.get(c.page_id)
         if outcome is None:
@@ -135,6 +139,7 @@ def _finish(
         if not kept:
             report.discarded += 1
             log.info("page %s: claim %d lost, result discarded", c.page_id, c.token)
+    report.write_ms = round((time.perf_counter() - started) * 1000)
     return report
 
 

@@ -33,13 +33,16 @@ def register_tasks(app: Celery, settings: Settings, context: Callable[[], BatchC
         ids = [str(r.args[0]) if r.args else str(r.kwargs.get("page_id")) for r in requests]
         report = process_batch(ids, context())
         log.info(
-            "batch of %d: claimed %d, succeeded %d, failed %d, requeued %d, discarded %d",
+            "batch of %d: claimed %d, succeeded %d, failed %d, requeued %d, discarded %d "
+            "(pipeline %d ms, writes %d ms)",
             report.received,
             report.claimed,
             report.succeeded,
             report.failed,
             report.requeued,
             report.discarded,
+            report.pipeline_ms,
+            report.write_ms,
         )
 
     return process_pages
