@@ -61,7 +61,7 @@ def transcribe(
         if database_url is None:
             database_url = f"sqlite:///{Path(tmp) / 'htrq.sqlite'}"
             settings = settings.model_copy(update={"storage_dir": Path(tmp) / "blobs"})
-        upgrade(database_url)
+            upgrade(database_url)  # a configured database is migrated by `htrq migrate`
         queue = LocalQueue()
         progress(f"loading model {settings.model}")
         ctx = load_context(settings, database_url=database_url, send=queue)
