@@ -4,8 +4,10 @@ import json
 from pathlib import Path
 
 import pytest
+from sqlalchemy import Engine, select
 
 from htrq.cli import main
+from htrq.models import Page
 from tests.images import corrupt_png, page_png
 
 
@@ -94,3 +96,23 @@ def test_server_commands_say_which_variable_is_missing(
     monkeypatch.delenv("HTRQ_DATABASE_URL", raising=False)
     assert main(["migrate"]) == 2
     assert "HTRQ_DATABASE_URL" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("embedded_env")
+def test_transcribe_writes_to_a_configured_database(
+    monkeypatch: pytest.MonkeyPatch,
+    database_url: str,
+    engine: Engine,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """With HTRQ_DATABASE_URL set, transcribe stores its job there, like the service would."""
+    monkeypatch.setenv("HTRQ_DATABASE_URL", database_url)
+    monkeypatch.setenv("HTRQ_STORAGE_DIR", str(tmp_path / "blobs"))
+    page = tmp_path / "p.png"
+    page.write_bytes(page_png())
+    assert main(["transcribe", str(page), "--format", "json"]) == 0
+    (out,) = json.loads(capsys.readouterr().out)
+    with engine.connect() as conn:
+        row = conn.execute(select(Page.status, Page.attempts).where(Page.id == out["id"])).one()
+    assert tuple(row) == ("succeeded", 1)
