@@ -64,8 +64,8 @@ class ClassicalSegmenter:
         ink, pitch, f = prepared
         w, h = page.size
         fragments = self._fragments(ink, pitch)
-        cores = self._join(fragments, pitch)
-        lines = _assign_ink(ink, cores, max_distance=self.max_ink_distance * pitch)
+        core_ids, n_lines = self._join(fragments, pitch)
+        lines = _assign_ink(ink, core_ids, n_lines, max_distance=self.max_ink_distance * pitch)
         return [_scale_line(line, 1 / f, (w, h)) for line in reading_order(lines)]
 
     def _fragments(self, ink: np.ndarray, pitch: float) -> tuple[np.ndarray, np.ndarray]:
@@ -86,8 +86,10 @@ class ClassicalSegmenter:
                 break
         return labels, np.column_stack([stats, centroids])
 
-    def _join(self, fragments: tuple[np.ndarray, np.ndarray], pitch: float) -> list[np.ndarray]:
-        """Chain fragments left to right into lines; return one boolean mask per line.
+    def _join(
+        self, fragments: tuple[np.ndarray, np.ndarray], pitch: float
+    ) -> tuple[np.ndarray, int]:
+        """Chain fragments left to right into lines: ``(line number per pixel, line count)``.
 
         Each fragment (left to right) extends the chain whose last fragment ends closest
         before it, within ``join_gap``, and sits at nearly the same height (``join_dy``,
@@ -118,7 +120,8 @@ class ClassicalSegmenter:
             else:
                 chains[best].append(i)
                 ends[best] = (max(ends[best][0], x0s[i] + widths[i]), cys[i])
-        cores = []
+        lut = np.zeros(len(stats), np.int32)  # fragment label -> line number (0: none)
+        n_lines = 0
         for members in chains:
             x0 = min(stats[i, 0] for i in members)
             x1 = max(stats[i, 0] + stats[i, 2] for i in members)
@@ -127,8 +130,9 @@ class ClassicalSegmenter:
             # Too short to be writing, or too flat (what is left of a rule after removal).
             if x1 - x0 < self.min_line_width * pitch or y1 - y0 < 0.15 * pitch:
                 continue
-            cores.append(np.isin(labels, members))
-        return cores
+            n_lines += 1
+            lut[members] = n_lines
+        return lut[labels], n_lines
 
 
 #: A fragment may span several lines; each round cuts every tall fragment once.
@@ -266,12 +270,12 @@ def _drop_specks(ink: np.ndarray, scale: float) -> np.ndarray:
     return ink
 
 
-def _assign_ink(ink: np.ndarray, cores: list[np.ndarray], *, max_distance: float) -> list[_Line]:
-    if not cores:
+def _assign_ink(
+    ink: np.ndarray, core_ids: np.ndarray, n_lines: int, *, max_distance: float
+) -> list[_Line]:
+    """Give each ink pixel to the nearest line core; describe each line from its pixels."""
+    if not n_lines:
         return []
-    core_ids = np.zeros(ink.shape, np.int32)
-    for i, c in enumerate(cores, start=1):
-        core_ids[c] = i
     # Distance to the nearest core pixel, and which core pixel it is (each pixel its own label).
     dist, nearest = cv2.distanceTransformWithLabels(
         (core_ids == 0).astype(np.uint8), cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL
@@ -280,16 +284,23 @@ def _assign_ink(ink: np.ndarray, cores: list[np.ndarray], *, max_distance: float
     owner_of_label = np.concatenate([[0], core_ids[zero_y, zero_x]])
     owner = owner_of_label[nearest]
     owner[(ink == 0) | (dist > max_distance)] = 0
-    lines = []
-    for i, core in enumerate(cores, start=1):
-        ys, xs = np.nonzero(owner == i)
-        if len(xs) == 0:
-            continue
-        lines.append(_describe(xs, ys, core))
-    return lines
+    inks, cores = _pixels_by_id(owner), _pixels_by_id(core_ids)
+    return [_describe(*inks[i], *cores[i]) for i in range(1, n_lines + 1) if i in inks]
 
 
-def _describe(xs: np.ndarray, ys: np.ndarray, core: np.ndarray) -> _Line:
+def _pixels_by_id(ids: np.ndarray) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """``{id: (xs, ys)}`` of the pixels carrying each non-zero id, in one pass."""
+    ys, xs = np.nonzero(ids)
+    values = ids[ys, xs]
+    order = np.argsort(values, kind="stable")
+    ys, xs, values = ys[order], xs[order], values[order]
+    starts = np.flatnonzero(np.diff(values, prepend=-1))
+    ends = [*starts[1:], len(values)]
+    return {int(values[a]): (xs[a:b], ys[a:b]) for a, b in zip(starts, ends, strict=True)}
+
+
+def _describe(xs: np.ndarray, ys: np.ndarray, cxs: np.ndarray, cys: np.ndarray) -> _Line:
+    """Box, envelope polygon and baseline of a line's ink (``xs, ys``) and core (``cxs, cys``)."""
     x0, x1, y0, y1 = int(xs.min()), int(xs.max()) + 1, int(ys.min()), int(ys.max()) + 1
     # Envelope polygon: top and bottom of the line's ink in vertical strips.
     n_bins = max(2, min(40, (x1 - x0) // 8))
@@ -309,7 +320,6 @@ def _describe(xs: np.ndarray, ys: np.ndarray, core: np.ndarray) -> _Line:
     lower.append((x0, int(by[0])))
     # Baseline: the core's lower edge, fitted with a straight line (handwriting wanders, but
     # a line is what ALTO/PAGE consumers draw and what the recognizer crop needs).
-    cys, cxs = np.nonzero(core)
     base_y = _lower_edge_fit(cxs, cys, x0, x1)
     return _Line((x0, y0, x1, y1), upper + lower, [(x0, base_y[0]), (x1, base_y[1])])
 
