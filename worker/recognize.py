@@ -101,6 +101,12 @@ class Recognizer:
         # Checkpoints written by the trainer pin max_length=20; our explicit max_new_tokens
         # should be the only length limit (and the warning about both is noise in the logs).
         net.generation_config.max_length = None
+        # The decoder's learned positions bound the sequence (start token included); asking
+        # for more would index past them.
+        limit = net.config.decoder.max_position_embeddings - 1
+        if max_new_tokens > limit:
+            log.warning("max_new_tokens %d exceeds what %s can decode; using %d", max_new_tokens, path, limit)
+            max_new_tokens = limit
         log.info("loaded model %s on %s (%s)", path, dev, torch_dtype)
         return cls(
             net,

@@ -132,9 +132,15 @@ def set_special_tokens(model: VisionEncoderDecoderModel, tokenizer) -> None:
 
 
 def save(model: VisionEncoderDecoderModel, processor: TrOCRProcessor, out_dir: Path) -> Path:
+    """Write a standard checkpoint; a training-only CTC head is left out."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir, safe_serialization=True)
+    head = model._modules.pop("ctc_head", None)
+    try:
+        model.save_pretrained(out_dir, safe_serialization=True)
+    finally:
+        if head is not None:
+            model.ctc_head = head
     processor.save_pretrained(out_dir)
     return out_dir
 

@@ -39,6 +39,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             real_fraction=args.real_fraction,
             workers=args.workers,
             seed=args.seed,
+            ctc_weight=args.ctc_weight,
         )
     )
     print(f"best model: {best}")
@@ -126,6 +127,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=1, help="data-loader processes rendering lines")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--ctc-weight",
+        type=float,
+        default=0.3,
+        help="auxiliary CTC loss weight on the encoder (0: off)",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="CER, WER, speed and confidence quality on a lines.tsv folder")

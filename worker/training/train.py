@@ -58,6 +58,10 @@ class TrainConfig:
     curriculum_steps: int = 3000
     workers: int = 1
     seed: int = 0
+    #: Weight of an auxiliary CTC loss on the encoder's outputs (0 turns it off). It makes the
+    #: encoder align characters left to right from the first steps, which gets the decoder off
+    #: the language-model plateau far sooner; the head is dropped from exported models.
+    ctc_weight: float = 0.0
 
 
 class _Progress(TrainerCallback):
@@ -92,6 +96,41 @@ class _Progress(TrainerCallback):
         )
 
 
+class HybridTrainer(Seq2SeqTrainer):
+    """``Seq2SeqTrainer`` whose training loss may add CTC on the encoder (``ctc_weight``)."""
+
+    def __init__(self, *args, ctc_weight: float = 0.0, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.ctc_weight = ctc_weight
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        outputs = model(**inputs)
+        loss = outputs.loss
+        if self.ctc_weight and model.training:
+            loss = (1 - self.ctc_weight) * loss + self.ctc_weight * ctc_loss(
+                model, outputs.encoder_last_hidden_state, inputs["labels"]
+            )
+        return (loss, outputs) if return_outputs else loss
+
+
+def ctc_loss(model, encoded: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """CTC between the encoder's patch sequence (without ViT's [CLS]) and the characters.
+
+    The pad token doubles as the CTC blank: it never occurs inside a label.
+    """
+    logp = model.ctc_head(encoded[:, 1:]).log_softmax(-1).transpose(0, 1).float()
+    keep = (labels >= 0) & (labels != model.config.eos_token_id)
+    steps, batch = logp.shape[0], logp.shape[1]
+    return torch.nn.functional.ctc_loss(
+        logp,
+        labels[keep],
+        torch.full((batch,), steps, dtype=torch.long),
+        keep.sum(1),
+        blank=model.config.pad_token_id,
+        zero_infinity=True,
+    )
+
+
 def load_start(init: str):
     if init == "scratch":
         return build_model(ModelShape())
@@ -113,6 +152,8 @@ def train(cfg: TrainConfig) -> Path:
     model, processor = load_start(last or cfg.init)
     tok = processor.tokenizer
     height, width, channels = input_shape(model, processor)
+    if cfg.ctc_weight:
+        model.ctc_head = torch.nn.Linear(model.config.encoder.hidden_size, len(tok))
 
     train_fonts, held_fonts = split_fonts(load_fonts())
     real = [pair for d in cfg.lines for pair in read_lines_tsv(d)]
@@ -175,7 +216,8 @@ def train(cfg: TrainConfig) -> Path:
         seed=cfg.seed,
         remove_unused_columns=False,
     )
-    trainer = Seq2SeqTrainer(
+    trainer = HybridTrainer(
+        ctc_weight=cfg.ctc_weight,
         model=model,
         args=args,
         data_collator=collate,
