@@ -105,7 +105,12 @@ class Recognizer:
         # for more would index past them.
         limit = net.config.decoder.max_position_embeddings - 1
         if max_new_tokens > limit:
-            log.warning("max_new_tokens %d exceeds what %s can decode; using %d", max_new_tokens, path, limit)
+            log.warning(
+                "max_new_tokens %d exceeds what %s can decode; using %d",
+                max_new_tokens,
+                path,
+                limit,
+            )
             max_new_tokens = limit
         log.info("loaded model %s on %s (%s)", path, dev, torch_dtype)
         return cls(
