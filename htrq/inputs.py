@@ -85,12 +85,9 @@ def render_page(
             im.load()
         except Exception as exc:  # truncated or corrupt pixel data; Pillow raises many types
             raise PageError("invalid_image", f"page {frame} could not be decoded: {exc}") from exc
-        # Copy the one frame out so the file handle can close (a TIFF keeps it open otherwise).
-        page = im.copy()
-    # Keep the EXIF orientation: normalise_page applies it.
-    if "exif" in im.info:
-        page.info["exif"] = im.info["exif"]
-    return page
+        # Copy the one frame out so the file can close; the copy keeps ``info`` (and with it
+        # the EXIF orientation, which normalise_page applies).
+        return im.copy()
 
 
 def check_pixels(size: tuple[int, int], max_pixels: int) -> None:

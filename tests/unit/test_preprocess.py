@@ -9,6 +9,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from htrq.errors import PageError
+from htrq.inputs import render_page
 from worker.preprocess import (
     SKEW_INFO_KEY,
     estimate_skew,
@@ -34,7 +35,7 @@ def test_exif_orientation_is_applied() -> None:
     exif[0x0112] = 6  # Orientation: rotate 90 CW to display
     buf = io.BytesIO()
     im.save(buf, "JPEG", exif=exif)
-    out = normalise_page(Image.open(buf), max_pixels=10**6, deskew=False)
+    out = normalise_page(render_page(buf.getvalue(), 0), max_pixels=10**6, deskew=False)
     assert out.size == (200, 300)
     assert out.mode == "L"
 
