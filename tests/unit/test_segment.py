@@ -43,6 +43,14 @@ def test_finds_every_line_of_a_synthetic_page(seed: int) -> None:
     assert all(b.polygon and len(b.polygon) >= 3 and b.baseline for b in found)
 
 
+def test_projection_baseline_segments_a_plain_page() -> None:
+    """The projection-profile baseline finds the lines of a plain, gently skewed page."""
+    page = render_page(1)
+    norm = normalise_page(page.image, max_pixels=10**8)
+    found = to_source_frame(make_segmenter("projection")(norm), norm.info[SKEW_INFO_KEY], norm.size)
+    assert match([ln.bbox for ln in found], [ln.bbox for ln in page.lines]).f1 >= 0.9
+
+
 def test_blank_page_has_no_lines() -> None:
     """A page without ink gives no lines rather than an error."""
     page = Image.new("L", (800, 600), 255)
