@@ -107,9 +107,7 @@ def crop_lines(
             ImageDraw.Draw(keep).polygon(pts, fill=255, outline=255)
             if margin:
                 keep = keep.filter(ImageFilter.MaxFilter(2 * margin + 1))
-            background = Image.new(crop.mode, crop.size, paper if crop.mode == "L" else None)
-            if crop.mode != "L":
-                background.paste(_fill_for(crop.mode, paper), (0, 0, *crop.size))
+            background = Image.new(crop.mode, crop.size, _fill_for(crop.mode, paper))
             crop = Image.composite(crop, background, keep)
         crops.append(crop)
     return crops
