@@ -19,8 +19,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from worker.preprocess import normalise_page
-from worker.segment import crop_lines, join_all, make_segmenter, split_all
-from worker.segmentation.evaluate import alto_line_texts
+from worker.segment import LineBox, crop_lines, join_all, make_segmenter, split_all
+from worker.segmentation.evaluate import Box, alto_line_boxes, alto_line_texts
 from worker.training.metrics import edit_distance
 
 
@@ -31,7 +31,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=1000, help="first synthetic page seed")
     ap.add_argument("--model", default="builtin", help="recognizer: builtin, a folder or hub id")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--segmenter", default="classical")
+    ap.add_argument(
+        "--segmenter",
+        default="classical",
+        help="classical, projection, kraken, or truth (the ground-truth line boxes: the CER "
+        "left when segmentation is perfect)",
+    )
     ap.add_argument("--num-beams", type=int, default=4)
     ap.add_argument("--max-new-tokens", type=int, default=96)
     ap.add_argument("-v", "--verbose", action="store_true", help="print every page's texts")
@@ -45,10 +50,11 @@ def main(argv: list[str] | None = None) -> int:
         num_beams=args.num_beams,
         max_new_tokens=args.max_new_tokens,
     )
-    segment = make_segmenter(args.segmenter)
+    oracle = args.segmenter == "truth"
+    segment = None if oracle else make_segmenter(args.segmenter)
     max_aspect = rec.width / rec.height if rec.width / rec.height >= 4 else 1e9
 
-    pages: list[tuple[str, str, object]] = []
+    pages: list[tuple[str, str, object, list[Box]]] = []
     if args.real:
         from PIL import Image
 
@@ -57,19 +63,23 @@ def main(argv: list[str] | None = None) -> int:
                 (xml.with_suffix(e) for e in (".jpg", ".png") if xml.with_suffix(e).exists()), None
             )
             if img:
-                pages.append(("real", "\n".join(alto_line_texts(xml)), Image.open(img)))
+                ref = "\n".join(alto_line_texts(xml))
+                pages.append(("real", ref, Image.open(img), alto_line_boxes(xml)))
     if args.synthetic:
         from worker.training.synth_pages import render_page
 
         for s in range(args.seed, args.seed + args.synthetic):
             p = render_page(s)
-            pages.append(("synthetic", "\n".join(ln.text for ln in p.lines), p.image))
+            ref = "\n".join(ln.text for ln in p.lines)
+            pages.append(("synthetic", ref, p.image, [ln.bbox for ln in p.lines]))
 
     totals: dict[str, list[float]] = {}
-    for kind, ref, image in pages:
+    for kind, ref, image, truth in pages:
         t0 = time.perf_counter()
-        page = normalise_page(image, max_pixels=200_000_000)  # type: ignore[arg-type]
-        crops = crop_lines(page, segment(page))
+        # Ground-truth boxes are on the uploaded image: no deskew for them.
+        page = normalise_page(image, max_pixels=200_000_000, deskew=not oracle)  # type: ignore[arg-type]
+        boxes = [LineBox(bbox=b) for b in truth] if segment is None else segment(page)
+        crops = crop_lines(page, boxes)
         pieces, counts = split_all(crops, max_aspect=max_aspect)
         lines = [t for t, _ in join_all([(r.text, r.confidence) for r in rec(pieces)], counts)]
         hyp = "\n".join(lines)
