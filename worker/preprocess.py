@@ -24,6 +24,9 @@ MAX_SKEW_DEGREES = 5.0
 #: Rotations smaller than this are not worth a resample (it would blur the strokes).
 MIN_SKEW_DEGREES = 0.2
 
+#: Images at least this many times wider than tall are single lines, never deskewed.
+LINE_SHAPED_ASPECT = 3.0
+
 #: Skew is estimated on a copy this wide: enough for 0.1 degree steps, and fast.
 _SKEW_WORK_WIDTH = 1000
 
@@ -53,7 +56,10 @@ def normalise_page(im: Image.Image, *, max_pixels: int, deskew: bool = True) -> 
         raise PageError("empty_image", "the page is blank (one uniform tone): nothing to read")
     # A 1% tail on each side keeps specks and bleed-through from setting the range.
     gray = ImageOps.autocontrast(gray, cutoff=(1, 1))
-    angle = estimate_skew(gray) if deskew else 0.0
+    # A line-shaped image (mode=line) is left as it is: rotating it in place would clip the
+    # ends of its text, and the recognizer copes with a slight slope.
+    line_shaped = gray.width >= LINE_SHAPED_ASPECT * gray.height
+    angle = estimate_skew(gray) if deskew and not line_shaped else 0.0
     if abs(angle) >= MIN_SKEW_DEGREES:
         gray = rotate_page(gray, angle)
     else:

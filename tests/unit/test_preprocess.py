@@ -58,10 +58,11 @@ def test_small_rotations_are_measured_and_undone(angle: float) -> None:
     assert abs(estimate_skew(out)) <= 0.3
 
 
-def test_straight_page_is_not_resampled() -> None:
-    """No rotation is applied when the page is already straight."""
-    out = normalise_page(striped_page(), max_pixels=10**6)
-    assert out.info[SKEW_INFO_KEY] == 0.0
+def test_straight_pages_and_single_lines_are_not_rotated() -> None:
+    """No rotation for a straight page, nor for a line-shaped image (it would clip its ends)."""
+    assert normalise_page(striped_page(), max_pixels=10**6).info[SKEW_INFO_KEY] == 0.0
+    line = rotate_page(striped_page((900, 60)), 2.0)
+    assert normalise_page(line, max_pixels=10**6).info[SKEW_INFO_KEY] == 0.0
 
 
 def test_rotate_points_inverts_the_page_rotation() -> None:
