@@ -61,7 +61,9 @@ def test_small_rotations_are_measured_and_undone(angle: float) -> None:
 def test_straight_pages_and_single_lines_are_not_rotated() -> None:
     """No rotation for a straight page, nor for a line-shaped image (it would clip its ends)."""
     assert normalise_page(striped_page(), max_pixels=10**6).info[SKEW_INFO_KEY] == 0.0
-    line = rotate_page(striped_page((900, 60)), 2.0)
+    line = Image.new("L", (900, 60), 255)
+    ImageDraw.Draw(line).rectangle((20, 20, 880, 40), fill=0)
+    line = rotate_page(line, 2.0)
     assert normalise_page(line, max_pixels=10**6).info[SKEW_INFO_KEY] == 0.0
 
 
