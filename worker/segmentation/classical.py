@@ -55,7 +55,7 @@ class ClassicalSegmenter:
     #: Lines narrower than this are stray marks (ticks, dots, stains), not text.
     min_line_width: float = 1.0
     #: Ink farther than this from any fragment is left out (stains, far-off marks).
-    max_ink_distance: float = 0.6
+    max_ink_distance: float = 0.5
 
     def __call__(self, page: Image.Image) -> list[LineBox]:
         prepared = prepare(page, self.work_size)
