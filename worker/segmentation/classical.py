@@ -1,17 +1,21 @@
-"""Classical line segmentation with OpenCV: ink mask, rule removal, smeared line cores.
+"""Classical line segmentation with OpenCV: ink mask, smeared fragments chained into lines.
 
-Method (after OCRopus' and kraken's legacy page segmenter, reduced to OpenCV primitives):
+Method (in the spirit of OCRopus' and kraken's legacy segmenter, with OpenCV primitives):
 
-1. work on a copy whose longer side is ``work_size`` px; binarise with background flattening;
-2. remove ruled lines (long thin horizontal or vertical runs) with morphological opening;
-3. estimate the text scale (median height of letter-sized connected components);
-4. smear the ink with a wide, flat Gaussian so the words of a line fuse into one *core* while
-   neighbouring lines stay apart; each large core is one text line;
-5. give every ink pixel to its nearest core (distance transform with labels), so ascenders,
+1. work on a copy whose longer side is ``work_size`` px; binarise after flattening the
+   background; erase ruled lines and specks (:func:`prepare`);
+2. measure the letter height (connected components) and the line pitch (autocorrelation of
+   the row profile); every later length is a multiple of the pitch;
+3. smear the ink with a wide, flat Gaussian and keep the ridge of each line, so letters and
+   close words fuse into *fragments* while neighbouring lines stay apart; a fragment that
+   still spans two lines (a long descender touching the next line) is cut at its neck;
+4. chain fragments left to right into lines, each to the chain whose end is near and level
+   with it (a line may wander, but cannot jump to the next line);
+5. give every ink pixel to its nearest line (distance transform with labels), so ascenders,
    descenders and touching strokes go to the line they are closest to;
-6. per line: bounding box, an upper/lower envelope polygon and a baseline (lowest core edge).
+6. per line: bounding box, an upper/lower envelope polygon and a straight baseline.
 
-Coordinates are returned in the input page's pixels.
+Coordinates are returned in the input page's pixels, lines in reading order.
 """
 
 from __future__ import annotations
