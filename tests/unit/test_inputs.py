@@ -13,6 +13,7 @@ from PIL import Image, ImageDraw
 
 from htrq.errors import PageError
 from htrq.inputs import inspect_upload, render_page
+from tests.pdfs import minimal_pdf, pdf_of
 
 
 def bar_pages(n: int, size: tuple[int, int] = (200, 100)) -> list[Image.Image]:
@@ -29,29 +30,6 @@ def bar_position(im: Image.Image) -> int:
     cols = np.asarray(im.convert("L"), np.float32).mean(axis=0)
     dark = np.flatnonzero(cols < 128)
     return round(int(dark[0]) / im.width * 200)
-
-
-def pdf_of(pages: list[Image.Image], resolution: float = 100.0) -> bytes:
-    buf = io.BytesIO()
-    pages[0].save(buf, "PDF", save_all=True, append_images=pages[1:], resolution=resolution)
-    return buf.getvalue()
-
-
-def minimal_pdf(objects: list[str], trailer_extra: str = "") -> bytes:
-    """A hand-built PDF with a correct cross-reference table."""
-    out = bytearray(b"%PDF-1.4\n")
-    offsets = []
-    for i, body in enumerate(objects, start=1):
-        offsets.append(len(out))
-        out += f"{i} 0 obj\n{body}\nendobj\n".encode()
-    xref = len(out)
-    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
-    out += b"".join(f"{o:010d} 00000 n \n".encode() for o in offsets)
-    out += (
-        f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R {trailer_extra}>>\n"
-        f"startxref\n{xref}\n%%EOF\n"
-    ).encode()
-    return bytes(out)
 
 
 PAGE_OBJECTS = [

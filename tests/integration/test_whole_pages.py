@@ -1,0 +1,99 @@
+"""Whole pages through jobs and the batch worker: PDF pages in order, each read line by line."""
+
+from __future__ import annotations
+
+import io
+import uuid
+from collections.abc import Sequence
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from htrq import jobs
+from htrq.models import Line, Page
+from htrq.settings import Settings
+from htrq.storage import DirectoryStore
+from tests.pdfs import pdf_of, text_pdf
+from worker.batch import BatchContext, process_batch
+from worker.embedded import LocalQueue
+from worker.pipeline import Pipeline
+from worker.recognize import Recognizer
+from worker.segment import make_segmenter
+from worker.training.synth_pages import SynthPage, render_page
+
+
+def submit_and_process(
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    recognizer: Recognizer,
+    files: list[tuple[str, bytes]],
+) -> list[Page]:
+    """Submit ``files`` as one job, read every page with the page segmenter, return the pages."""
+    ctx = BatchContext(
+        settings=settings,
+        sessions=sessions,
+        storage=DirectoryStore(settings.storage_dir),
+        pipeline=Pipeline(recognize=recognizer, segmenter=make_segmenter("classical")),
+        model_name="tiny",
+        send=LocalQueue(),
+    )
+    job, _ = jobs.submit(
+        sessions=sessions,
+        storage=ctx.storage,
+        send=ctx.send,
+        settings=settings,
+        uploads=[jobs.Upload(name, data) for name, data in files],
+    )
+    ids = [str(p.id) for p in job.pages]
+    process_batch(ids, ctx)
+    with sessions() as s:
+        return [s.get_one(Page, uuid.UUID(i)) for i in ids]
+
+
+def line_counts(sessions: sessionmaker[Session], pages: Sequence[Page]) -> list[int]:
+    with sessions() as s:
+        return [
+            s.scalar(select(func.count()).select_from(Line).where(Line.page_id == p.id)) or 0
+            for p in pages
+        ]
+
+
+def test_a_three_page_pdf_becomes_three_ordered_pages_of_lines(
+    sessions: sessionmaker[Session], settings: Settings, recognizer: Recognizer
+) -> None:
+    """Each PDF page is a page of the job, in order, with the lines its own image holds."""
+    synthetic = [render_page(seed, size=(1000, 1300)) for seed in (20, 22, 25)]
+    truth = [len(p.lines) for p in synthetic]
+    assert len(set(truth)) == 3  # the pages are told apart by their line counts
+    pdf = pdf_of([p.image for p in synthetic], resolution=300)  # rendered back at 300 dpi
+    pages = submit_and_process(
+        sessions, settings, recognizer, [("letter.pdf", pdf), ("note.png", _png(synthetic[0]))]
+    )
+    assert [(p.index, p.frame, p.filename) for p in pages] == [
+        (0, 0, "letter.pdf"),
+        (1, 1, "letter.pdf"),
+        (2, 2, "letter.pdf"),
+        (3, 0, "note.png"),
+    ]
+    assert [p.status for p in pages] == ["succeeded"] * 4
+    assert line_counts(sessions, pages) == [*truth, truth[0]]
+
+
+def test_a_bad_pdf_page_fails_alone(
+    sessions: sessionmaker[Session], settings: Settings, recognizer: Recognizer
+) -> None:
+    """A PDF page too large to render fails with too_large; the file's other pages succeed."""
+    pdf = text_pdf([(400, 200), (200_000, 200_000), (400, 200)])
+    pages = submit_and_process(sessions, settings, recognizer, [("mixed.pdf", pdf)])
+    assert [(p.status, p.error_code) for p in pages] == [
+        ("succeeded", None),
+        ("failed", "too_large"),
+        ("succeeded", None),
+    ]
+    assert line_counts(sessions, pages) == [3, 0, 3]
+
+
+def _png(page: SynthPage) -> bytes:
+    buf = io.BytesIO()
+    page.image.save(buf, "PNG")
+    return buf.getvalue()
