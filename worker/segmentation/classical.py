@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from worker.preprocess import ink_mask
+from worker.preprocess import LINE_SHAPED_ASPECT, ink_mask
 from worker.segment import LineBox
 
 Points = list[tuple[int, int]]
@@ -62,15 +62,20 @@ class ClassicalSegmenter:
     max_ink_distance: float = 0.5
 
     def __call__(self, page: Image.Image) -> list[LineBox]:
-        prepared = prepare(page, self.work_size)
-        if prepared is None:
-            return []
-        ink, pitch, f = prepared
         w, h = page.size
-        fragments = self._fragments(ink, pitch)
-        core_ids, n_lines = self._join(fragments, pitch)
-        lines = _assign_ink(ink, core_ids, n_lines, max_distance=self.max_ink_distance * pitch)
-        return [_scale_line(line, 1 / f, (w, h)) for line in reading_order(lines)]
+        prepared = prepare(page, self.work_size)
+        lines: list[LineBox] = []
+        if prepared is not None:
+            ink, pitch, f = prepared
+            fragments = self._fragments(ink, pitch)
+            core_ids, n_lines = self._join(fragments, pitch)
+            found = _assign_ink(ink, core_ids, n_lines, max_distance=self.max_ink_distance * pitch)
+            lines = [_scale_line(line, 1 / f, (w, h)) for line in reading_order(found)]
+        if not lines and w >= LINE_SHAPED_ASPECT * h:
+            # A line-shaped image without a line found (one short word, tiny writing): an
+            # upload of a single line in mode=page; read it whole, as mode=line would.
+            return [LineBox(bbox=(0, 0, w, h))]
+        return lines
 
     def _fragments(self, ink: np.ndarray, pitch: float) -> tuple[np.ndarray, np.ndarray]:
         """Label image of smeared ink blobs (words or parts of words) and their stats."""
@@ -219,7 +224,9 @@ def estimate_scale(ink: np.ndarray) -> float | None:
         return None
     hs, ws, areas = stats[1:, cv2.CC_STAT_HEIGHT], stats[1:, cv2.CC_STAT_WIDTH], stats[1:, 4]
     # Dots, commas and noise are tiny; rules and smudges are huge: neither says the text size.
-    keep = (hs >= 4) & (areas >= 12) & (hs < ink.shape[0] / 8) & (ws < ink.shape[1] / 3)
+    # (On a small image, a single line say, letters may be a large part of its height.)
+    tall = max(ink.shape[0] / 8, 48)
+    keep = (hs >= 4) & (areas >= 12) & (hs < tall) & (ws < ink.shape[1] / 3)
     if keep.sum() < 3:
         return None
     return float(np.median(hs[keep]))
