@@ -51,6 +51,15 @@ def test_projection_baseline_segments_a_plain_page() -> None:
     assert match([ln.bbox for ln in found], [ln.bbox for ln in page.lines]).f1 >= 0.9
 
 
+def test_single_line_uploads_give_one_line() -> None:
+    """A small line image in mode=page gives one line: found, or else the whole image."""
+    for text, whole in (("a line of text", False), ("a", True)):
+        im = Image.new("L", (160, 32), 255)
+        ImageDraw.Draw(im).text((4, 8), text, fill=0)
+        (line,) = make_segmenter("classical")(im)
+        assert (line.bbox == (0, 0, 160, 32)) is whole
+
+
 def test_blank_page_has_no_lines() -> None:
     """A page without ink gives no lines rather than an error."""
     page = Image.new("L", (800, 600), 255)
