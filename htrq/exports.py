@@ -15,7 +15,7 @@ from __future__ import annotations
 import io
 import json
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -199,35 +199,63 @@ def from_rows(page: Any, lines: Sequence[Any]) -> PageResult:
     """A stored page and its lines (``htrq.models.Page`` / ``Line`` rows) as export input.
 
     Page size and line outlines come from ``Page.width``/``height`` and ``Line.polygon``/
-    ``baseline`` (JSON point lists) where the schema has them; without a stored size the
-    page is taken to end at its lowest, rightmost line.
+    ``baseline`` (JSON point lists) where the schema has them.
     """
-    line_results = [
+    return from_resource(
+        {
+            "index": page.index,
+            "filename": page.filename,
+            "frame": page.frame,
+            "width": getattr(page, "width", None),
+            "height": getattr(page, "height", None),
+            "confidence": page.confidence,
+            "status": page.status,
+            "error": {"code": page.error_code, "message": page.error_message or ""}
+            if page.error_code
+            else None,
+            "lines": [
+                {
+                    "text": ln.text,
+                    "confidence": ln.confidence,
+                    "bbox": (ln.x0, ln.y0, ln.x1, ln.y1),
+                    "polygon": getattr(ln, "polygon", None),
+                    "baseline": getattr(ln, "baseline", None),
+                }
+                for ln in lines
+            ],
+        }
+    )
+
+
+def from_resource(page: Mapping[str, Any]) -> PageResult:
+    """The API's page resource (``GET /v1/jobs/{id}/pages/{index}`` as a dict) as export input.
+
+    This is what ``htrq transcribe`` holds. Without ``width``/``height`` the page is taken to
+    end at its lowest, rightmost line. Pages of one PDF or TIFF share a file name, so a frame
+    after the first is named as ImageMagick does: ``letter.pdf[1]``.
+    """
+    lines = [
         LineResult(
-            text=ln.text,
-            confidence=ln.confidence,
-            bbox=(ln.x0, ln.y0, ln.x1, ln.y1),
-            polygon=_stored_points(getattr(ln, "polygon", None)),
-            baseline=_stored_points(getattr(ln, "baseline", None)),
+            text=ln["text"],
+            confidence=ln.get("confidence"),
+            bbox=tuple(int(v) for v in ln["bbox"]),  # type: ignore[arg-type]
+            polygon=_stored_points(ln.get("polygon")),
+            baseline=_stored_points(ln.get("baseline")),
         )
-        for ln in lines
+        for ln in page.get("lines") or []
     ]
-    width = getattr(page, "width", None) or max((ln.x1 for ln in lines), default=1)
-    height = getattr(page, "height", None) or max((ln.y1 for ln in lines), default=1)
-    name = page.filename or f"page-{page.index + 1}"
-    # Pages of one PDF or TIFF share a file name: name the frame as ImageMagick does.
-    image_name = name if page.frame == 0 else f"{name}[{page.frame}]"
+    name = page.get("filename") or f"page-{page['index'] + 1}"
+    frame = page.get("frame") or 0
+    error = page.get("error")
     return PageResult(
-        index=page.index,
-        width=int(width),
-        height=int(height),
-        image_name=image_name,
-        lines=line_results,
-        confidence=page.confidence,
-        status=page.status,
-        error={"code": page.error_code, "message": page.error_message or ""}
-        if page.error_code
-        else None,
+        index=page["index"],
+        width=int(page.get("width") or max((ln.bbox[2] for ln in lines), default=1)),
+        height=int(page.get("height") or max((ln.bbox[3] for ln in lines), default=1)),
+        image_name=name if frame == 0 else f"{name}[{frame}]",
+        lines=lines,
+        confidence=page.get("confidence"),
+        status=page.get("status", "succeeded"),
+        error={"code": error["code"], "message": error.get("message", "")} if error else None,
     )
 
 

@@ -17,6 +17,7 @@ from htrq.exports import (
     LineResult,
     PageResult,
     alto,
+    from_resource,
     page_xml,
     render_job_export,
     render_page_export,
@@ -149,6 +150,35 @@ def test_job_exports_keep_page_order() -> None:
             assert names == ["page-0001.xml", "page-0002.xml", "page-0003.xml"]
             for name in names:
                 validate(zf.read(name), xsd)
+
+
+def test_from_resource_takes_the_api_page_shape() -> None:
+    """An API page resource (as transcribe holds it) exports with frame-named images."""
+    resource = {
+        "index": 1,
+        "filename": "scan.tif",
+        "frame": 1,
+        "status": "succeeded",
+        "text": "hello\nworld",
+        "confidence": 0.5,
+        "lines": [
+            {"index": 0, "text": "hello", "confidence": 0.4, "bbox": [5, 5, 300, 40]},
+            {"index": 1, "text": "world", "confidence": 0.6, "bbox": [5, 50, 280, 90]},
+        ],
+        "error": None,
+        "attempts": 1,
+    }
+    page = from_resource(resource)
+    assert (page.image_name, page.width, page.height, page.text) == (
+        "scan.tif[1]",
+        300,
+        90,
+        "hello\nworld",
+    )
+    validate(alto(page), "alto-4-4.local.xsd")
+    failed = from_resource({**resource, "status": "failed", "lines": [], "error": {"code": "x"}})
+    assert failed.error == {"code": "x", "message": ""}
+    validate(page_xml(failed), "pagecontent-2019-07-15.xsd")
 
 
 def test_unknown_format_is_refused() -> None:
