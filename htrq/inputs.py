@@ -40,8 +40,14 @@ def is_pdf(data: bytes) -> bool:
     return b"%PDF-" in data[:1024]
 
 
-def inspect_upload(data: bytes, *, max_pages: int = 500) -> UploadInfo:
-    """Identify ``data`` and count its pages, or raise :class:`PageError`."""
+def inspect_upload(
+    data: bytes, *, max_pages: int = 500, max_pixels: int | None = None
+) -> UploadInfo:
+    """Identify ``data`` and count its pages, or raise :class:`PageError`.
+
+    With ``max_pixels`` an image whose (first) page is over the bound is refused here, from
+    its header; PDF pages are checked when rendered, at the DPI the worker uses.
+    """
     if not data:
         raise PageError("empty_file", "the uploaded file is empty")
     if is_pdf(data):
@@ -54,6 +60,8 @@ def inspect_upload(data: bytes, *, max_pages: int = 500) -> UploadInfo:
             if fmt not in IMAGE_FORMATS:
                 raise PageError("unsupported_format", f"{fmt or 'unknown'} files are not accepted")
             _check_not_empty(im.size, 0)
+            if max_pixels is not None:
+                check_pixels(im.size, max_pixels)
             # Only TIFF frames are pages; an animated WebP is one picture, read its first frame.
             pages = getattr(im, "n_frames", 1) if fmt == "TIFF" else 1
     if pages > max_pages:

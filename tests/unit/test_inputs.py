@@ -128,6 +128,8 @@ def test_decompression_bomb_is_too_large_without_decoding() -> None:
         warnings.simplefilter("error")  # Pillow's DecompressionBombWarning must not leak
         assert codes(render_page, png_header(12_000, 12_000), 0) == "too_large"
         assert codes(inspect_upload, png_header(60_000, 60_000)) == "too_large"
+        assert codes(inspect_upload, png_header(3_000, 3_000), max_pixels=10**6) == "too_large"
+        assert inspect_upload(png_header(3_000, 3_000)).pages == 1  # no bound given
         assert codes(render_page, png_header(3_000, 3_000), 0, max_pixels=1_000_000) == "too_large"
         # A PDF page whose rendering at the requested DPI would be over the bound.
         assert (
