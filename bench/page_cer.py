@@ -29,6 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--real", type=Path, help="folder of page images with ALTO ground truth")
     ap.add_argument("--synthetic", type=int, default=0, help="number of synthetic pages")
     ap.add_argument("--seed", type=int, default=1000, help="first synthetic page seed")
+    ap.add_argument(
+        "--text",
+        choices=["archive", "words"],
+        default="archive",
+        help="synthetic page text: the training text sampler, or plain common words",
+    )
     ap.add_argument("--model", default="builtin", help="recognizer: builtin, a folder or hub id")
     ap.add_argument("--device", default="cpu")
     ap.add_argument(
@@ -66,10 +72,10 @@ def main(argv: list[str] | None = None) -> int:
                 ref = "\n".join(alto_line_texts(xml))
                 pages.append(("real", ref, Image.open(img), alto_line_boxes(xml)))
     if args.synthetic:
-        from worker.training.synth_pages import render_page
+        from worker.training.synth_pages import archive_text, render_page, word_text
 
         for s in range(args.seed, args.seed + args.synthetic):
-            p = render_page(s)
+            p = render_page(s, text=archive_text(s) if args.text == "archive" else word_text)
             ref = "\n".join(ln.text for ln in p.lines)
             pages.append(("synthetic", ref, p.image, [ln.bbox for ln in p.lines]))
 

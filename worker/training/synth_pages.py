@@ -27,7 +27,9 @@ from PIL import Image, ImageDraw, ImageFont
 FONT_DIR = Path(__file__).parent / "fonts"
 
 #: Characters every usable font draws (fonts.tsv lists none of them as missing).
-SAFE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,'-")
+SAFE_CHARS = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,;:!?'\"-/()&"
+)
 
 #: Words for the built-in text source (kept as one string: easier to read than a list).
 _WORD_TEXT = (
@@ -87,6 +89,15 @@ def word_text(rng: random.Random, max_chars: int) -> str:
     if rng.random() < 0.3:
         text += rng.choice([".", ",", ""])
     return text[:1].upper() + text[1:] if rng.random() < 0.5 else text
+
+
+def archive_text(seed: int) -> Callable[[random.Random, int], str]:
+    """A text source for :func:`render_page` drawing on the training text sampler (letters,
+    names, dates, amounts...), as the recognizer was trained on; needs the ``train`` extra."""
+    from worker.training.synth import TextSampler
+
+    sampler = TextSampler(random.Random(seed))
+    return lambda _rng, max_chars: sampler(max_chars)
 
 
 def render_page(
