@@ -173,7 +173,24 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
         # Each failure is printed with its page below; the worker's tracebacks are noise here.
         logging.getLogger("worker.batch").setLevel(logging.CRITICAL)
     pages = transcribe(args.files, settings=load_settings(), mode=args.mode, progress=_progress)
-    if args.format == "json":
+    if args.format in ("txt", "alto", "page"):
+        from htrq.exports import from_resource, render_job_export, render_page_export
+
+        results = [from_resource(p.model_dump(mode="json")) for p in pages]
+        if args.output:
+            body, _, _ = render_job_export(results, args.format)
+            args.output.write_bytes(body)
+        elif args.format == "txt":
+            sys.stdout.write(render_job_export(results, "txt")[0].decode() + "\n")
+        elif len(results) == 1:
+            sys.stdout.write(render_page_export(results[0], args.format).decode() + "\n")
+        else:
+            print(
+                "htrq: several pages in ALTO/PAGE make a zip: add --output FILE.zip",
+                file=sys.stderr,
+            )
+            return 2
+    elif args.format == "json":
         _print_json([p.model_dump(mode="json") for p in pages])
     else:
         for p in pages:
@@ -224,7 +241,14 @@ def _register_core(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 
     p = sub.add_parser("transcribe", help="transcribe files in this process and print the text")
     p.add_argument("files", nargs="+", type=Path)
-    p.add_argument("--format", default="text", choices=["text", "json"])
+    p.add_argument(
+        "--format",
+        default="text",
+        choices=["text", "json", "txt", "alto", "page"],
+        help="text: readable summary; json: page resources; txt / alto / page: the exports "
+        "(txt: form feed between pages; alto, page: XML, a zip of one file per page with -o)",
+    )
+    p.add_argument("-o", "--output", type=Path, help="write the export to this file")
     p.add_argument("--mode", default="page", choices=["page", "line"])
     p.set_defaults(func=cmd_transcribe)
 

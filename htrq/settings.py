@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     pdf_dpi: int = Field(300, ge=50, le=1200)
     #: Margin in pixels added around each line box before recognition.
     line_margin: int = Field(4, ge=0)
+    #: Line segmenter for ``mode=page``: ``classical`` (OpenCV, no model), ``projection``
+    #: (row profiles; unruled, level pages only) or ``kraken`` (neural baselines; needs the
+    #: optional kraken package). bench/segmentation.md has the figures behind the default.
+    segmenter: Literal["classical", "projection", "kraken"] = "classical"
 
     @field_validator("device")
     @classmethod

@@ -19,7 +19,7 @@ from htrq.settings import Settings, load_settings
 from htrq.storage import DirectoryStore
 from worker.batch import BatchContext
 from worker.pipeline import Pipeline
-from worker.segment import Segmenter, WholeImageSegmenter
+from worker.segment import Segmenter
 from worker.sweeper import SweeperThread
 from worker.tasks import register_tasks
 
@@ -37,8 +37,25 @@ _main_pid = os.getpid()
 
 
 def make_segmenter(settings: Settings) -> Segmenter:
-    """The page segmenter for ``mode=page`` (whole image until a real one is configured)."""
-    return WholeImageSegmenter()
+    """The page segmenter for ``mode=page`` (``HTRQ_SEGMENTER``, classical by default)."""
+    from worker.segment import make_segmenter as by_name
+
+    return by_name(settings.segmenter)
+
+
+#: A model input at least this many times wider than tall is a line-shaped input.
+LINE_INPUT_ASPECT = 4.0
+
+
+def split_aspect(width: int, height: int) -> float:
+    """How many heights wide a crop may be before it is split, for a ``width x height`` input.
+
+    A line-shaped input (a line model) takes one piece of its own shape, so longer crops are
+    split with overlap rather than squeezed. A square input (stock TrOCR, 384x384) squeezes
+    every line anyway and reads best whole, so it gets no splitting.
+    """
+    aspect = width / height
+    return aspect if aspect >= LINE_INPUT_ASPECT else float("inf")
 
 
 def load_recognizer(settings: Settings) -> Recognizer:
@@ -68,6 +85,7 @@ def load_context(settings: Settings, *, database_url: str, send: Send) -> BatchC
             max_pixels=settings.max_pixels,
             pdf_dpi=settings.pdf_dpi,
             line_margin=settings.line_margin,
+            max_aspect=split_aspect(recognizer.width, recognizer.height),
         ),
         model_name=recognizer.name,
         send=send,

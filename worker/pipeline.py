@@ -15,8 +15,17 @@ from PIL import Image
 
 from htrq.errors import PageError
 from htrq.inputs import render_page
-from worker.preprocess import normalise_page
-from worker.segment import Segmenter, WholeImageSegmenter, crop_lines
+from worker.preprocess import SKEW_INFO_KEY, normalise_page
+from worker.segment import (
+    LineBox,
+    Segmenter,
+    WholeImageSegmenter,
+    crop_lines,
+    join_all,
+    make_segmenter,
+    split_all,
+    to_source_frame,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +52,8 @@ class LineOutput:
     text: str
     confidence: float
     bbox: tuple[int, int, int, int]
+    polygon: list[tuple[int, int]] | None = None
+    baseline: list[tuple[int, int]] | None = None
 
 
 @dataclass(frozen=True)
@@ -50,6 +61,7 @@ class PageOutput:
     text: str
     confidence: float | None  #: None when the page has no lines
     lines: list[LineOutput] = field(default_factory=list)
+    size: tuple[int, int] | None = None  #: width, height of the page image the boxes refer to
 
 
 def page_confidence(lines: Sequence[LineOutput]) -> float | None:
@@ -75,15 +87,18 @@ class Pipeline:
         max_pixels: int = 60_000_000,
         pdf_dpi: int = 300,
         line_margin: int = 4,
+        max_aspect: float = 12.0,
     ) -> None:
         self.recognize = recognize
         #: Used for ``mode=page``; the next issue swaps in a real page segmenter here.
-        self.segmenter: Segmenter = segmenter or WholeImageSegmenter()
+        self.segmenter: Segmenter = segmenter or make_segmenter()
         #: Used for ``mode=line``: the upload is a single line.
         self.line_segmenter: Segmenter = WholeImageSegmenter()
         self.max_pixels = max_pixels
         self.pdf_dpi = pdf_dpi
         self.line_margin = line_margin
+        #: Crops wider than this many heights are split with overlap (the model's input shape).
+        self.max_aspect = max_aspect
 
     def __call__(self, pages: Sequence[PageInput]) -> dict[Hashable, PageOutput | PageError]:
         """Return each page's output, or the :class:`PageError` that stopped it.
@@ -91,36 +106,49 @@ class Pipeline:
         A recognizer failure is not a page's fault and propagates to the caller.
         """
         outcomes: dict[Hashable, PageOutput | PageError] = {}
-        spans: list[tuple[Hashable, list[tuple[int, int, int, int]], int]] = []
-        crops: list[Image.Image] = []
+        spans: list[tuple[Hashable, list[LineBox], list[int], int, tuple[int, int]]] = []
+        pieces: list[Image.Image] = []
         for page in pages:
             try:
-                boxes, page_crops = self._cut(page)
+                boxes, page_pieces, counts, size = self._cut(page)
             except PageError as exc:
                 outcomes[page.key] = exc
                 continue
-            spans.append((page.key, boxes, len(crops)))
-            crops.extend(page_crops)
+            spans.append((page.key, boxes, counts, len(pieces), size))
+            pieces.extend(page_pieces)
 
-        results = list(self.recognize(crops)) if crops else []
-        if len(results) != len(crops):
-            raise RuntimeError(f"recognizer returned {len(results)} results for {len(crops)} lines")
-        for key, boxes, start in spans:
+        results = list(self.recognize(pieces)) if pieces else []
+        if len(results) != len(pieces):
+            raise RuntimeError(
+                f"recognizer returned {len(results)} results for {len(pieces)} pieces"
+            )
+        for key, boxes, counts, start, size in spans:
+            flat = [(r.text, float(r.confidence)) for r in results[start : start + sum(counts)]]
             lines = [
-                LineOutput(text=r.text, confidence=min(1.0, max(0.0, float(r.confidence))), bbox=b)
-                for r, b in zip(results[start : start + len(boxes)], boxes, strict=True)
+                LineOutput(
+                    text=text,
+                    confidence=min(1.0, max(0.0, conf)),
+                    bbox=b.bbox,
+                    polygon=b.polygon,
+                    baseline=b.baseline,
+                )
+                for (text, conf), b in zip(join_all(flat, counts), boxes, strict=True)
             ]
             outcomes[key] = PageOutput(
                 text="\n".join(ln.text for ln in lines),
                 confidence=page_confidence(lines),
                 lines=lines,
+                size=size,
             )
         return outcomes
 
-    def _cut(self, page: PageInput) -> tuple[list[tuple[int, int, int, int]], list[Image.Image]]:
+    def _cut(
+        self, page: PageInput
+    ) -> tuple[list[LineBox], list[Image.Image], list[int], tuple[int, int]]:
+        """Lines (on the uploaded image), recognizer pieces, pieces per line, page size."""
         try:
             raw = render_page(page.data, page.frame, dpi=self.pdf_dpi, max_pixels=self.max_pixels)
-            im = normalise_page(raw, max_pixels=self.max_pixels)
+            im = normalise_page(raw, max_pixels=self.max_pixels, deskew=page.mode != "line")
             segmenter = self.line_segmenter if page.mode == "line" else self.segmenter
             boxes = segmenter(im)
             crops = crop_lines(im, boxes, margin=self.line_margin)
@@ -129,4 +157,7 @@ class Pipeline:
         except (OSError, ValueError, Image.DecompressionBombError) as exc:
             # Pillow decodes lazily: a truncated or corrupt file can fail at any step here.
             raise PageError("invalid_image", f"the image could not be decoded: {exc}") from exc
-        return [b.bbox for b in boxes], crops
+        pieces, counts = split_all(crops, max_aspect=self.max_aspect)
+        # Crops come from the deskewed page; what is stored refers to the uploaded image.
+        lines = to_source_frame(boxes, im.info.get(SKEW_INFO_KEY, 0.0), im.size)
+        return lines, pieces, counts, im.size
