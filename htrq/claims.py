@@ -7,6 +7,7 @@ so a worker whose lease was taken back (or a duplicate message) can no longer ch
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,10 +31,21 @@ class Claim:
     frame: int
 
 
+Points = Sequence[tuple[int, int]]
+
+
 class LineLike(Protocol):
-    text: str
-    confidence: float
-    bbox: tuple[int, int, int, int]
+    # Read-only members, so that frozen dataclasses (the pipeline's LineOutput) match.
+    @property
+    def text(self) -> str: ...
+    @property
+    def confidence(self) -> float: ...
+    @property
+    def bbox(self) -> tuple[int, int, int, int]: ...
+    @property
+    def polygon(self) -> Points | None: ...
+    @property
+    def baseline(self) -> Points | None: ...
 
 
 def claim_pages(
@@ -78,8 +90,11 @@ def write_result(
     lines: Sequence[LineLike],
     model: str,
     processing_ms: int,
+    size: tuple[int, int] | None = None,
 ) -> bool:
     """Store a page's result if the claim still holds; False means it was thrown away.
+
+    ``size`` is the width and height of the page image the line coordinates refer to.
 
     The fenced UPDATE comes first: it locks the row, so the line replacement below cannot
     interleave with another writer of the same page.
@@ -95,6 +110,8 @@ def write_result(
         finished_at=utcnow(),
         error_code=None,
         error_message=None,
+        width=size[0] if size else None,
+        height=size[1] if size else None,
     )
     if not kept:
         return False
@@ -112,11 +129,17 @@ def write_result(
                     "y0": ln.bbox[1],
                     "x1": ln.bbox[2],
                     "y1": ln.bbox[3],
+                    "polygon": _points_json(ln.polygon),
+                    "baseline": _points_json(ln.baseline),
                 }
                 for i, ln in enumerate(lines)
             ],
         )
     return True
+
+
+def _points_json(points: Points | None) -> str | None:
+    return json.dumps([[int(x), int(y)] for x, y in points]) if points else None
 
 
 def write_failure(session: Session, claim: Claim, *, code: str, message: str) -> bool:

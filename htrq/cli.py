@@ -23,6 +23,8 @@ from htrq.settings import Settings, SettingsError, load_settings
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
 
+    from htrq.resources import PageResource
+
 #: Modules with a ``register(subparsers)`` function that add commands when installed.
 EXTENSIONS = ("worker.training.cli",)
 #: Job states after which nothing more happens without a retry.
@@ -169,38 +171,48 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_transcribe(args: argparse.Namespace) -> int:
     from worker.embedded import transcribe
 
+    xml = args.format in ("alto", "page")
+    if xml and not args.output and len(args.files) > 1:
+        # Checked before the model runs; one file of several pages is only known after.
+        print(f"htrq: {NEEDS_ZIP}", file=sys.stderr)
+        return 2
     if not args.verbose:
         # Each failure is printed with its page below; the worker's tracebacks are noise here.
         logging.getLogger("worker.batch").setLevel(logging.CRITICAL)
     pages = transcribe(args.files, settings=load_settings(), mode=args.mode, progress=_progress)
-    if args.format in ("txt", "alto", "page"):
+    if args.format == "text":
+        body = "".join(_text_entry(p) for p in pages).encode()
+    elif args.format == "json":
+        pages_json = [p.model_dump(mode="json") for p in pages]
+        body = json.dumps(pages_json, indent=2, ensure_ascii=False).encode() + b"\n"
+    else:
         from htrq.exports import from_resource, render_job_export, render_page_export
 
         results = [from_resource(p.model_dump(mode="json")) for p in pages]
-        if args.output:
-            body, _, _ = render_job_export(results, args.format)
-            args.output.write_bytes(body)
-        elif args.format == "txt":
-            sys.stdout.write(render_job_export(results, "txt")[0].decode() + "\n")
-        elif len(results) == 1:
-            sys.stdout.write(render_page_export(results[0], args.format).decode() + "\n")
-        else:
-            print(
-                "htrq: several pages in ALTO/PAGE make a zip: add --output FILE.zip",
-                file=sys.stderr,
-            )
+        if xml and len(results) == 1:
+            body = render_page_export(results[0], args.format)
+        elif xml and not args.output:
+            print(f"htrq: {NEEDS_ZIP}", file=sys.stderr)
             return 2
-    elif args.format == "json":
-        _print_json([p.model_dump(mode="json") for p in pages])
+        else:
+            body = render_job_export(results, args.format)[0]
+    if args.output:
+        args.output.write_bytes(body)
     else:
-        for p in pages:
-            where = f"{p.filename} page {p.frame + 1}" if p.frame else p.filename
-            if p.error:
-                print(f"## {where}: failed: {p.error.code}: {p.error.message}\n")
-            else:
-                conf = f"{p.confidence:.3f}" if p.confidence is not None else "n/a"
-                print(f"## {where} (confidence {conf})\n{p.text}\n")
+        sys.stdout.write(body.decode() + ("" if body.endswith(b"\n") else "\n"))
     return 0 if all(p.status == "succeeded" for p in pages) else 1
+
+
+#: Several pages of ALTO or PAGE XML are a zip (one file per page), which is not for a terminal.
+NEEDS_ZIP = "several pages in ALTO or PAGE XML make a zip: add --output FILE.zip"
+
+
+def _text_entry(p: PageResource) -> str:
+    where = f"{p.filename} page {p.frame + 1}" if p.frame else p.filename
+    if p.error:
+        return f"## {where}: failed: {p.error.code}: {p.error.message}\n\n"
+    conf = f"{p.confidence:.3f}" if p.confidence is not None else "n/a"
+    return f"## {where} (confidence {conf})\n{p.text}\n\n"
 
 
 # -- parser -----------------------------------------------------------------------------------
@@ -245,10 +257,13 @@ def _register_core(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         "--format",
         default="text",
         choices=["text", "json", "txt", "alto", "page"],
-        help="text: readable summary; json: page resources; txt / alto / page: the exports "
-        "(txt: form feed between pages; alto, page: XML, a zip of one file per page with -o)",
+        help="text: a readable summary; json: the API's page resources; txt, alto, page: the "
+        "exports (txt: a form feed between pages; alto, page: the XML of a single page, or a "
+        "zip of one XML file per page, which needs -o)",
     )
-    p.add_argument("-o", "--output", type=Path, help="write the export to this file")
+    p.add_argument(
+        "-o", "--output", type=Path, help="write the output to this file instead of stdout"
+    )
     p.add_argument("--mode", default="page", choices=["page", "line"])
     p.set_defaults(func=cmd_transcribe)
 

@@ -63,30 +63,32 @@ def submit(
 ) -> tuple[JobResource, bool]:
     """Store the files, create the job and its pages, then enqueue the pages.
 
-    Returns the job and whether it was created (False: a repeat under the same key). Raises
-    :class:`PageError` for an upload that is refused (nothing is stored then) and
-    :class:`IdempotencyConflict` when the key was used for other content.
+    Returns the job and whether it was created (False: a repeat under the same key).
+
+    A file that cannot be read (broken or encrypted PDF, unknown format, empty, too many
+    pixels) does not sink the others: it becomes one page that is ``failed`` at once with
+    its code and is never queued. Raises :class:`PageError` (and stores nothing) only for what
+    concerns the whole request: no files, a file over the byte limit, too many pages in all,
+    or no readable file at all. Raises :class:`IdempotencyConflict` when the key was used for
+    other content.
     """
     if mode not in JOB_MODES:
         raise PageError("invalid_mode", f"mode must be one of {', '.join(JOB_MODES)}")
     if not uploads:
         raise PageError("no_files", "send at least one file in the `files` field")
-    counts = []
-    for up in uploads:
-        name = up.filename or "upload"
-        if len(up.data) > settings.max_upload_bytes:
-            raise PageError(
-                "too_large",
-                f"{name}: {len(up.data)} bytes, over the limit of {settings.max_upload_bytes}",
-            )
-        try:
-            counts.append(inspect_upload(up.data, max_pages=settings.max_pages_per_job).pages)
-        except PageError as exc:
-            raise PageError(exc.code, f"{name}: {exc.message}") from exc
-    if sum(counts) > settings.max_pages_per_job:
+    inspected = [_inspect(up, settings) for up in uploads]
+    refused = [
+        (up, i) for up, i in zip(uploads, inspected, strict=True) if isinstance(i, PageError)
+    ]
+    if len(refused) == len(uploads):
+        # Nothing readable: a job of failed pages only would tell the client less than a 4xx.
+        up, exc = refused[0]
+        raise PageError(exc.code, f"{up.filename or 'upload'}: {exc.message}")
+    total = sum(1 if isinstance(i, PageError) else i for i in inspected)
+    if total > settings.max_pages_per_job:
         raise PageError(
             "too_many_pages",
-            f"{sum(counts)} pages, over the limit of {settings.max_pages_per_job} per job",
+            f"{total} pages, over the limit of {settings.max_pages_per_job} per job",
         )
 
     key = idempotency_key or (f"external_id:{external_id}" if external_id else None)
@@ -94,30 +96,33 @@ def submit(
     if key and (existing := _find_repeat(sessions, key, fingerprint)):
         return existing, False
 
+    # Refused files are stored too: their page rows need a blob, and a retry re-reads it.
     blob_keys = [storage.put(up.data) for up in uploads]
     try:
         with session_scope(sessions) as s:
             job = Job(
                 idempotency_key=key, fingerprint=fingerprint, external_id=external_id, mode=mode
             )
-            index = 0
-            for up, blob_key, n in zip(uploads, blob_keys, counts, strict=True):
-                for frame in range(n):
-                    job.pages.append(
-                        Page(
-                            index=index,
-                            blob_key=blob_key,
-                            frame=frame,
-                            filename=up.filename,
-                            status="queued",
-                            attempts=0,
-                            attempt_limit=settings.max_attempts,
-                        )
+            for up, blob_key, info in zip(uploads, blob_keys, inspected, strict=True):
+                frames = 1 if isinstance(info, PageError) else info
+                for frame in range(frames):
+                    page = Page(
+                        index=len(job.pages),
+                        blob_key=blob_key,
+                        frame=frame,
+                        filename=up.filename,
+                        status="queued",
+                        attempts=0,
+                        attempt_limit=settings.max_attempts,
                     )
-                    index += 1
+                    if isinstance(info, PageError):
+                        page.status, page.finished_at = "failed", utcnow()
+                        page.error_code, page.error_message = info.code, info.message
+                    job.pages.append(page)
             s.add(job)
             s.flush()
-            job_id, page_ids = job.id, [str(p.id) for p in job.pages]
+            job_id = job.id
+            page_ids = [str(p.id) for p in job.pages if p.status == "queued"]
     except IntegrityError:
         # Another request with the same key committed first.
         if key and (existing := _find_repeat(sessions, key, fingerprint)):
@@ -126,6 +131,28 @@ def submit(
     # After the commit: a worker must never receive an id whose row it cannot see.
     _send_or_leave_to_sweeper(send, page_ids)
     return get_job(sessions=sessions, job_id=job_id), True
+
+
+def _inspect(up: Upload, settings: Settings) -> int | PageError:
+    """How many pages ``up`` holds, or why it cannot be read.
+
+    Raises :class:`PageError` for what refuses the whole request (over the byte or page limit).
+    """
+    name = up.filename or "upload"
+    if len(up.data) > settings.max_upload_bytes:
+        raise PageError(
+            "too_large",
+            f"{name}: {len(up.data)} bytes, over the limit of {settings.max_upload_bytes}",
+        )
+    try:
+        info = inspect_upload(
+            up.data, max_pages=settings.max_pages_per_job, max_pixels=settings.max_pixels
+        )
+    except PageError as exc:
+        if exc.code == "too_many_pages":  # the job would be over the limit too
+            raise PageError(exc.code, f"{name}: {exc.message}") from exc
+        return exc
+    return info.pages
 
 
 def retry(
@@ -202,6 +229,8 @@ def page_resource(page: Page, lines: Sequence[Line]) -> PageResource:
         status=page.status,  # type: ignore[arg-type]
         filename=page.filename,
         frame=page.frame,
+        width=page.width,
+        height=page.height,
         text=page.text,
         confidence=page.confidence,
         lines=[

@@ -132,6 +132,10 @@ class Page(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     #: Wall time of the pipeline for the page's group, in milliseconds.
     processing_ms: Mapped[int | None] = mapped_column(Integer)
+    #: Size in pixels of the page image the line coordinates refer to (the uploaded image,
+    #: or the PDF page as rendered at ``HTRQ_PDF_DPI``); set with the result.
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
 
     job: Mapped[Job] = relationship(back_populates="pages")
     lines: Mapped[list[Line]] = relationship(
@@ -158,5 +162,9 @@ class Line(Base):
     y0: Mapped[int] = mapped_column(Integer)
     x1: Mapped[int] = mapped_column(Integer)
     y1: Mapped[int] = mapped_column(Integer)
+    #: Outline and baseline as JSON ``[[x, y], ...]`` in page pixels, where the segmenter
+    #: gives them (text, not a JSON type: the same on PostgreSQL and SQLite, never queried).
+    polygon: Mapped[str | None] = mapped_column(Text)
+    baseline: Mapped[str | None] = mapped_column(Text)
 
     page: Mapped[Page] = relationship(back_populates="lines")

@@ -65,6 +65,8 @@ class PageResource(BaseModel):
     status: PageStatus
     filename: str | None
     frame: int
+    width: int | None = Field(description="page image width in pixels, once read")
+    height: int | None = Field(description="page image height in pixels, once read")
     text: str | None
     confidence: float | None = Field(ge=0, le=1)
     lines: list[LineResource]

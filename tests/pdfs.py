@@ -54,3 +54,24 @@ def text_pdf(media_boxes: list[tuple[int, int]], lines: int = 3) -> bytes:
         objects.append(f"<< /Length {len(text)} >>\nstream\n{text}\nendstream")
     objects[1] = f"<< /Type /Pages /Kids [{' '.join(kids)}] /Count {n} >>"
     return minimal_pdf(objects)
+
+
+#: A catalog, a page tree and one empty 200 x 100 pt page.
+PAGE_OBJECTS = [
+    "<< /Type /Catalog /Pages 2 0 R >>",
+    "<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+    "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 200 100] >>",
+]
+
+
+def broken_pdf() -> bytes:
+    """A PDF header followed by garbage: recognised as a PDF, unreadable as one."""
+    return b"%PDF-1.7\n this is not a pdf"
+
+
+def encrypted_pdf() -> bytes:
+    """A one-page PDF under the standard security handler, with no password that opens it."""
+    # The user-password hash matches no password we can give.
+    encrypt = "<< /Filter /Standard /V 1 /R 2 /O <{}> /U <{}> /P -4 >>".format("11" * 32, "22" * 32)
+    file_id = "<00112233445566778899aabbccddeeff>"
+    return minimal_pdf([*PAGE_OBJECTS, encrypt], f"/Encrypt 4 0 R /ID [{file_id} {file_id}] ")

@@ -130,6 +130,7 @@ def _finish(
                         lines=outcome.lines,
                         model=ctx.model_name,
                         processing_ms=elapsed_ms,
+                        size=outcome.size,
                     )
                     report.succeeded += kept
         except SQLAlchemyError:

@@ -73,7 +73,8 @@ def transcribe(
             uploads=uploads,
             mode=mode,
         )
-        total, done, started = len(job.pages), 0, time.monotonic()
+        # Files refused at submit are pages already failed; they never reach the queue.
+        total, done, started = len(job.pages), job.counts.failed, time.monotonic()
         while len(queue):
             report = process_batch(queue.take(settings.flush_every), ctx)
             done += report.succeeded + report.failed

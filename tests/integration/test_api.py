@@ -10,6 +10,7 @@ from api.main import create_app
 from htrq.queue import PAGE_QUEUE
 from htrq.settings import Settings
 from tests.images import page_png
+from tests.pdfs import broken_pdf
 
 
 @pytest.fixture
@@ -57,6 +58,7 @@ def test_repeats_answer_200_with_the_same_job(client: TestClient) -> None:
     [
         ([("files", ("t.txt", b"hello", "text/plain"))], {}, 415, "unsupported_format"),
         ([("files", ("e.png", b"", "image/png"))], {}, 422, "empty_file"),
+        ([("files", ("s.pdf", broken_pdf(), "application/pdf"))], {}, 422, "invalid_pdf"),
         ([], {"external_id": "no-files"}, 422, "invalid_request"),
         ([("files", ("a.png", page_png(), "image/png"))], {"mode": "word"}, 422, "invalid_request"),
     ],
@@ -68,10 +70,32 @@ def test_bad_uploads_get_4xx_with_a_code(
     status: int,
     code: str,
 ) -> None:
-    """Unreadable, empty or missing files and bad fields are refused with a JSON code."""
+    """A request without a readable file, or with bad fields, is refused with a JSON code."""
     r = client.post("/v1/jobs", files=files, data=data)
     assert r.status_code == status, r.text
     assert r.json()["error"]["code"] == code
+
+
+def test_a_broken_pdf_among_images_is_a_failed_page_not_a_refusal(
+    client: TestClient, broker_url: str
+) -> None:
+    """201; the PDF's page is failed with invalid_pdf at once, only the images are queued."""
+    files = _files("a.png")
+    files.append(("files", ("scan.pdf", broken_pdf(), "application/pdf")))
+    files += _files("b.png")
+    r = client.post("/v1/jobs", files=files)
+    assert r.status_code == 201, r.text
+    job = r.json()
+    assert [(p["index"], p["status"]) for p in job["pages"]] == [
+        (0, "queued"),
+        (1, "failed"),
+        (2, "queued"),
+    ]
+    assert job["counts"] == {"queued": 2, "running": 0, "succeeded": 0, "failed": 1}
+    assert redis.Redis.from_url(broker_url).llen(PAGE_QUEUE) == 2
+    page = client.get(f"/v1/jobs/{job['id']}/pages/1").json()
+    assert (page["status"], page["filename"], page["attempts"]) == ("failed", "scan.pdf", 0)
+    assert page["error"]["code"] == "invalid_pdf" and page["error"]["message"]
 
 
 def test_files_over_the_size_limit_get_413(settings: Settings, broker_url: str) -> None:

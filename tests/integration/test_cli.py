@@ -1,12 +1,15 @@
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
+from xml.etree import ElementTree as ET
 
 import pytest
 from sqlalchemy import Engine, select
 
 from htrq.cli import main
+from htrq.exports import ALTO_NS, PAGE_NS
 from htrq.models import Page
 from tests.images import corrupt_png, page_png
 
@@ -46,15 +49,48 @@ def test_transcribe_prints_page_resources_as_json(
 def test_transcribe_text_output_and_refused_files(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Text output has a header per file; an unreadable file stops with its code, exit 2."""
+    """Text output has a header per file; an unreadable file is a failed page (exit 1), and
+    with no readable file at all transcribe stops with the code (exit 2)."""
     good = tmp_path / "good.png"
     good.write_bytes(page_png())
     assert main(["transcribe", str(good)]) == 0
     assert "## good.png (confidence " in capsys.readouterr().out
     bad = tmp_path / "notes.txt"
     bad.write_text("not an image")
-    assert main(["transcribe", str(good), str(bad)]) == 2
+    assert main(["transcribe", str(good), str(bad)]) == 1
+    out = capsys.readouterr()
+    assert "## good.png (confidence " in out.out
+    assert "## notes.txt: failed: unsupported_format" in out.out
+    assert "2/2 pages" in out.err
+    assert main(["transcribe", str(bad)]) == 2
     assert "unsupported_format" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("embedded_env")
+def test_transcribe_writes_the_exports(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--format txt / alto / page: one page prints its export; several make a zip with -o."""
+    one = tmp_path / "one.png"
+    one.write_bytes(page_png("one"))
+    two = tmp_path / "two.png"
+    two.write_bytes(page_png("two"))
+    assert main(["transcribe", str(one), "--format", "alto"]) == 0
+    alto = ET.fromstring(capsys.readouterr().out)
+    (page,) = alto.iter(f"{{{ALTO_NS}}}Page")
+    assert (page.get("WIDTH"), page.get("HEIGHT")) == ("160", "32")  # the page resource's size
+
+    assert main(["transcribe", str(one), str(two), "--format", "page"]) == 2
+    assert "--output" in capsys.readouterr().err
+    out = tmp_path / "pages.zip"
+    assert main(["transcribe", str(one), str(two), "--format", "page", "-o", str(out)]) == 0
+    with zipfile.ZipFile(out) as zf:
+        assert zf.namelist() == ["page-0001.xml", "page-0002.xml"]
+        root = ET.fromstring(zf.read("page-0002.xml"))
+    (pg,) = root.iter(f"{{{PAGE_NS}}}Page")
+    assert pg.get("imageFilename") == "two.png"
+
+    txt = tmp_path / "all.txt"
+    assert main(["transcribe", str(one), str(two), "--format", "txt", "-o", str(txt)]) == 0
+    assert txt.read_text().count("\f") == 1  # a form feed between the two pages
 
 
 def test_a_bad_setting_exits_2_naming_the_variable(

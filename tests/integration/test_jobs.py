@@ -4,6 +4,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
+from PIL import Image
 from sqlalchemy import Engine, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -14,6 +15,7 @@ from htrq.resources import JobResource, StatusCounts, job_status
 from htrq.settings import Settings
 from htrq.storage import DirectoryStore
 from tests.images import corrupt_png, page_png
+from tests.pdfs import broken_pdf, encrypted_pdf, pdf_of
 
 
 class Recorder:
@@ -110,16 +112,51 @@ def test_other_files_under_a_used_key_conflict(
     ("data", "code"),
     [(b"", "empty_file"), (b"plain text, not an image", "unsupported_format")],
 )
-def test_refused_uploads_store_nothing(
+def test_a_request_with_no_readable_file_stores_nothing(
     sessions: sessionmaker[Session], settings: Settings, data: bytes, code: str
 ) -> None:
-    """An unreadable upload refuses the whole job with a code; no row or blob is written."""
+    """When no file can be read the whole request is refused with the code; nothing is written."""
     send = Recorder()
-    uploads = [jobs.Upload("ok.png", page_png()), jobs.Upload("bad.bin", data)]
     with pytest.raises(PageError) as err:
-        _submit(sessions, settings, send, uploads=uploads)
+        _submit(sessions, settings, send, uploads=[jobs.Upload("bad.bin", data)])
     assert err.value.code == code and "bad.bin" in err.value.message
     assert send.sent == [] and not settings.storage_dir.exists()
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        (broken_pdf(), "invalid_pdf"),
+        (encrypted_pdf(), "encrypted_pdf"),
+        (b"plain text, not an image", "unsupported_format"),
+        (b"", "empty_file"),
+        (page_png(size=(4000, 3000)), "too_large"),  # over max_pixels, from its header
+    ],
+)
+def test_an_unreadable_file_fails_only_its_own_page_at_once(
+    sessions: sessionmaker[Session], settings: Settings, data: bytes, code: str
+) -> None:
+    """[good, bad, good]: three pages; the bad one is failed with its code and never sent."""
+    settings = settings.model_copy(update={"max_pixels": 10_000_000})
+    send = Recorder()
+    uploads = [
+        jobs.Upload("a.png", page_png("a")),
+        jobs.Upload("bad.pdf", data),
+        jobs.Upload("b.png", page_png("b")),
+    ]
+    job, created = _submit(sessions, settings, send, uploads=uploads)
+    assert created
+    assert [(p.index, p.status) for p in job.pages] == [
+        (0, "queued"),
+        (1, "failed"),
+        (2, "queued"),
+    ]
+    assert job.counts == StatusCounts(queued=2, failed=1)
+    assert sorted(send.sent) == sorted(str(job.pages[i].id) for i in (0, 2))
+    bad = jobs.get_page(sessions=sessions, job_id=job.id, index=1)
+    assert bad.error is not None and bad.error.code == code and bad.error.message
+    assert (bad.filename, bad.frame, bad.attempts, bad.started_at) == ("bad.pdf", 0, 0, None)
+    assert bad.finished_at is not None
 
 
 def test_a_corrupt_image_is_accepted_and_left_to_the_worker(
@@ -136,6 +173,20 @@ def test_oversized_files_are_refused(sessions: sessionmaker[Session], settings: 
     with pytest.raises(PageError) as err:
         _submit(sessions, small, Recorder())
     assert err.value.code == "too_large"
+
+
+def test_too_many_pages_in_all_refuse_the_request(
+    sessions: sessionmaker[Session], settings: Settings
+) -> None:
+    """Pages over HTRQ_MAX_PAGES_PER_JOB, across files or in one, refuse the whole request."""
+    limited = settings.model_copy(update={"max_pages_per_job": 2})
+    three = [jobs.Upload(f"p{i}.png", page_png()) for i in range(3)]
+    pdf = jobs.Upload("long.pdf", pdf_of([Image.new("L", (50, 50), 255)] * 3))
+    for uploads in (three, [pdf]):
+        with pytest.raises(PageError) as err:
+            _submit(sessions, limited, Recorder(), uploads=uploads)
+        assert err.value.code == "too_many_pages"
+    assert not settings.storage_dir.exists()
 
 
 def test_retry_requeues_only_failed_pages_and_keeps_attempts(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import uuid
 from collections.abc import Sequence
 
@@ -13,7 +14,7 @@ from htrq import jobs
 from htrq.models import Line, Page
 from htrq.settings import Settings
 from htrq.storage import DirectoryStore
-from tests.pdfs import pdf_of, text_pdf
+from tests.pdfs import broken_pdf, pdf_of, text_pdf
 from worker.batch import BatchContext, process_batch
 from worker.embedded import LocalQueue
 from worker.pipeline import Pipeline
@@ -91,6 +92,41 @@ def test_a_bad_pdf_page_fails_alone(
         ("succeeded", None),
     ]
     assert line_counts(sessions, pages) == [3, 0, 3]
+
+
+def test_a_broken_pdf_among_images_fails_at_once_and_the_images_are_read(
+    sessions: sessionmaker[Session], settings: Settings, recognizer: Recognizer
+) -> None:
+    """[image, broken PDF, image]: the PDF's page is failed at submit, the images succeed."""
+    image = _png(render_page(20, size=(1000, 1300)))
+    files = [("a.png", image), ("b.pdf", broken_pdf()), ("c.png", image)]
+    pages = submit_and_process(sessions, settings, recognizer, files)
+    assert [(p.status, p.error_code, p.attempts) for p in pages] == [
+        ("succeeded", None, 1),
+        ("failed", "invalid_pdf", 0),  # never claimed: it was not sent to the queue
+        ("succeeded", None, 1),
+    ]
+    assert jobs.get_job(sessions=sessions, job_id=pages[0].job_id).status == "partial"
+
+
+def test_page_size_and_line_outlines_are_stored(
+    sessions: sessionmaker[Session], settings: Settings, recognizer: Recognizer
+) -> None:
+    """A read page keeps its image size; its lines keep the segmenter's polygon and baseline."""
+    synthetic = render_page(22, size=(1000, 1300))
+    (page,) = submit_and_process(sessions, settings, recognizer, [("p.png", _png(synthetic))])
+    assert (page.width, page.height) == (1000, 1300)
+    resource = jobs.get_page(sessions=sessions, job_id=page.job_id, index=0)
+    assert (resource.width, resource.height) == (1000, 1300)
+    with sessions() as s:
+        lines = s.scalars(select(Line).where(Line.page_id == page.id).order_by(Line.index)).all()
+    assert len(lines) == len(synthetic.lines)
+    for ln in lines:
+        assert ln.polygon is not None and ln.baseline is not None
+        polygon, baseline = json.loads(ln.polygon), json.loads(ln.baseline)
+        assert len(polygon) >= 3 and len(baseline) >= 2
+        xs, ys = [x for x, _ in polygon], [y for _, y in polygon]
+        assert (min(xs), min(ys), max(xs), max(ys)) == (ln.x0, ln.y0, ln.x1, ln.y1)
 
 
 def _png(page: SynthPage) -> bytes:

@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw
 
 from htrq.errors import PageError
 from htrq.inputs import inspect_upload, render_page
-from tests.pdfs import minimal_pdf, pdf_of
+from tests.pdfs import PAGE_OBJECTS, broken_pdf, encrypted_pdf, minimal_pdf, pdf_of
 
 
 def bar_pages(n: int, size: tuple[int, int] = (200, 100)) -> list[Image.Image]:
@@ -30,13 +30,6 @@ def bar_position(im: Image.Image) -> int:
     cols = np.asarray(im.convert("L"), np.float32).mean(axis=0)
     dark = np.flatnonzero(cols < 128)
     return round(int(dark[0]) / im.width * 200)
-
-
-PAGE_OBJECTS = [
-    "<< /Type /Catalog /Pages 2 0 R >>",
-    "<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-    "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 200 100] >>",
-]
 
 
 def png_header(width: int, height: int) -> bytes:
@@ -92,7 +85,7 @@ def test_single_images_are_one_page() -> None:
 def test_broken_pdfs_get_invalid_pdf() -> None:
     """Garbage after a PDF header, a truncated PDF and a PDF without pages are invalid_pdf."""
     good = pdf_of(bar_pages(2))
-    assert codes(inspect_upload, b"%PDF-1.7\n this is not a pdf") == "invalid_pdf"
+    assert codes(inspect_upload, broken_pdf()) == "invalid_pdf"
     assert codes(inspect_upload, good[: len(good) // 3]) == "invalid_pdf"
     no_pages = minimal_pdf(
         ["<< /Type /Catalog /Pages 2 0 R >>", "<< /Type /Pages /Kids [] /Count 0 >>"]
@@ -103,10 +96,7 @@ def test_broken_pdfs_get_invalid_pdf() -> None:
 
 def test_encrypted_pdf_gets_encrypted_pdf() -> None:
     """A PDF that needs a password is refused with encrypted_pdf, at upload and at render."""
-    # Standard security handler whose user-password hash matches no password we can give.
-    encrypt = "<< /Filter /Standard /V 1 /R 2 /O <{}> /U <{}> /P -4 >>".format("11" * 32, "22" * 32)
-    file_id = "<00112233445566778899aabbccddeeff>"
-    data = minimal_pdf([*PAGE_OBJECTS, encrypt], f"/Encrypt 4 0 R /ID [{file_id} {file_id}] ")
+    data = encrypted_pdf()
     assert codes(inspect_upload, data) == "encrypted_pdf"
     assert codes(render_page, data, 0) == "encrypted_pdf"
     # The same file without the encryption dictionary opens.
