@@ -21,6 +21,7 @@ from sqlalchemy import Engine, func, select
 from htrq.models import Job, Line, Page
 from htrq.settings import Settings
 from tests.images import corrupt_png, page_png
+from tests.pdfs import broken_pdf
 
 pytestmark = pytest.mark.slow
 
@@ -132,20 +133,25 @@ def _poll_job(url: str, job_id: str) -> dict[str, Any]:
 def test_a_job_with_a_corrupt_file_ends_partial_with_every_row_right(
     processes: Processes, settings: Settings, engine: Engine, tiny_model: Path
 ) -> None:
-    """Worker + API processes: good pages succeed in batches, the corrupt one fails alone."""
+    """Worker + API processes: good pages succeed in batches, the corrupt ones fail alone.
+
+    The corrupt PNG passes the upload check (its header reads) and fails in the worker; the
+    broken PDF is failed at submit and never reaches the queue.
+    """
     env = _env(settings)
     _, worker_log = processes.worker("w1", env)
     url = processes.api(env)
 
     files = [("files", (f"p{i}.png", page_png(f"page {i}"), "image/png")) for i in range(5)]
     files.insert(2, ("files", ("broken.png", corrupt_png(), "image/png")))
+    files.insert(5, ("files", ("broken.pdf", broken_pdf(), "application/pdf")))
     r = httpx.post(f"{url}/v1/jobs", files=files, data={"external_id": "e2e-partial"}, timeout=30)
     assert r.status_code == 201, r.text
     job_id = r.json()["id"]
 
     job = _poll_job(url, job_id)
     assert job["status"] == "partial"
-    assert job["counts"] == {"queued": 0, "running": 0, "succeeded": 5, "failed": 1}
+    assert job["counts"] == {"queued": 0, "running": 0, "succeeded": 5, "failed": 2}
 
     with engine.connect() as conn:
         db_job = conn.execute(select(Job).where(Job.id == job_id)).one()
@@ -154,38 +160,50 @@ def test_a_job_with_a_corrupt_file_ends_partial_with_every_row_right(
             select(Line).join(Page, Line.page_id == Page.id).where(Page.job_id == job_id)
         ).all()
     assert (db_job.external_id, db_job.mode) == ("e2e-partial", "page")
-    assert [p.index for p in pages] == list(range(6))
+    assert [p.index for p in pages] == list(range(7))
     assert [p.filename for p in pages] == [
         "p0.png",
         "p1.png",
         "broken.png",
         "p2.png",
         "p3.png",
+        "broken.pdf",
         "p4.png",
     ]
     for p in pages:
-        assert p.attempts == 1 and p.lease_until is None
-        assert p.started_at is not None and p.finished_at is not None
-        assert p.started_at <= p.finished_at
+        assert p.lease_until is None and p.finished_at is not None
+        if p.filename == "broken.pdf":  # failed at submit: never claimed
+            assert (p.status, p.error_code, p.text) == ("failed", "invalid_pdf", None)
+            assert (p.attempts, p.started_at, p.model, p.width) == (0, None, None, None)
+            continue
+        assert p.attempts == 1 and p.started_at is not None and p.started_at <= p.finished_at
         if p.filename == "broken.png":
             assert (p.status, p.error_code, p.text) == ("failed", "invalid_image", None)
         else:
             assert (p.status, p.error_code, p.model) == ("succeeded", None, str(tiny_model))
             assert p.text is not None and 0 <= p.confidence <= 1
+            assert (p.width, p.height) == (160, 32)
     by_page: dict[object, list[Line]] = {}
     for ln in lines:
         by_page.setdefault(ln.page_id, []).append(ln)
     good = [p for p in pages if p.status == "succeeded"]
     assert {p.id for p in good} == set(by_page)
     for p in good:
+        # The segmenter finds the one line of text, a box inside the page.
         (ln,) = by_page[p.id]
-        assert (ln.index, ln.text, (ln.x0, ln.y0, ln.x1, ln.y1)) == (0, p.text, (0, 0, 160, 32))
+        assert (ln.index, ln.text) == (0, p.text)
+        assert 0 <= ln.x0 < ln.x1 <= 160 and 0 <= ln.y0 < ln.y1 <= 32
 
     page = httpx.get(f"{url}/v1/jobs/{job_id}/pages/2", timeout=10).json()
     assert page["error"]["code"] == "invalid_image" and page["attempts"] == 1
+    page = httpx.get(f"{url}/v1/jobs/{job_id}/pages/5", timeout=10).json()
+    assert page["error"]["code"] == "invalid_pdf" and page["attempts"] == 0
     page = httpx.get(f"{url}/v1/jobs/{job_id}/pages/0", timeout=10).json()
-    assert page["status"] == "succeeded" and page["lines"][0]["bbox"] == [0, 0, 160, 32]
+    assert page["status"] == "succeeded" and (page["width"], page["height"]) == (160, 32)
+    (stored,) = by_page[pages[0].id]
+    assert [ln["bbox"] for ln in page["lines"]] == [[stored.x0, stored.y0, stored.x1, stored.y1]]
 
+    # Only the six pages that were queued reach the worker.
     sizes = [int(n) for n in re.findall(rb"batch of (\d+)", worker_log.read_bytes())]
     assert sum(sizes) == 6 and max(sizes) > 1, sizes  # celery-batches grouped the pages
 
