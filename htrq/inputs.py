@@ -80,6 +80,8 @@ def render_page(
     The pixel count is checked from the header (or the PDF page size at ``dpi``) before any
     pixel is decoded, so a decompression bomb is refused with ``too_large`` at no cost.
     """
+    if not data:  # as at upload: a retried page that was refused there keeps its code
+        raise PageError("empty_file", "the uploaded file is empty")
     if is_pdf(data):
         return _render_pdf_page(data, frame, dpi=dpi, max_pixels=max_pixels)
     with _open_image(data) as im:

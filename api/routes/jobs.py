@@ -41,6 +41,12 @@ def create_job(
 ) -> JobResource:
     """Upload pages; each file becomes one page or more (PDF, multi-page TIFF).
 
+    A file that cannot be read (``invalid_pdf``, ``encrypted_pdf``, ``unsupported_format``,
+    ``empty_file``, ``too_large`` in pixels) becomes one page that is ``failed`` at once with
+    that code, and the other files are read as usual. The request itself is refused (4xx,
+    nothing stored) when it has no files, a file over the byte limit, more pages in all than
+    the job limit, or no readable file at all.
+
     A repeat under the same ``Idempotency-Key`` header (or ``external_id``) answers the first
     job with 200 instead of creating another.
     """

@@ -130,6 +130,7 @@ def test_decompression_bomb_is_too_large_without_decoding() -> None:
 def test_empty_and_unknown_files() -> None:
     """Empty bytes, non-images and unaccepted formats get their own codes."""
     assert codes(inspect_upload, b"") == "empty_file"
+    assert codes(render_page, b"", 0) == "empty_file"
     assert codes(inspect_upload, b"hello, world") == "unsupported_format"
     buf = io.BytesIO()
     Image.new("L", (10, 10)).save(buf, "GIF")
