@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 from transformers import AutoProcessor, VisionEncoderDecoderModel
+from transformers.utils import logging as hf_logging
 
 from worker.lineimage import fit_line
 
@@ -95,6 +96,8 @@ class Recognizer:
             # Half precision is slower than fp32 on CPUs without AMX, and some ops refuse it.
             log.warning("dtype %s is for GPUs; using float32 on the CPU", dtype)
             torch_dtype = torch.float32
+        # A progress bar per weight file is noise in a worker's log.
+        hf_logging.disable_progress_bar()
         # Checkpoints saved in fp16 load as fp16 unless told otherwise.
         net = VisionEncoderDecoderModel.from_pretrained(path, dtype=torch_dtype).to(dev)
         processor = AutoProcessor.from_pretrained(path)
