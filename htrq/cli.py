@@ -86,7 +86,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if args.hostname:
         argv.append(f"--hostname={args.hostname}")
     app.worker_main(argv)
-    return 0
+    from worker.app import model_failed
+
+    # A worker that stopped because its model would not load must not look like a clean exit
+    # to a supervisor (systemd, compose restart policies).
+    return 1 if model_failed.value else 0
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ never at import: the main process stays free of torch and of CUDA state that for
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import signal
 from typing import TYPE_CHECKING, Any
@@ -34,6 +35,9 @@ _context: BatchContext | None = None
 _sweeper: SweeperThread | None = None
 #: The worker's main process, which pool processes inherit through the fork.
 _main_pid = os.getpid()
+#: Set by a child process that could not load the model, so the main process exits non-zero
+#: (shared memory made before the pool forks).
+model_failed = multiprocessing.Value("b", 0)
 
 
 def make_segmenter(settings: Settings) -> Segmenter:
@@ -142,6 +146,7 @@ def _on_process_init(**_: Any) -> None:
         # A worker without its model would take pages and fail every one of them: stop the
         # whole worker (the main process, which is this one under --pool=solo) instead.
         log.critical("cannot load the model; stopping the worker", exc_info=True)
+        model_failed.value = 1
         os.kill(_main_pid, signal.SIGTERM)
 
 
