@@ -66,7 +66,7 @@ def make_pages(n: int, seed: int = 7) -> list[bytes]:
     return out
 
 
-def line_crops(pages: list[bytes], settings: Settings) -> list[Image.Image]:
+def line_crops(pages: list[bytes], settings: Settings, mode: str) -> list[Image.Image]:
     """The crops the service's pipeline cuts from the pages (captured, not recognised)."""
     crops: list[Image.Image] = []
 
@@ -75,7 +75,7 @@ def line_crops(pages: list[bytes], settings: Settings) -> list[Image.Image]:
         return [type("R", (), {"text": "", "confidence": 0.0})() for _ in batch]
 
     Pipeline(recognize=capture, max_pixels=settings.max_pixels, line_margin=settings.line_margin)(
-        [PageInput(key=i, data=d) for i, d in enumerate(pages)]
+        [PageInput(key=i, data=d, mode=mode) for i, d in enumerate(pages)]
     )
     return crops
 
@@ -126,8 +126,9 @@ def wait_finished(sessions, job_id: uuid.UUID, total: int, timeout: float) -> No
 class Service:
     """A real ``htrq worker`` process; pages go in through the job service."""
 
-    def __init__(self, settings: Settings, timeout: float) -> None:
+    def __init__(self, settings: Settings, timeout: float, mode: str) -> None:
         assert settings.database_url
+        self.mode = mode
         self.settings, self.timeout = settings, timeout
         env = {k: v for k, v in os.environ.items() if not k.startswith("HTRQ_")}
         env.update(
@@ -158,6 +159,7 @@ class Service:
             send=self.sender,
             settings=self.settings,
             uploads=uploads,
+            mode=self.mode,
         )
         wait_finished(self.sessions, job.id, len(pages), self.timeout)
         wall = time.perf_counter() - started
@@ -178,6 +180,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="builtin")
     p.add_argument("--pages", type=int, default=64)
+    p.add_argument(
+        "--mode",
+        choices=["line", "page"],
+        default="line",
+        help="job mode; the bench's pages are single lines, so 'line' measures the service's "
+        "own cost and 'page' adds segmentation, which the bare recognizer does not do",
+    )
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--flush-every", type=int, default=32)
     p.add_argument("--num-beams", type=int, default=4)
@@ -207,14 +216,15 @@ def main() -> None:
             )
             upgrade(settings.database_url or "")
             pages = make_pages(args.pages)
-            crops = line_crops(pages, settings)
+            crops = line_crops(pages, settings, args.mode)
             print(
                 f"{len(pages)} pages, {len(crops)} lines, model {settings.model}, "
                 f"batch {settings.batch_size}, group {settings.flush_every}, "
-                f"beams {settings.num_beams}, max tokens {settings.max_new_tokens}",
+                f"beams {settings.num_beams}, max tokens {settings.max_new_tokens}, "
+                f"mode {args.mode}",
                 flush=True,
             )
-            bare, service = Bare(settings, crops), Service(settings, args.timeout)
+            bare, service = Bare(settings, crops), Service(settings, args.timeout, args.mode)
             try:
                 # Warm-up job: the worker has started, loaded the model and run a first group.
                 service.run(pages[: settings.flush_every])
