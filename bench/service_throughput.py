@@ -20,6 +20,7 @@ import os
 import random
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -126,7 +127,7 @@ def wait_finished(sessions, job_id: uuid.UUID, total: int, timeout: float) -> No
 class Service:
     """A real ``htrq worker`` process; pages go in through the job service."""
 
-    def __init__(self, settings: Settings, timeout: float, mode: str) -> None:
+    def __init__(self, settings: Settings, timeout: float, mode: str, pool: str) -> None:
         assert settings.database_url
         self.mode = mode
         self.settings, self.timeout = settings, timeout
@@ -138,7 +139,12 @@ class Service:
         self.log = log = Path(tempfile.gettempdir()) / "htrq-bench-worker.log"
         with log.open("wb") as out:  # the worker keeps its own copy of the descriptor
             self.worker = subprocess.Popen(
-                [str(Path(sys.executable).parent / "htrq"), "worker", "--loglevel=info"],
+                [
+                    str(Path(sys.executable).parent / "htrq"),
+                    "worker",
+                    "--loglevel=info",
+                    f"--pool={pool}",
+                ],
                 env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -161,6 +167,7 @@ class Service:
             uploads=uploads,
             mode=self.mode,
         )
+        self.submit_s = time.perf_counter() - started
         wait_finished(self.sessions, job.id, len(pages), self.timeout)
         wall = time.perf_counter() - started
         return len(pages) / wall, len(pages) / (group_cpu_seconds(self.worker.pid) - cpu)
@@ -187,13 +194,14 @@ def main() -> None:
         help="job mode; the bench's pages are single lines, so 'line' measures the service's "
         "own cost and 'page' adds segmentation, which the bare recognizer does not do",
     )
+    p.add_argument("--pool", default="prefork", choices=["prefork", "solo"], help="worker pool")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--flush-every", type=int, default=32)
     p.add_argument("--num-beams", type=int, default=4)
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     p.add_argument("--broker-url", default="redis://127.0.0.1:6379/14")
-    p.add_argument("--rounds", type=int, default=2, help="alternating rounds; best counts")
+    p.add_argument("--rounds", type=int, default=5, help="alternating rounds")
     p.add_argument("--timeout", type=float, default=900)
     args = p.parse_args()
 
@@ -221,25 +229,27 @@ def main() -> None:
                 f"{len(pages)} pages, {len(crops)} lines, model {settings.model}, "
                 f"batch {settings.batch_size}, group {settings.flush_every}, "
                 f"beams {settings.num_beams}, max tokens {settings.max_new_tokens}, "
-                f"mode {args.mode}",
+                f"mode {args.mode}, pool {args.pool}",
                 flush=True,
             )
-            bare, service = Bare(settings, crops), Service(settings, args.timeout, args.mode)
+            bare = Bare(settings, crops)
+            service = Service(settings, args.timeout, args.mode, args.pool)
             try:
                 # Warm-up job: the worker has started, loaded the model and run a first group.
                 service.run(pages[: settings.flush_every])
-                # Alternate the two and keep each one's best round: the machine may be busy.
-                # Pages per CPU-second (the worker's processes against this one) is a second
-                # view that other load on the machine disturbs much less than wall time
-                # (PostgreSQL and Redis are not counted; the worker log shows write time).
-                best = {"bare": (0.0, 0.0), "service": (0.0, 0.0)}
+                # Alternate the two, round by round: this machine's speed drifts, so each
+                # round's ratio compares runs made seconds apart, and the median of those
+                # ratios is the figure. Pages per CPU-second (the worker's processes against
+                # this one) is a second view that other load disturbs much less than wall
+                # time (PostgreSQL and Redis are not counted; the worker log has write time).
+                rounds = []
                 for n in range(1, args.rounds + 1):
                     b, s = bare.rate(len(pages)), service.run(pages)
-                    for name, r in (("bare", b), ("service", s)):
-                        best[name] = (max(best[name][0], r[0]), max(best[name][1], r[1]))
+                    rounds.append((b, s))
                     print(
                         f"round {n}: bare {b[0]:.2f} pages/s ({b[1]:.2f} per CPU-s), "
-                        f"service {s[0]:.2f} pages/s ({s[1]:.2f} per CPU-s)",
+                        f"service {s[0]:.2f} pages/s ({s[1]:.2f} per CPU-s; "
+                        f"submit took {service.submit_s:.2f} s), ratio {s[0] / b[0]:.3f}",
                         flush=True,
                     )
                 batches, pipeline_s, write_s = service.worker_times()
@@ -249,11 +259,14 @@ def main() -> None:
                 f"worker, all jobs: {batches} batches, {pipeline_s:.1f} s in the pipeline, "
                 f"{write_s:.2f} s writing results"
             )
-            (bare_wall, bare_cpu), (service_wall, service_cpu) = best["bare"], best["service"]
-            print(f"bare recognizer: {bare_wall:.2f} pages/s (best of {args.rounds})")
-            print(f"service:         {service_wall:.2f} pages/s (best of {args.rounds})")
-            print(f"ratio:           {service_wall / bare_wall:.3f} (target >= 0.9)")
-            print(f"ratio per CPU-s: {service_cpu / bare_cpu:.3f}")
+            med = statistics.median
+            print(f"bare recognizer: {med(b[0] for b, _ in rounds):.2f} pages/s (median)")
+            print(f"service:         {med(s[0] for _, s in rounds):.2f} pages/s (median)")
+            print(
+                f"ratio:           {med(s[0] / b[0] for b, s in rounds):.3f} "
+                f"(median of {len(rounds)} rounds; target >= 0.9)"
+            )
+            print(f"ratio per CPU-s: {med(s[1] / b[1] for b, s in rounds):.3f}")
     finally:
         with psycopg.connect(args.admin_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image, ImageDraw
 
-from worker.recognize import Recognizer, resolve_model
+from worker.recognize import Recognizer, balanced_chunk, resolve_model
 from worker.training.build import build_tiny_model
 
 
@@ -33,6 +33,19 @@ def test_results_come_back_in_input_order_whatever_the_batching(tiny_path, beams
     assert [r.text for r in together] == [r.text for r in alone]
     for a, b in zip(together, alone, strict=True):
         assert a.confidence == pytest.approx(b.confidence, abs=1e-3)
+
+
+@pytest.mark.parametrize("batch", [1, 2, 5, 16])
+def test_batches_are_balanced_and_never_exceed_the_batch_size(batch):
+    """As few batches as the batch size allows, their sizes at most one apart."""
+    for n in range(1, 70):
+        sizes, left = [], n
+        while left:
+            sizes.append(balanced_chunk(left, batch))
+            left -= sizes[-1]
+        assert len(sizes) == -(-n // batch)
+        assert max(sizes) <= batch and max(sizes) - min(sizes) <= 1
+    assert [balanced_chunk(r, 16) for r in (34, 22, 11)] == [12, 11, 11]
 
 
 def test_confidence_is_a_probability(tiny_path):

@@ -40,6 +40,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             workers=args.workers,
             seed=args.seed,
             ctc_weight=args.ctc_weight,
+            curriculum_steps=args.curriculum_steps,
         )
     )
     print(f"best model: {best}")
@@ -132,6 +133,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=float,
         default=0.3,
         help="auxiliary CTC loss weight on the encoder (0: off)",
+    )
+    p.add_argument(
+        "--curriculum-steps",
+        type=int,
+        default=3000,
+        help="steps over which the line length grows from 12 to 48 characters "
+        "(0 when resuming a model that already reads long lines)",
     )
     p.set_defaults(func=cmd_train)
 
