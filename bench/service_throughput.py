@@ -5,7 +5,7 @@ submits N pages through the job service and times until every page is stored. Th
 gives the same line crops, with the same model and settings, straight to the recognizer in
 this process. The ratio is what queueing, claims, decoding and writes cost (target >= 0.9).
 
-    .venv/bin/python bench/service_throughput.py                 # shipped model, 64 pages
+    .venv/bin/python bench/service_throughput.py                 # shipped model, 256 pages
     .venv/bin/python bench/service_throughput.py --model DIR --pages 128 --num-beams 1
 
 Needs PostgreSQL and Redis (``--database-url`` / ``--broker-url``, defaults on localhost);
@@ -186,7 +186,7 @@ class Service:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="builtin")
-    p.add_argument("--pages", type=int, default=64)
+    p.add_argument("--pages", type=int, default=256)
     p.add_argument(
         "--mode",
         choices=["line", "page"],
@@ -196,7 +196,12 @@ def main() -> None:
     )
     p.add_argument("--pool", default="prefork", choices=["prefork", "solo"], help="worker pool")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--flush-every", type=int, default=32)
+    p.add_argument(
+        "--flush-every",
+        type=int,
+        default=64,
+        help="pages per worker group; the README advises 4 batches' worth for one-line pages",
+    )
     p.add_argument("--num-beams", type=int, default=4)
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")

@@ -192,7 +192,9 @@ def get_job(*, sessions: sessionmaker[Session], job_id: uuid.UUID | str) -> JobR
         if job is None:
             raise NotFound(f"no job {job_id}")
         rows = s.execute(
-            select(Page.id, Page.index, Page.status).where(Page.job_id == jid).order_by(Page.index)
+            select(Page.id, Page.index, Page.status, Page.attempts)
+            .where(Page.job_id == jid)
+            .order_by(Page.index)
         ).all()
     pages = [PageSummary(id=r.id, index=r.index, status=r.status) for r in rows]
     counts = StatusCounts()
@@ -200,7 +202,7 @@ def get_job(*, sessions: sessionmaker[Session], job_id: uuid.UUID | str) -> JobR
         setattr(counts, p.status, getattr(counts, p.status) + 1)
     return JobResource(
         id=job.id,
-        status=job_status(counts),
+        status=job_status(counts, started=any(r.attempts > 0 for r in rows)),
         external_id=job.external_id,
         mode=job.mode,
         created_at=job.created_at,

@@ -77,12 +77,17 @@ class PageResource(BaseModel):
     finished_at: datetime | None
 
 
-def job_status(counts: StatusCounts) -> JobStatus:
-    """Derive a job's status from its pages' states."""
+def job_status(counts: StatusCounts, *, started: bool) -> JobStatus:
+    """Derive a job's status from its pages' states.
+
+    ``started``: a worker has claimed at least one of its pages. Pages that failed at submit
+    (an unreadable upload) finish a page but do not start the job: it stays ``queued`` until
+    a worker picks up the rest.
+    """
     total = counts.queued + counts.running + counts.succeeded + counts.failed
     finished = counts.succeeded + counts.failed
     if total and finished == total:
         if counts.failed == 0:
             return "succeeded"
         return "failed" if counts.succeeded == 0 else "partial"
-    return "running" if counts.running or finished else "queued"
+    return "running" if started else "queued"

@@ -152,6 +152,7 @@ def test_an_unreadable_file_fails_only_its_own_page_at_once(
         (2, "queued"),
     ]
     assert job.counts == StatusCounts(queued=2, failed=1)
+    assert job.status == "queued"  # no worker has started it
     assert sorted(send.sent) == sorted(str(job.pages[i].id) for i in (0, 2))
     bad = jobs.get_page(sessions=sessions, job_id=job.id, index=1)
     assert bad.error is not None and bad.error.code == code and bad.error.message
@@ -230,16 +231,21 @@ def test_unknown_ids_raise_not_found(sessions: sessionmaker[Session], settings: 
 
 
 @pytest.mark.parametrize(
-    ("counts", "status"),
+    ("counts", "started", "status"),
     [
-        (StatusCounts(queued=2), "queued"),
-        (StatusCounts(queued=1, running=1), "running"),
-        (StatusCounts(queued=1, succeeded=1), "running"),
-        (StatusCounts(succeeded=2), "succeeded"),
-        (StatusCounts(failed=2), "failed"),
-        (StatusCounts(succeeded=1, failed=1), "partial"),
+        (StatusCounts(queued=2), False, "queued"),
+        (StatusCounts(queued=2, failed=1), False, "queued"),  # failed at submit
+        (StatusCounts(queued=2, failed=1), True, "running"),  # failed by a worker
+        (StatusCounts(queued=1, running=1), True, "running"),
+        (StatusCounts(queued=1, succeeded=1), True, "running"),
+        (StatusCounts(succeeded=2), True, "succeeded"),
+        (StatusCounts(failed=2), True, "failed"),
+        (StatusCounts(failed=2), False, "failed"),  # every upload unreadable
+        (StatusCounts(succeeded=1, failed=1), True, "partial"),
     ],
 )
-def test_job_status_is_derived_from_its_pages(counts: StatusCounts, status: str) -> None:
-    """Partial means all pages finished and some failed; anything started is running."""
-    assert job_status(counts) == status
+def test_job_status_is_derived_from_its_pages(
+    counts: StatusCounts, started: bool, status: str
+) -> None:
+    """Partial means all pages finished and some failed; a job runs once a worker starts it."""
+    assert job_status(counts, started=started) == status
