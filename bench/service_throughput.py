@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import io
+import itertools
+import multiprocessing
 import os
 import random
 import re
@@ -95,17 +97,79 @@ def group_cpu_seconds(pgid: int) -> float:
 
 
 class Bare:
-    """The recognizer alone, in this process, on the crops the pipeline cut."""
+    """The recognizer alone on the crops the pipeline cut, with the worker's CPU layout.
 
-    def __init__(self, settings: Settings, crops: list[Image.Image]) -> None:
-        self.rec, self.crops = load_recognizer(settings), crops
-        self.rec(crops[: settings.batch_size])  # warm-up, as the worker's first batch is
+    One process runs it in here; more (the service's ``--concurrency``) run in spawned
+    processes, each on its share of the crops with the same torch thread count as one worker
+    process, all started together.
+    """
+
+    def __init__(self, settings: Settings, crops: list[Image.Image], cpus: int) -> None:
+        self.n = settings.worker_concurrency
+        threads = settings.threads_per_process(cpus)
+        cut = [i * len(crops) // self.n for i in range(self.n + 1)]
+        shares = [crops[a:b] for a, b in itertools.pairwise(cut)]
+        if self.n == 1:
+            self.rec = _bare_load(settings.model_dump(), threads, crops)
+            return
+        ctx = multiprocessing.get_context("spawn")  # never fork a process that ran torch
+        self.pipes, self.procs = [], []
+        for share in shares:
+            here, there = ctx.Pipe()
+            proc = ctx.Process(
+                target=_bare_serve, args=(there, settings.model_dump(), threads, share), daemon=True
+            )
+            proc.start()
+            self.pipes.append(here)
+            self.procs.append(proc)
+        for pipe in self.pipes:
+            pipe.recv()  # loaded and warmed up
 
     def rate(self, pages: int) -> tuple[float, float]:
         """Pages per second of wall time and per second of CPU time."""
-        started, cpu = time.perf_counter(), time.process_time()
-        self.rec(self.crops)
-        return pages / (time.perf_counter() - started), pages / (time.process_time() - cpu)
+        started = time.perf_counter()
+        if self.n == 1:
+            cpu = _bare_run(self.rec)
+        else:
+            for pipe in self.pipes:
+                pipe.send("go")
+            cpu = sum(pipe.recv() for pipe in self.pipes)
+        return pages / (time.perf_counter() - started), pages / cpu
+
+    def close(self) -> None:
+        for pipe in getattr(self, "pipes", []):
+            pipe.send(None)
+        for proc in getattr(self, "procs", []):
+            proc.join(timeout=30)
+
+
+class _Loaded:
+    def __init__(self, rec, crops: list[Image.Image]) -> None:  # type: ignore[no-untyped-def]
+        self.rec, self.crops = rec, crops
+
+
+def _bare_load(settings: dict, threads: int, crops: list[Image.Image]) -> _Loaded:
+    import torch
+
+    torch.set_num_threads(threads)
+    s = Settings(**settings)
+    rec = load_recognizer(s)
+    rec(crops[: s.batch_size])  # warm-up, as the worker's first batch is
+    return _Loaded(rec, crops)
+
+
+def _bare_run(loaded: _Loaded) -> float:
+    """Recognise every crop once; the CPU seconds it took."""
+    cpu = time.process_time()
+    loaded.rec(loaded.crops)
+    return time.process_time() - cpu
+
+
+def _bare_serve(pipe, settings: dict, threads: int, crops: list[Image.Image]) -> None:  # type: ignore[no-untyped-def]
+    loaded = _bare_load(settings, threads, crops)
+    pipe.send("ready")
+    while pipe.recv() is not None:
+        pipe.send(_bare_run(loaded))
 
 
 def wait_finished(sessions, job_id: uuid.UUID, total: int, timeout: float) -> None:  # type: ignore[no-untyped-def]
@@ -195,6 +259,12 @@ def main() -> None:
         "own cost and 'page' adds segmentation, which the bare recognizer does not do",
     )
     p.add_argument("--pool", default="prefork", choices=["prefork", "solo"], help="worker pool")
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=1,
+        help="worker processes (HTRQ_WORKER_CONCURRENCY); the cores are shared out among them",
+    )
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument(
         "--flush-every",
@@ -224,6 +294,7 @@ def main() -> None:
                 model=args.model,
                 batch_size=args.batch_size,
                 flush_every=args.flush_every,
+                worker_concurrency=args.concurrency,
                 num_beams=args.num_beams,
                 max_new_tokens=args.max_new_tokens,
             )
@@ -234,10 +305,10 @@ def main() -> None:
                 f"{len(pages)} pages, {len(crops)} lines, model {settings.model}, "
                 f"batch {settings.batch_size}, group {settings.flush_every}, "
                 f"beams {settings.num_beams}, max tokens {settings.max_new_tokens}, "
-                f"mode {args.mode}, pool {args.pool}",
+                f"mode {args.mode}, pool {args.pool}, {args.concurrency} worker processes",
                 flush=True,
             )
-            bare = Bare(settings, crops)
+            bare = Bare(settings, crops, cpus=len(os.sched_getaffinity(0)))
             service = Service(settings, args.timeout, args.mode, args.pool)
             try:
                 # Warm-up job: the worker has started, loaded the model and run a first group.
@@ -260,6 +331,7 @@ def main() -> None:
                 batches, pipeline_s, write_s = service.worker_times()
             finally:
                 service.close()
+                bare.close()
             print(
                 f"worker, all jobs: {batches} batches, {pipeline_s:.1f} s in the pipeline, "
                 f"{write_s:.2f} s writing results"

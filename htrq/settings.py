@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     flush_interval: float = Field(1.0, gt=0)
     #: Worker processes per ``htrq worker``, each with its own copy of the model.
     worker_concurrency: int = Field(1, ge=1, le=64)
+    #: Torch CPU threads per worker process; 0 divides the machine's cores among the
+    #: ``worker_concurrency`` processes, so that they do not oversubscribe the CPU.
+    torch_threads: int = Field(0, ge=0, le=1024)
     #: Seconds between sweeps for expired leases and lost messages.
     sweep_interval: float = Field(30.0, gt=0)
     #: A page ``queued`` this long while the broker queue is empty lost its message.
@@ -97,6 +100,10 @@ class Settings(BaseSettings):
         claim drops duplicates.
         """
         return max(30, math.ceil(2 * self.lease_seconds + self.retry_backoff_max))
+
+    def threads_per_process(self, cpus: int) -> int:
+        """Torch threads for one worker process on a machine with ``cpus`` cores."""
+        return self.torch_threads or max(1, cpus // self.worker_concurrency)
 
     @property
     def prefetch_multiplier(self) -> int:

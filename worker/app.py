@@ -96,16 +96,25 @@ def load_context(settings: Settings, *, database_url: str, send: Send) -> BatchC
     )
 
 
+def available_cpus() -> int:
+    """Cores this process may run on (its CPU affinity, which containers narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def get_context() -> BatchContext:
     """This process's context, loaded on first use if no signal has loaded it yet."""
     global _context
     if _context is None:
         assert _app is not None and _settings is not None and _settings.database_url
+        import torch
+
+        torch.set_num_threads(_settings.threads_per_process(available_cpus()))
         _context = load_context(
             _settings, database_url=_settings.database_url, send=CelerySender(_app)
         )
-        import torch  # loaded by now
-
         log.info(
             "worker process ready: model %s, %d torch threads",
             _context.model_name,

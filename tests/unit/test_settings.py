@@ -39,3 +39,10 @@ def test_visibility_timeout_follows_the_lease() -> None:
 def test_blank_urls_mean_unset() -> None:
     """An empty HTRQ_DATABASE_URL selects the embedded defaults like an unset one."""
     assert Settings(database_url=" ", broker_url="").database_url is None
+
+
+def test_torch_threads_share_the_cores_among_worker_processes() -> None:
+    """Two processes on 8 cores get 4 threads each; an explicit value wins; never 0."""
+    assert load_settings(worker_concurrency=2).threads_per_process(8) == 4
+    assert load_settings(worker_concurrency=3).threads_per_process(2) == 1
+    assert load_settings(worker_concurrency=2, torch_threads=6).threads_per_process(8) == 6
