@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from api.routes import exports, health, jobs
+from api.routes import exports, health, jobs, metrics
 from htrq.db import make_engine, make_sessions
 from htrq.errors import PageError
 from htrq.jobs import IdempotencyConflict, NotFound
@@ -50,6 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(health.router)
     app.include_router(exports.router)
+    app.include_router(metrics.router)
 
     @app.exception_handler(PageError)
     def _page_error(_: Request, exc: PageError) -> JSONResponse:

@@ -164,3 +164,64 @@ def test_a_broker_outage_still_accepts_the_job(settings: Settings) -> None:
         assert r.status_code == 201, r.text
         job = c.get(r.headers["location"]).json()
     assert job["status"] == "queued" and len(job["pages"]) == 1
+
+
+def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_metrics_show_the_work_waiting_and_in_flight(client: TestClient, engine) -> None:  # type: ignore[no-untyped-def]
+    """Queued and running pages, expired leases, the oldest wait and the broker queue."""
+    from uuid import UUID
+
+    from sqlalchemy import delete
+
+    from htrq.claims import claim_pages
+    from htrq.db import make_sessions, session_scope
+    from htrq.models import Job
+
+    sessions = make_sessions(engine)  # commits for real, as the API does: other tests' pages
+    before = _samples(client.get("/metrics").text)  # in this database count too
+    job = client.post("/v1/jobs", files=_files("a.png", "b.png", "c.png")).json()
+    try:
+        with session_scope(sessions) as s:  # a worker claimed one page and died long ago
+            claim_pages(s, [UUID(job["pages"][0]["id"])], lease_seconds=-60)
+        r = client.get("/metrics")
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+        after = _samples(r.text)
+    finally:
+        with session_scope(sessions) as s:
+            s.execute(delete(Job).where(Job.id == UUID(job["id"])))
+
+    def grew(name: str, *labels: tuple[str, str]) -> float:
+        return after[(name, labels)] - before[(name, labels)]
+
+    assert grew("htrq_pages", ("status", "queued")) == 2
+    assert grew("htrq_pages", ("status", "running")) == 1
+    assert grew("htrq_expired_leases") == 1
+    assert after[("htrq_broker_queue_messages", ())] == 3  # Redis is this test's own
+    assert after[("htrq_oldest_queued_page_seconds", ())] >= 0
+    assert after[("htrq_up", (("component", "database"),))] == 1
+    assert after[("htrq_up", (("component", "broker"),))] == 1
+
+
+def test_metrics_report_an_unreachable_database_instead_of_failing(
+    settings: Settings, broker_url: str
+) -> None:
+    """A scrape while PostgreSQL is unreachable answers 200 with htrq_up{database} 0."""
+    gone = settings.model_copy(
+        update={"database_url": "postgresql+psycopg://postgres@127.0.0.1:1/none"}
+    )
+    with TestClient(create_app(gone)) as c:
+        r = c.get("/metrics")
+    assert r.status_code == 200
+    m = _samples(r.text)
+    assert m[("htrq_up", (("component", "database"),))] == 0
+    assert m[("htrq_up", (("component", "broker"),))] == 1
+    assert not any(name == "htrq_pages" for name, _ in m)

@@ -1,0 +1,73 @@
+"""``GET /metrics``: Prometheus gauges for operators, read from the database and the broker.
+
+Gauges are computed at scrape time rather than counted in processes, so any number of API
+replicas and workers give the same answer and a restart loses nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from fastapi import APIRouter, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from api.deps import SenderDep, SessionsDep
+from htrq.queue import CelerySender
+from htrq.stats import queue_stats
+
+router = APIRouter(tags=["health"])
+
+
+class _ServiceCollector(Collector):
+    def __init__(self, sessions, sender: CelerySender) -> None:  # type: ignore[no-untyped-def]
+        self.sessions, self.sender = sessions, sender
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        up = GaugeMetricFamily(
+            "htrq_up", "1 when htrq can reach the component", labels=["component"]
+        )
+        try:
+            with self.sessions() as s:
+                stats = queue_stats(s)
+            up.add_metric(["database"], 1)
+        except Exception:
+            stats = None
+            up.add_metric(["database"], 0)
+        if stats is not None:
+            pages = GaugeMetricFamily(
+                "htrq_pages", "Pages waiting or being read, by status", labels=["status"]
+            )
+            pages.add_metric(["queued"], stats.queued)
+            pages.add_metric(["running"], stats.running)
+            yield pages
+            yield GaugeMetricFamily(
+                "htrq_oldest_queued_page_seconds",
+                "How long the longest-waiting queued page has waited",
+                value=stats.oldest_queued_seconds,
+            )
+            yield GaugeMetricFamily(
+                "htrq_expired_leases",
+                "Running pages whose lease ran out (a worker died; the sweeper takes them back)",
+                value=stats.expired_leases,
+            )
+        try:
+            depth = self.sender.queue_depth()
+            up.add_metric(["broker"], 1)
+            yield GaugeMetricFamily(
+                "htrq_broker_queue_messages",
+                "Page messages waiting in Redis, not yet taken by a worker",
+                value=depth,
+            )
+        except Exception:
+            up.add_metric(["broker"], 0)
+        yield up
+
+
+@router.get("/metrics", response_class=Response)
+def metrics(sessions: SessionsDep, sender: SenderDep) -> Response:
+    """Prometheus text format: queue depth, pages in flight, oldest wait, expired leases."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_ServiceCollector(sessions, sender))
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
