@@ -30,6 +30,34 @@ def stretch_contrast(im: Image.Image, low: float = 2.0, high: float = 98.0) -> I
     return Image.fromarray(a.astype(np.uint8), mode="L")
 
 
+def trim_to_ink(im: Image.Image, ink_below: int = 128, min_row_ink: float = 0.01) -> Image.Image:
+    """Crop a contrast-stretched grey line to its ink, keeping a margin of 1/8 of its height.
+
+    Line crops come with whatever margins the segmenter or the scan left; at a 32-pixel model
+    input, a crop that is half paper leaves the letters a few pixels tall. A row counts as
+    ink when more than ``min_row_ink`` of it is dark, so specks do not hold the margins open.
+    Measured with the shipped model, greedy: CER 0.359 -> 0.315 on held-out synthetic lines,
+    0.908 -> 0.899 on the real 1905 lines.
+    """
+    a = np.asarray(im)
+    ink = a < ink_below
+    rows = np.flatnonzero(ink.mean(axis=1) > min_row_ink)
+    if len(rows) < 2:
+        return im  # blank, or a single stroke: nothing to gain
+    cols = np.flatnonzero(ink[rows[0] : rows[-1] + 1].any(axis=0))  # within the text's rows
+    if len(cols) < 2:
+        return im
+    pad = max(2, (rows[-1] - rows[0] + 1) // 8)
+    return im.crop(
+        (
+            max(0, int(cols[0]) - pad),
+            max(0, int(rows[0]) - pad),
+            min(a.shape[1], int(cols[-1]) + 1 + pad),
+            min(a.shape[0], int(rows[-1]) + 1 + pad),
+        )
+    )
+
+
 def fit_line(
     im: Image.Image, *, height: int, width: int, channels: int = 1, pad: int = 255
 ) -> Image.Image:
@@ -39,7 +67,7 @@ def fit_line(
     on the right with paper; a crop wider than the input is squeezed horizontally (the
     pipeline splits very wide lines before they get here). Square inputs are stretched.
     """
-    im = stretch_contrast(im)
+    im = trim_to_ink(stretch_contrast(im))
     if width / height >= LINE_ASPECT:
         w, h = im.size
         new_w = max(1, min(width, round(w * height / max(h, 1))))

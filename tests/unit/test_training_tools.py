@@ -97,6 +97,24 @@ def test_fit_line_keeps_aspect_and_pads_on_the_right():
     assert square.size == (64, 64)
 
 
+def test_line_crops_are_trimmed_to_their_ink():
+    """Paper margins go (a small margin stays); specks and blank crops change nothing."""
+    from PIL import Image, ImageDraw
+
+    from worker.lineimage import trim_to_ink
+
+    im = Image.new("L", (400, 120), 255)
+    ImageDraw.Draw(im).rectangle((100, 40, 299, 79), fill=0)  # 200 x 40 of "ink"
+    im.putpixel((5, 5), 0)  # a speck in the corner
+    out = trim_to_ink(im)
+    assert out.size == (200 + 2 * 5, 40 + 2 * 5)  # margin: 1/8 of the ink height
+    blank = Image.new("L", (50, 20), 255)
+    assert trim_to_ink(blank).size == (50, 20)
+    # After trimming, the ink fills the model's input height instead of a third of it.
+    fitted = fit_line(im, height=32, width=384)
+    assert sum(1 for y in range(32) if fitted.getpixel((60, y)) < 128) > 20
+
+
 @pytest.mark.parametrize(
     ("ref", "hyp", "expected"),
     [("abc", "abc", 0), ("abc", "abd", 1), ("abc", "", 3), ("", "ab", 2), ("kitten", "sitting", 3)],
