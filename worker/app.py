@@ -19,6 +19,7 @@ from htrq.queue import CelerySender, Send, make_celery
 from htrq.settings import Settings, load_settings
 from htrq.storage import DirectoryStore
 from worker.batch import BatchContext
+from worker.lineimage import split_aspect
 from worker.pipeline import Pipeline
 from worker.segment import Segmenter
 from worker.sweeper import SweeperThread
@@ -45,21 +46,6 @@ def make_segmenter(settings: Settings) -> Segmenter:
     from worker.segment import make_segmenter as by_name
 
     return by_name(settings.segmenter)
-
-
-#: A model input at least this many times wider than tall is a line-shaped input.
-LINE_INPUT_ASPECT = 4.0
-
-
-def split_aspect(width: int, height: int) -> float:
-    """How many heights wide a crop may be before it is split, for a ``width x height`` input.
-
-    A line-shaped input (a line model) takes one piece of its own shape, so longer crops are
-    split with overlap rather than squeezed. A square input (stock TrOCR, 384x384) squeezes
-    every line anyway and reads best whole, so it gets no splitting.
-    """
-    aspect = width / height
-    return aspect if aspect >= LINE_INPUT_ASPECT else float("inf")
 
 
 def load_recognizer(settings: Settings) -> Recognizer:

@@ -15,6 +15,7 @@ from PIL import Image
 
 from htrq.errors import PageError
 from htrq.inputs import render_page
+from worker.lineimage import prepare_line
 from worker.preprocess import SKEW_INFO_KEY, normalise_page
 from worker.segment import (
     LineBox,
@@ -157,7 +158,8 @@ class Pipeline:
         except (OSError, ValueError, Image.DecompressionBombError) as exc:
             # Pillow decodes lazily: a truncated or corrupt file can fail at any step here.
             raise PageError("invalid_image", f"the image could not be decoded: {exc}") from exc
-        pieces, counts = split_all(crops, max_aspect=self.max_aspect)
+        # Trimmed before splitting, so that a line's width is measured against its ink height.
+        pieces, counts = split_all([prepare_line(c) for c in crops], max_aspect=self.max_aspect)
         # Crops come from the deskewed page; what is stored refers to the uploaded image.
         lines = to_source_frame(boxes, im.info.get(SKEW_INFO_KEY, 0.0), im.size)
         return lines, pieces, counts, im.size
