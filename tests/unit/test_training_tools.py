@@ -101,7 +101,7 @@ def test_line_crops_are_trimmed_to_their_ink():
     """Paper margins go (a small margin stays); specks and blank crops change nothing."""
     from PIL import Image, ImageDraw
 
-    from worker.lineimage import trim_to_ink
+    from worker.lineimage import prepare_line, trim_to_ink
 
     im = Image.new("L", (400, 120), 255)
     ImageDraw.Draw(im).rectangle((100, 40, 299, 79), fill=0)  # 200 x 40 of "ink"
@@ -110,6 +110,9 @@ def test_line_crops_are_trimmed_to_their_ink():
     assert out.size == (200 + 2 * 5, 40 + 2 * 5)  # margin: 1/8 of the ink height
     blank = Image.new("L", (50, 20), 255)
     assert trim_to_ink(blank).size == (50, 20)
+    prepared = prepare_line(im)
+    assert prepare_line(prepared) is prepared  # prepared once, not again when fitted
+    assert prepare_line(prepared.crop((0, 0, 50, 10))).size == (50, 10)  # pieces too
     # After trimming, the ink fills the model's input height instead of a third of it.
     fitted = fit_line(im, height=32, width=384)
     assert sum(1 for y in range(32) if fitted.getpixel((60, y)) < 128) > 20
