@@ -5,11 +5,14 @@ from __future__ import annotations
 import random
 
 import pytest
+from PIL import Image
 from transformers import AutoProcessor, VisionEncoderDecoderModel
 
 from worker.lineimage import fit_line
+from worker.recognize import LineResult
 from worker.training.build import CHARSET, build_tiny_model, build_tokenizer
 from worker.training.data import collate, encode_label, read_lines_tsv, write_lines_tsv
+from worker.training.evaluate import evaluate
 from worker.training.metrics import cer, edit_distance, wer
 from worker.training.synth import (
     HELD_OUT_FONTS,
@@ -86,8 +89,6 @@ def test_sampler_is_reproducible_from_its_seed():
 
 def test_fit_line_keeps_aspect_and_pads_on_the_right():
     """A short line is scaled to the input height and padded with white, not stretched."""
-    from PIL import Image
-
     im = Image.new("L", (100, 50), 0)
     out = fit_line(im, height=32, width=384)
     assert out.size == (384, 32)
@@ -99,7 +100,7 @@ def test_fit_line_keeps_aspect_and_pads_on_the_right():
 
 def test_line_crops_are_trimmed_to_their_ink():
     """Paper margins go (a small margin stays); specks and blank crops change nothing."""
-    from PIL import Image, ImageDraw
+    from PIL import ImageDraw
 
     from worker.lineimage import prepare_line, trim_to_ink
 
@@ -157,3 +158,31 @@ def test_built_model_reloads_offline_as_a_standard_trocr_checkpoint(tmp_path):
     assert model.generation_config.eos_token_id == processor.tokenizer.eos_token_id
     assert model.config.pad_token_id == processor.tokenizer.pad_token_id
     assert (path / "model.safetensors").exists()
+
+
+class _Answers:
+    """Stands in for a recognizer: returns fixed answers in order (no line here is split)."""
+
+    width, height = 384, 32
+
+    def __init__(self, answers: list[tuple[str, float]]) -> None:
+        self.answers = answers
+
+    def __call__(self, pieces):  # type: ignore[no-untyped-def]
+        assert len(pieces) == len(self.answers)
+        return [LineResult(text=t, confidence=c) for t, c in self.answers]
+
+
+def test_evaluate_reports_what_the_review_threshold_catches():
+    line = Image.new("L", (120, 32), 255)
+    line.paste(0, (10, 10, 110, 22))  # some ink, so trimming keeps a line
+    samples = [(line, "abcd")] * 4
+    answers = [("abcd", 0.95), ("abcd", 0.92), ("abxd", 0.5), ("abcd", 0.6)]
+    res = evaluate(_Answers(answers), samples, review_below=0.9)  # type: ignore[arg-type]
+    assert res.cer == pytest.approx(1 / 16)
+    assert res.conf_exact == pytest.approx((0.95 + 0.92 + 0.6) / 3)
+    assert res.conf_wrong == pytest.approx(0.5)
+    assert res.low_conf_cer == pytest.approx(0.25)  # the lowest 10% is the one wrong line
+    assert res.flagged == pytest.approx(0.5)  # 0.5 and 0.6 are below 0.9
+    assert res.flagged_wrong == pytest.approx(0.5)
+    assert res.unflagged_cer == 0

@@ -8,6 +8,8 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from htrq.resources import REVIEW_BELOW
+
 
 def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x]
@@ -66,14 +68,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 num_beams=beams,
                 max_new_tokens=args.max_new_tokens,
             )
-            res = evaluate(rec, samples)
+            res = evaluate(rec, samples, review_below=args.review_below)
             rows.append({"beams": beams, "batch": batch, **asdict(res)})
             print(
                 f"beams={beams} batch={batch} lines={res.lines} "
                 f"CER={res.cer:.4f} WER={res.wer:.4f} "
                 f"lines/s={res.lines_per_s:.1f} conf(exact)={res.conf_exact:.3f} "
                 f"conf(wrong)={res.conf_wrong:.3f} CER(bottom 10% conf)={res.low_conf_cer:.4f} "
-                f"ratio={res.low_conf_ratio:.2f}",
+                f"ratio={res.low_conf_ratio:.2f} | below {res.review_below}: "
+                f"{res.flagged:.0%} of lines, {res.flagged_wrong:.0%} of them wrong; "
+                f"CER of the rest={res.unflagged_cer:.4f}",
                 flush=True,
             )
     if args.json:
@@ -151,6 +155,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", default="32", help="comma-separated batch sizes")
     p.add_argument("--max-new-tokens", type=int, default=96)
     p.add_argument("--limit", type=int, default=0)
+    p.add_argument(
+        "--review-below",
+        type=float,
+        default=REVIEW_BELOW,
+        help="confidence threshold to report the needs_review figures for (default: the API's)",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
 

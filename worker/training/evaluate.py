@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from htrq.resources import REVIEW_BELOW
 from worker.lineimage import prepare_line, split_aspect
 from worker.recognize import Recognizer
 from worker.segment import join_all, split_all
@@ -24,9 +25,18 @@ class EvalResult:
     conf_wrong: float  #: mean confidence of lines with at least one error
     low_conf_cer: float  #: CER of the 10% of lines with the lowest confidence
     low_conf_ratio: float  #: ``low_conf_cer`` over the overall CER (>= 3 wanted)
+    review_below: float  #: the API's ``needs_review`` threshold these figures are for
+    flagged: float  #: share of lines below it (what a person is asked to check)
+    flagged_wrong: float  #: share of the flagged lines that hold an error
+    unflagged_cer: float  #: CER of the lines not flagged (what is trusted unchecked)
 
 
-def evaluate(recognizer: Recognizer, samples: list[tuple[Image.Image, str]]) -> EvalResult:
+def evaluate(
+    recognizer: Recognizer,
+    samples: list[tuple[Image.Image, str]],
+    *,
+    review_below: float = REVIEW_BELOW,
+) -> EvalResult:
     """Read every line as the service reads a ``mode=line`` page: trimmed to its ink, split
     when wider than the model's input, the pieces' texts re-joined (timed, like the rest)."""
     refs = [t for _, t in samples]
@@ -44,9 +54,9 @@ def evaluate(recognizer: Recognizer, samples: list[tuple[Image.Image, str]]) -> 
     overall = cer(refs, hyps)
     k = max(1, len(samples) // 10)
     low = sorted(range(len(samples)), key=lambda i: confs[i])[:k]
-    low_cer = sum(edit_distance(refs[i], hyps[i]) for i in low) / max(
-        1, sum(len(refs[i]) for i in low)
-    )
+    low_cer = _cer_of(low, refs, hyps)
+    flagged = [i for i, c in enumerate(confs) if c < review_below]
+    unflagged = [i for i, c in enumerate(confs) if c >= review_below]
     return EvalResult(
         lines=len(samples),
         cer=overall,
@@ -56,4 +66,17 @@ def evaluate(recognizer: Recognizer, samples: list[tuple[Image.Image, str]]) -> 
         conf_wrong=sum(wrong) / len(wrong) if wrong else float("nan"),
         low_conf_cer=low_cer,
         low_conf_ratio=low_cer / overall if overall else float("nan"),
+        review_below=review_below,
+        flagged=len(flagged) / len(samples) if samples else float("nan"),
+        flagged_wrong=sum(refs[i] != hyps[i] for i in flagged) / len(flagged)
+        if flagged
+        else float("nan"),
+        unflagged_cer=_cer_of(unflagged, refs, hyps),
+    )
+
+
+def _cer_of(idx: list[int], refs: list[str], hyps: list[str]) -> float:
+    """CER over the lines at positions ``idx``."""
+    return sum(edit_distance(refs[i], hyps[i]) for i in idx) / max(
+        1, sum(len(refs[i]) for i in idx)
     )
