@@ -31,6 +31,9 @@ from htrq.storage import BlobStore
 
 log = logging.getLogger(__name__)
 
+#: Page indexes are a 32-bit INTEGER column.
+_MAX_INDEX = 2**31 - 1
+
 
 @dataclass(frozen=True)
 class Upload:
@@ -215,6 +218,7 @@ def get_page(
     *, sessions: sessionmaker[Session], job_id: uuid.UUID | str, index: int
 ) -> PageResource:
     jid = _parse_id(job_id)
+    check_page_index(job_id, index)
     with sessions() as s:
         page = s.scalars(select(Page).where(Page.job_id == jid, Page.index == index)).first()
         if page is None:
@@ -252,6 +256,13 @@ def page_resource(page: Page, lines: Sequence[Line]) -> PageResource:
         started_at=page.started_at,
         finished_at=page.finished_at,
     )
+
+
+def check_page_index(job_id: uuid.UUID | str, index: int) -> None:
+    """Raise :class:`NotFound` for an index no page can have (negative, or beyond the 32-bit
+    column, which the database would refuse with an error rather than find nothing)."""
+    if not 0 <= index <= _MAX_INDEX:
+        raise NotFound(f"no page {index} in job {job_id}")
 
 
 def _parse_id(job_id: uuid.UUID | str) -> uuid.UUID:

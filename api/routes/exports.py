@@ -18,7 +18,7 @@ from sqlalchemy.orm import selectinload
 from api.deps import SessionsDep
 from api.schemas import ErrorBody
 from htrq.exports import FORMATS, from_rows, render_job_export, render_page_export
-from htrq.jobs import NotFound
+from htrq.jobs import NotFound, check_page_index
 from htrq.models import Job, Page
 
 router = APIRouter(prefix="/v1/jobs", tags=["exports"])
@@ -40,6 +40,7 @@ def export_page(
 ) -> Response:
     """One page's result as plain text, JSON, ALTO 4 or PAGE XML."""
     jid = _parse_id(job_id)
+    check_page_index(job_id, index)
     with sessions() as s:
         page = s.scalars(
             select(Page)

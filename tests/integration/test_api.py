@@ -112,6 +112,10 @@ def test_files_over_the_size_limit_get_413(settings: Settings, broker_url: str) 
         ("GET", "/v1/jobs/00000000-0000-0000-0000-000000000000"),
         ("GET", "/v1/jobs/not-a-uuid"),
         ("GET", "/v1/jobs/00000000-0000-0000-0000-000000000000/pages/0"),
+        ("GET", "/v1/jobs/00000000-0000-0000-0000-000000000000/pages/-1"),
+        # Beyond the INTEGER column: the database would raise instead of finding nothing.
+        ("GET", "/v1/jobs/00000000-0000-0000-0000-000000000000/pages/99999999999999999999"),
+        ("GET", "/v1/jobs/00000000-0000-0000-0000-000000000000/pages/2147483648/export"),
         ("POST", "/v1/jobs/00000000-0000-0000-0000-000000000000/retry"),
         ("GET", "/v1/nothing-here"),
     ],
