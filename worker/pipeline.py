@@ -16,7 +16,7 @@ from PIL import Image
 from htrq.errors import PageError
 from htrq.inputs import render_page
 from worker.lineimage import prepare_line
-from worker.preprocess import SKEW_INFO_KEY, normalise_page
+from worker.preprocess import BLANK_INFO_KEY, SKEW_INFO_KEY, normalise_page
 from worker.segment import (
     LineBox,
     Segmenter,
@@ -151,7 +151,8 @@ class Pipeline:
             raw = render_page(page.data, page.frame, dpi=self.pdf_dpi, max_pixels=self.max_pixels)
             im = normalise_page(raw, max_pixels=self.max_pixels, deskew=page.mode != "line")
             segmenter = self.line_segmenter if page.mode == "line" else self.segmenter
-            boxes = segmenter(im)
+            # A blank page or line has no text to find; reading it would only invent some.
+            boxes = [] if im.info.get(BLANK_INFO_KEY) else segmenter(im)
             crops = crop_lines(im, boxes, margin=self.line_margin)
         except PageError:
             raise

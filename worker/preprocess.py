@@ -35,15 +35,18 @@ BLANK_TONE_RANGE = 8
 
 #: ``Image.info`` key under which the applied rotation (degrees, counter-clockwise) is kept.
 SKEW_INFO_KEY = "htrq_skew_degrees"
+#: ``Image.info`` key set (True) on a blank page: one uniform tone, nothing to read.
+BLANK_INFO_KEY = "htrq_blank"
 
 
 def normalise_page(im: Image.Image, *, max_pixels: int, deskew: bool = True) -> Image.Image:
     """Return ``im`` upright, 8-bit grayscale, contrast-stretched and (optionally) deskewed.
 
     Raises :class:`PageError` ``too_large`` before decoding any pixel when ``im`` is still lazy
-    (as :func:`PIL.Image.open` returns it), and ``empty_image`` for a page without pixels or
-    a blank one (a single uniform tone). The rotation applied is kept
-    in ``result.info[SKEW_INFO_KEY]``.
+    (as :func:`PIL.Image.open` returns it), and ``empty_image`` for a page without pixels. A
+    blank page (one uniform tone) comes back as it is, marked ``info[BLANK_INFO_KEY]``: it is
+    a page with no text, such as the back of a sheet, not an error. The rotation applied is
+    kept in ``result.info[SKEW_INFO_KEY]``.
     """
     w, h = im.size
     if w <= 0 or h <= 0:
@@ -53,7 +56,8 @@ def normalise_page(im: Image.Image, *, max_pixels: int, deskew: bool = True) -> 
     gray = im.convert("L") if im.mode != "L" else im.copy()
     lo, hi = gray.getextrema()
     if hi - lo < BLANK_TONE_RANGE:
-        raise PageError("empty_image", "the page is blank (one uniform tone): nothing to read")
+        gray.info.update({BLANK_INFO_KEY: True, SKEW_INFO_KEY: 0.0})
+        return gray
     # A 1% tail on each side keeps specks and bleed-through from setting the range.
     gray = ImageOps.autocontrast(gray, cutoff=(1, 1))
     # A line-shaped image (mode=line) is left as it is: rotating it in place would clip the

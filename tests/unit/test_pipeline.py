@@ -93,6 +93,23 @@ def test_line_mode_reads_the_image_as_one_line() -> None:
     assert isinstance(out["p"], PageOutput) and len(out["p"].lines) == 1
 
 
+@pytest.mark.parametrize("mode", ["page", "line"])
+def test_a_blank_page_succeeds_with_no_text(mode: str) -> None:
+    """A single-tone page (the back of a sheet) is a page without text, not a failure, and
+    nothing of it goes to the recognizer, which would only invent text."""
+    rec = CountingRecognizer()
+    buf = io.BytesIO()
+    Image.new("L", (600, 800), 250).save(buf, "PNG")
+    out = Pipeline(recognize=rec, segmenter=TwoLines())(
+        [PageInput("blank", buf.getvalue(), mode=mode), PageInput("p", page_png(), mode=mode)]
+    )
+    blank = out["blank"]
+    assert isinstance(blank, PageOutput)
+    assert blank.lines == [] and blank.text == "" and blank.confidence is None
+    assert blank.size == (600, 800)
+    assert rec.calls == [2 if mode == "page" else 1]  # only the other page's lines
+
+
 def test_page_confidence_is_the_character_weighted_mean() -> None:
     """Long lines weigh more than short ones; empty lines count once; no lines gives None."""
     lines = [LineOutput("abc", 0.9, (0, 0, 1, 1)), LineOutput("a", 0.1, (0, 0, 1, 1))]

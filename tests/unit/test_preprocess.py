@@ -11,6 +11,7 @@ from PIL import Image, ImageDraw
 from htrq.errors import PageError
 from htrq.inputs import render_page
 from worker.preprocess import (
+    BLANK_INFO_KEY,
     SKEW_INFO_KEY,
     estimate_skew,
     normalise_page,
@@ -80,11 +81,11 @@ def test_rotate_points_inverts_the_page_rotation() -> None:
     assert back[0] == pytest.approx((100.5, 60.5), abs=1.5)
 
 
-def test_too_large_and_blank_pages_are_refused() -> None:
-    """Over the pixel bound is too_large; a single-tone page is empty_image."""
+def test_too_large_pages_are_refused_and_blank_ones_marked() -> None:
+    """Over the pixel bound is too_large; a single-tone page is marked blank, not refused."""
     with pytest.raises(PageError) as err:
         normalise_page(striped_page(), max_pixels=1000)
     assert err.value.code == "too_large"
-    with pytest.raises(PageError) as err:
-        normalise_page(Image.new("L", (300, 200), 240), max_pixels=10**6)
-    assert err.value.code == "empty_image"
+    blank = normalise_page(Image.new("L", (300, 200), 240), max_pixels=10**6)
+    assert blank.info[BLANK_INFO_KEY] is True
+    assert not normalise_page(striped_page(), max_pixels=10**6).info.get(BLANK_INFO_KEY)
