@@ -277,8 +277,8 @@ def main() -> None:
     p.add_argument(
         "--flush-every",
         type=int,
-        default=64,
-        help="pages per worker group; the README advises 4 batches' worth for one-line pages",
+        default=128,
+        help="pages per worker group; the README advises 8 batches' worth for one-line pages",
     )
     p.add_argument("--num-beams", type=int, default=4)
     p.add_argument("--max-new-tokens", type=int, default=64)
