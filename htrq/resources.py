@@ -77,6 +77,12 @@ class PageResource(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
 
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def lines_to_review(self) -> int:
+        """How many of the page's lines say ``needs_review``: where a person should look first."""
+        return sum(ln.needs_review for ln in self.lines)
+
 
 def job_status(counts: StatusCounts, *, started: bool) -> JobStatus:
     """Derive a job's status from its pages' states.

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from htrq.resources import REVIEW_BELOW, LineResource
+import uuid
+
+from htrq.resources import REVIEW_BELOW, LineResource, PageResource
 
 
 def test_low_confidence_lines_are_flagged_for_review():
@@ -12,3 +14,32 @@ def test_low_confidence_lines_are_flagged_for_review():
     assert low.model_dump()["needs_review"] is True
     assert high.model_dump()["needs_review"] is False
     assert "needs_review" in LineResource.model_json_schema(mode="serialization")["properties"]
+
+
+def test_a_page_counts_its_lines_to_review():
+    """The page resource says how many of its lines are flagged, so a DMS can sort pages for
+    checking without reading every line."""
+    lines = [
+        LineResource(index=i, text="x", confidence=c, bbox=(0, 0, 1, 1))
+        for i, c in enumerate([0.99, REVIEW_BELOW - 0.2, 0.95, REVIEW_BELOW - 0.01])
+    ]
+    page = PageResource(
+        id=uuid.uuid4(),
+        job_id=uuid.uuid4(),
+        index=0,
+        status="succeeded",
+        filename=None,
+        frame=0,
+        width=10,
+        height=10,
+        text="x",
+        confidence=0.9,
+        lines=lines,
+        error=None,
+        attempts=1,
+        model="builtin",
+        started_at=None,
+        finished_at=None,
+    )
+    assert page.model_dump()["lines_to_review"] == 2
+    assert page.model_copy(update={"lines": lines[:1]}).model_dump()["lines_to_review"] == 0
