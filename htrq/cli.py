@@ -216,7 +216,8 @@ def _text_entry(p: PageResource) -> str:
     if p.error:
         return f"## {where}: failed: {p.error.code}: {p.error.message}\n\n"
     conf = f"{p.confidence:.3f}" if p.confidence is not None else "n/a"
-    return f"## {where} (confidence {conf})\n{p.text}\n\n"
+    review = f", {p.lines_to_review} of {len(p.lines)} lines to review" if p.lines_to_review else ""
+    return f"## {where} (confidence {conf}{review})\n{p.text}\n\n"
 
 
 # -- parser -----------------------------------------------------------------------------------

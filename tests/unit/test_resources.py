@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 
+from htrq.cli import _text_entry
 from htrq.resources import REVIEW_BELOW, LineResource, PageResource
 
 
@@ -16,19 +17,17 @@ def test_low_confidence_lines_are_flagged_for_review():
     assert "needs_review" in LineResource.model_json_schema(mode="serialization")["properties"]
 
 
-def test_a_page_counts_its_lines_to_review():
-    """The page resource says how many of its lines are flagged, so a DMS can sort pages for
-    checking without reading every line."""
+def _page(confidences: list[float]) -> PageResource:
     lines = [
         LineResource(index=i, text="x", confidence=c, bbox=(0, 0, 1, 1))
-        for i, c in enumerate([0.99, REVIEW_BELOW - 0.2, 0.95, REVIEW_BELOW - 0.01])
+        for i, c in enumerate(confidences)
     ]
-    page = PageResource(
+    return PageResource(
         id=uuid.uuid4(),
         job_id=uuid.uuid4(),
         index=0,
         status="succeeded",
-        filename=None,
+        filename="a.png",
         frame=0,
         width=10,
         height=10,
@@ -41,5 +40,17 @@ def test_a_page_counts_its_lines_to_review():
         started_at=None,
         finished_at=None,
     )
+
+
+def test_a_page_counts_its_lines_to_review():
+    """The page resource says how many of its lines are flagged, so a DMS can sort pages for
+    checking without reading every line."""
+    page = _page([0.99, REVIEW_BELOW - 0.2, 0.95, REVIEW_BELOW - 0.01])
     assert page.model_dump()["lines_to_review"] == 2
-    assert page.model_copy(update={"lines": lines[:1]}).model_dump()["lines_to_review"] == 0
+    assert _page([0.99]).model_dump()["lines_to_review"] == 0
+
+
+def test_transcribe_output_says_how_many_lines_to_review():
+    """``htrq transcribe`` puts the count in each page's heading, only when there is one."""
+    assert "2 of 4 lines to review" in _text_entry(_page([0.99, 0.1, 0.95, 0.2]))
+    assert "to review" not in _text_entry(_page([0.99]))
