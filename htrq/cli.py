@@ -151,7 +151,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from htrq import jobs
 
-    with _database(load_settings()) as sessions:
+    settings = load_settings()
+    with _database(settings) as sessions:
         try:
             job = jobs.get_job(sessions=sessions, job_id=args.job)
         except jobs.NotFound as exc:
@@ -160,9 +161,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         out = job.model_dump(mode="json")
         if args.pages:
             out["pages"] = [
-                jobs.get_page(sessions=sessions, job_id=job.id, index=p.index).model_dump(
-                    mode="json"
-                )
+                jobs.get_page(
+                    sessions=sessions,
+                    job_id=job.id,
+                    index=p.index,
+                    review_below=settings.review_below,
+                ).model_dump(mode="json")
                 for p in job.pages
             ]
     _print_json(out)

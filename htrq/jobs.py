@@ -18,6 +18,7 @@ from htrq.inputs import inspect_upload
 from htrq.models import JOB_MODES, Job, Line, Page, utcnow
 from htrq.queue import Send
 from htrq.resources import (
+    REVIEW_BELOW,
     ErrorInfo,
     JobResource,
     LineResource,
@@ -215,8 +216,13 @@ def get_job(*, sessions: sessionmaker[Session], job_id: uuid.UUID | str) -> JobR
 
 
 def get_page(
-    *, sessions: sessionmaker[Session], job_id: uuid.UUID | str, index: int
+    *,
+    sessions: sessionmaker[Session],
+    job_id: uuid.UUID | str,
+    index: int,
+    review_below: float = REVIEW_BELOW,
 ) -> PageResource:
+    """The page at ``index``; lines under ``review_below`` confidence say ``needs_review``."""
     jid = _parse_id(job_id)
     check_page_index(job_id, index)
     with sessions() as s:
@@ -224,10 +230,12 @@ def get_page(
         if page is None:
             raise NotFound(f"no page {index} in job {job_id}")
         lines = s.scalars(select(Line).where(Line.page_id == page.id).order_by(Line.index)).all()
-        return page_resource(page, lines)
+        return page_resource(page, lines, review_below=review_below)
 
 
-def page_resource(page: Page, lines: Sequence[Line]) -> PageResource:
+def page_resource(
+    page: Page, lines: Sequence[Line], *, review_below: float = REVIEW_BELOW
+) -> PageResource:
     return PageResource(
         id=page.id,
         job_id=page.job_id,
@@ -245,6 +253,7 @@ def page_resource(page: Page, lines: Sequence[Line]) -> PageResource:
                 text=ln.text,
                 confidence=ln.confidence,
                 bbox=(ln.x0, ln.y0, ln.x1, ln.y1),
+                needs_review=ln.confidence < review_below,
             )
             for ln in lines
         ],

@@ -40,9 +40,10 @@ class JobResource(BaseModel):
     pages: list[PageSummary]
 
 
-#: Lines with a confidence below this are flagged ``needs_review``. Chosen from the shipped
-#: model's held-out evaluation (200 lines, beam 4, ``htrq eval --review-below``; see its model
-#: card): all of the 17% of lines below it hold an error, the lines above it read at CER 0.03.
+#: Default of ``HTRQ_REVIEW_BELOW``: lines with a confidence below it are flagged
+#: ``needs_review``. Chosen from the built-in model's held-out evaluation (200 lines, beam 4,
+#: ``htrq eval --review-below``; see its model card): all of the 17% of lines below it hold
+#: an error, and the lines above it read at CER 0.03.
 REVIEW_BELOW = 0.9
 
 
@@ -52,11 +53,9 @@ class LineResource(BaseModel):
     confidence: float = Field(ge=0, le=1)
     bbox: tuple[int, int, int, int] = Field(description="x0, y0, x1, y1 in page pixels")
 
-    @computed_field  # type: ignore[prop-decorator]
-    @property
-    def needs_review(self) -> bool:
-        """True when the line's confidence is low enough that a person should check it."""
-        return self.confidence < REVIEW_BELOW
+    needs_review: bool = Field(
+        description="the confidence is below HTRQ_REVIEW_BELOW: a person should check the line"
+    )
 
 
 class PageResource(BaseModel):

@@ -10,6 +10,8 @@ from typing import Literal
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from htrq.resources import REVIEW_BELOW
+
 ENV_PREFIX = "HTRQ_"
 
 
@@ -40,6 +42,9 @@ class Settings(BaseSettings):
     num_beams: int = Field(4, ge=1, le=32)
     #: Longest line, in tokens, the decoder may produce.
     max_new_tokens: int = Field(96, ge=1, le=1024)
+    #: Lines with a confidence below this say ``needs_review``. The default is calibrated for
+    #: the built-in model; choose another model's with ``htrq eval --review-below``.
+    review_below: float = Field(REVIEW_BELOW, ge=0, le=1)
 
     #: How long a claimed page may stay ``running`` before the sweeper takes it back.
     #: Keep it longer than the slowest batch.

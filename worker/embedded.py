@@ -81,7 +81,13 @@ def transcribe(
             rate = done / max(1e-9, time.monotonic() - started)
             progress(f"{done}/{total} pages ({rate:.2f} pages/s)")
         pages = [
-            jobs.get_page(sessions=ctx.sessions, job_id=job.id, index=p.index) for p in job.pages
+            jobs.get_page(
+                sessions=ctx.sessions,
+                job_id=job.id,
+                index=p.index,
+                review_below=settings.review_below,
+            )
+            for p in job.pages
         ]
         ctx.sessions.kw["bind"].dispose()
         return pages

@@ -82,9 +82,13 @@ def read_job(job_id: str, sessions: SessionsDep) -> JobResource:
 
 
 @router.get("/{job_id}/pages/{index}", response_model=PageResource, responses=ERRORS)
-def read_page(job_id: str, index: int, sessions: SessionsDep) -> PageResource:
+def read_page(
+    job_id: str, index: int, sessions: SessionsDep, settings: SettingsDep
+) -> PageResource:
     """One page's text, confidence, lines, error and attempts."""
-    return jobs.get_page(sessions=sessions, job_id=job_id, index=index)
+    return jobs.get_page(
+        sessions=sessions, job_id=job_id, index=index, review_below=settings.review_below
+    )
 
 
 @router.post("/{job_id}/retry", response_model=RetryBody, responses=ERRORS)

@@ -9,6 +9,7 @@ from sqlalchemy import Engine, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from htrq import jobs
+from htrq.claims import claim_pages, write_result
 from htrq.errors import PageError
 from htrq.models import Page
 from htrq.resources import JobResource, StatusCounts, job_status
@@ -16,6 +17,7 @@ from htrq.settings import Settings
 from htrq.storage import DirectoryStore
 from tests.images import corrupt_png, page_png
 from tests.pdfs import broken_pdf, encrypted_pdf, pdf_of
+from worker.pipeline import LineOutput
 
 
 class Recorder:
@@ -249,3 +251,27 @@ def test_job_status_is_derived_from_its_pages(
 ) -> None:
     """Partial means all pages finished and some failed; a job runs once a worker starts it."""
     assert job_status(counts, started=started) == status
+
+
+def test_lines_under_the_review_threshold_say_needs_review(
+    sessions: sessionmaker[Session], settings: Settings
+) -> None:
+    """needs_review follows the threshold it is read with (HTRQ_REVIEW_BELOW), and the page
+    counts its flagged lines."""
+    job, _ = _submit(sessions, settings, Recorder())
+    confidences = [0.99, 0.5, 0.85]
+    with sessions.begin() as s:
+        (claim,) = claim_pages(s, [job.pages[0].id], lease_seconds=60)
+        lines = [
+            LineOutput(text=f"l{i}", confidence=c, bbox=(0, i, 9, i + 1))
+            for i, c in enumerate(confidences)
+        ]
+        assert write_result(
+            s, claim, text="x", confidence=0.8, lines=lines, model="m", processing_ms=1
+        )
+    default = jobs.get_page(sessions=sessions, job_id=job.id, index=0)
+    assert [ln.needs_review for ln in default.lines] == [False, True, True]
+    assert default.lines_to_review == 2
+    lenient = jobs.get_page(sessions=sessions, job_id=job.id, index=0, review_below=0.8)
+    assert [ln.needs_review for ln in lenient.lines] == [False, True, False]
+    assert lenient.model_dump()["lines_to_review"] == 1

@@ -8,18 +8,16 @@ from htrq.cli import _text_entry
 from htrq.resources import REVIEW_BELOW, LineResource, PageResource
 
 
-def test_low_confidence_lines_are_flagged_for_review():
-    """A line below the review threshold says needs_review; one at or above it does not."""
-    low = LineResource(index=0, text="x", confidence=REVIEW_BELOW - 0.01, bbox=(0, 0, 1, 1))
-    high = LineResource(index=1, text="y", confidence=REVIEW_BELOW, bbox=(0, 0, 1, 1))
-    assert low.model_dump()["needs_review"] is True
-    assert high.model_dump()["needs_review"] is False
+def test_needs_review_is_part_of_the_line_schema():
+    """Clients see needs_review in the OpenAPI schema of a line."""
     assert "needs_review" in LineResource.model_json_schema(mode="serialization")["properties"]
 
 
 def _page(confidences: list[float]) -> PageResource:
     lines = [
-        LineResource(index=i, text="x", confidence=c, bbox=(0, 0, 1, 1))
+        LineResource(
+            index=i, text="x", confidence=c, bbox=(0, 0, 1, 1), needs_review=c < REVIEW_BELOW
+        )
         for i, c in enumerate(confidences)
     ]
     return PageResource(
