@@ -186,3 +186,33 @@ def test_evaluate_reports_what_the_review_threshold_catches():
     assert res.flagged == pytest.approx(0.5)  # 0.5 and 0.6 are below 0.9
     assert res.flagged_wrong == pytest.approx(0.5)
     assert res.unflagged_cer == 0
+
+
+def test_caps_only_fonts_get_upper_case_labels():
+    """Fonts that draw lowercase as capitals train on upper-cased labels, never mixed case."""
+    caps = [f for f in load_fonts() if f.caps_only]
+    assert caps, "the bundle's caps-only fonts are missing"
+    assert not {f.name for f in caps} & set(HELD_OUT_FONTS)
+    rng = random.Random(11)
+    sampler, renderer = TextSampler(rng), LineRenderer(rng)
+    texts = [sample_line(rng, sampler, renderer, [rng.choice(caps)], 40)[1] for _ in range(30)]
+    assert all(t == t.upper() for t in texts)
+    assert any(c.isalpha() for t in texts for c in t)
+
+
+def test_distortion_bends_strokes_but_keeps_the_ink():
+    """Training lines' letterforms move a little; the amount of ink stays about the same."""
+    import numpy as np
+    from PIL import ImageDraw
+
+    mask = Image.new("L", (400, 90), 0)
+    ImageDraw.Draw(mask).text((20, 20), "handwriting", fill=255, font_size=40)
+    before = np.asarray(mask) > 127
+    moved = 0
+    for seed in range(20):
+        renderer = LineRenderer(random.Random(seed), distort=True)
+        after = np.asarray(renderer._distort(mask, 40)) > 127
+        assert 0.5 < after.sum() / before.sum() < 2.0
+        moved += (after != before).any()
+    assert moved >= 12  # about 3 lines in 4 are bent (70%) or get another pen (30%)
+    assert LineRenderer(random.Random(0), clean=True, distort=True).distort is False

@@ -43,6 +43,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             seed=args.seed,
             ctc_weight=args.ctc_weight,
             curriculum_steps=args.curriculum_steps,
+            distort=not args.no_distort,
         )
     )
     print(f"best model: {best}")
@@ -126,6 +127,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--lines", type=Path, action="append", default=[], help="lines.tsv folder (repeatable)"
     )
     p.add_argument("--no-synthetic", action="store_true", help="train on --lines folders only")
+    p.add_argument(
+        "--no-distort",
+        action="store_true",
+        help="render synthetic lines without bent strokes and pen changes (the recipe before "
+        "19,000 steps)",
+    )
     p.add_argument(
         "--real-fraction", type=float, default=0.5, help="share of --lines samples when mixed"
     )

@@ -86,6 +86,7 @@ class LineStream(IterableDataset):
         fonts: list[Font] | None = None,
         real: list[tuple[Path, str]] | None = None,
         real_fraction: float = 0.0,
+        distort: bool = True,
     ) -> None:
         self.tokenizer = tokenizer
         self.height, self.width, self.channels = height, width, channels
@@ -94,13 +95,14 @@ class LineStream(IterableDataset):
         self.fonts = fonts if fonts is not None else split_fonts(load_fonts())[0]
         self.real = real or []
         self.real_fraction = real_fraction if self.real else 0.0
+        self.distort = distort
         self.step = mp.Value("i", 0)
 
     def __iter__(self):
         info = get_worker_info()
         wid = info.id if info else 0
         rng = random.Random(self.seed * 1000 + wid + self.step.value * 7919)
-        sampler, renderer = TextSampler(rng), LineRenderer(rng)
+        sampler, renderer = TextSampler(rng), LineRenderer(rng, distort=self.distort)
         while True:
             if self.real_fraction and rng.random() < self.real_fraction:
                 path, text = rng.choice(self.real)

@@ -17,6 +17,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
@@ -42,6 +43,8 @@ class Font:
     path: Path
     name: str  #: path relative to the font folder, as listed in fonts.tsv
     charset: frozenset[str]  #: characters the font really draws
+    #: Draws lowercase as capitals (fonts.tsv says "caps-only"): its labels are upper-cased.
+    caps_only: bool = False
 
 
 def _charset(path: Path, missing: str) -> frozenset[str]:
@@ -68,7 +71,14 @@ def load_fonts(font_dir: Path = FONT_DIR) -> tuple[Font, ...]:
             if not path.exists():
                 continue
             missing = "".join(v for v in (row["missing_ascii"], row["missing_extra"]) if v != "-")
-            fonts.append(Font(path=path, name=row["file"], charset=_charset(path, missing)))
+            fonts.append(
+                Font(
+                    path=path,
+                    name=row["file"],
+                    charset=_charset(path, missing),
+                    caps_only=row["notes"].startswith("caps-only"),
+                )
+            )
     return tuple(fonts)
 
 
@@ -272,18 +282,23 @@ class LineRenderer:
     """Draw a text line as a scanned handwritten line would look.
 
     ``clean=True`` turns off every random defect (for debugging and for tests that need a
-    legible line).
+    legible line). ``distort=True`` also varies the letterforms themselves (see
+    :meth:`_distort`); training uses it, evaluation sets do not, so their figures stay
+    comparable across checkpoints.
     """
 
-    def __init__(self, rng: random.Random, *, clean: bool = False) -> None:
+    def __init__(self, rng: random.Random, *, clean: bool = False, distort: bool = False) -> None:
         self.rng = rng
         self.clean = clean
+        self.distort = distort and not clean
 
     def __call__(self, text: str, font: Font) -> Image.Image:
         rng = self.rng
         size = rng.randint(30, 46)
         f = _font(font.path, size)
         ink_mask = self._draw_text(text, f, size)
+        if self.distort:
+            ink_mask = self._distort(ink_mask, size)
         if not self.clean:
             ink_mask = self._geometry(ink_mask)
         bbox = ink_mask.getbbox() or (0, 0, ink_mask.width, ink_mask.height)
@@ -318,6 +333,38 @@ class LineRenderer:
         if not self.clean and stroke == 0 and size > 36 and rng.random() < 0.1:
             mask = mask.filter(ImageFilter.MinFilter(3))  # thinner pen
         return mask
+
+    def _distort(self, mask: Image.Image, size: int) -> Image.Image:
+        """Bend the strokes with a smooth random field and thicken or thin the pen.
+
+        A few dozen fonts are a few dozen hands; the model learns their exact letterforms
+        and misreads an unseen hand's 'n' as 'w'. Displacements of a few percent of the
+        font size, smooth over about a letter, make every line a slightly new hand.
+        """
+        rng = self.rng
+        a = np.asarray(mask)
+        h, w = a.shape
+        if rng.random() < 0.7:
+            nprng = np.random.default_rng(rng.randrange(1 << 30))
+            cell = size * rng.uniform(0.4, 1.0)
+            amp = size * rng.uniform(0.02, 0.06)
+            grid = (max(2, int(h / cell) + 2), max(2, int(w / cell) + 2))
+            dx, dy = (
+                cv2.resize(
+                    nprng.normal(0, amp, grid).astype(np.float32),
+                    (w, h),
+                    interpolation=cv2.INTER_CUBIC,
+                )
+                for _ in range(2)
+            )
+            xs, ys = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+            a = cv2.remap(a, xs + dx, ys + dy, cv2.INTER_LINEAR, borderValue=0)
+        pen = rng.random()
+        if pen < 0.2:
+            a = cv2.dilate(a, np.ones((2, 2), np.uint8))
+        elif pen < 0.3 and size >= 36:
+            a = cv2.erode(a, np.ones((2, 2), np.uint8))
+        return Image.fromarray(a, mode="L")
 
     def _geometry(self, mask: Image.Image) -> Image.Image:
         rng = self.rng
@@ -406,5 +453,7 @@ def sample_line(
         font = rng.choice(fonts)
         for _ in range(8):
             text = sampler(max_chars)
+            if font.caps_only:
+                text = text.upper()
             if all(c == " " or c in font.charset for c in text):
                 return renderer(text, font), text

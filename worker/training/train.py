@@ -62,6 +62,8 @@ class TrainConfig:
     #: encoder align characters left to right from the first steps, which gets the decoder off
     #: the language-model plateau far sooner; the head is dropped from exported models.
     ctc_weight: float = 0.0
+    #: Bend strokes and vary the pen in synthetic training lines (``LineRenderer.distort``).
+    distort: bool = True
 
 
 class _Progress(TrainerCallback):
@@ -169,6 +171,7 @@ def train(cfg: TrainConfig) -> Path:
         fonts=train_fonts,
         real=real,
         real_fraction=1.0 if not cfg.synthetic else cfg.real_fraction,
+        distort=cfg.distort,
     )
     val = FixedLines(
         render_eval_set(cfg.val_lines, held_fonts, seed=12345),
