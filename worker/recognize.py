@@ -16,10 +16,11 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from transformers import AutoProcessor, VisionEncoderDecoderModel
+from transformers import AutoProcessor, LogitsProcessorList, VisionEncoderDecoderModel
 from transformers.utils import logging as hf_logging
 
-from worker.lineimage import fit_line
+from worker.decoding import LengthLimit, length_limits
+from worker.lineimage import fit_line, prepare_line
 
 log = logging.getLogger(__name__)
 
@@ -159,25 +160,33 @@ class Recognizer:
 
     @torch.inference_mode()
     def _generate(self, crops: Sequence[Image.Image]) -> list[LineResult]:
+        crops = [prepare_line(c) for c in crops]  # a no-op for lines the pipeline prepared
+        eos = self.model.generation_config.eos_token_id
+        limit = LengthLimit(
+            length_limits(crops, self.max_new_tokens), eos, num_beams=self.num_beams
+        )
+        beams = self.num_beams > 1
         out = self.model.generate(
             self.pixels(crops),
             num_beams=self.num_beams,
             max_new_tokens=self.max_new_tokens,
             do_sample=False,
-            output_scores=True,
+            logits_processor=LogitsProcessorList([limit]),
+            output_scores=beams,
+            output_logits=not beams,
             return_dict_in_generate=True,
         )
-        beams = self.num_beams > 1
-        # Greedy scores are raw logits and need a log-softmax; beam scores already are
-        # log-probabilities and come with the beam each step belongs to.
+        # Greedy: the raw logits, log-softmaxed here, so that an end token forced by the
+        # length limit counts with the probability the model gave it (the processed scores
+        # would give it 1). Beam scores are log-probabilities already (the limit masks other
+        # tokens but leaves the end token's own) and come with the beam each step belongs to.
         steps = self.model.compute_transition_scores(
             out.sequences,
-            out.scores,
+            out.scores if beams else out.logits,
             out.beam_indices if beams else None,
             normalize_logits=not beams,
         )
         tokens = out.sequences[:, -steps.shape[1] :]
-        eos = self.model.generation_config.eos_token_id
         texts = self.processor.tokenizer.batch_decode(out.sequences, skip_special_tokens=True)
         results = []
         for text, toks, logp in zip(texts, tokens.tolist(), steps.float().tolist(), strict=True):
