@@ -41,12 +41,20 @@ class LengthLimit(LogitsProcessor):
     to each other; the prompt is the decoder's start token alone.
     """
 
-    def __init__(self, limits: Sequence[int], eos_token_id: int, *, num_beams: int = 1) -> None:
-        self.limits = torch.tensor(limits).repeat_interleave(num_beams)
+    def __init__(
+        self,
+        limits: Sequence[int],
+        eos_token_id: int,
+        *,
+        num_beams: int = 1,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        # Made on the model's device once, not copied there at every decoding step.
+        self.limits = torch.tensor(limits, device=device).repeat_interleave(num_beams)
         self.eos = eos_token_id
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        done = (input_ids.shape[1] - 1) >= self.limits.to(scores.device)
+        done = (input_ids.shape[1] - 1) >= self.limits
         if done.any():
             eos = scores[done, self.eos].clone()
             scores[done] = -math.inf

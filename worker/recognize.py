@@ -163,7 +163,10 @@ class Recognizer:
         crops = [prepare_line(c) for c in crops]  # a no-op for lines the pipeline prepared
         eos = self.model.generation_config.eos_token_id
         limit = LengthLimit(
-            length_limits(crops, self.max_new_tokens), eos, num_beams=self.num_beams
+            length_limits(crops, self.max_new_tokens),
+            eos,
+            num_beams=self.num_beams,
+            device=self.device,
         )
         beams = self.num_beams > 1
         out = self.model.generate(
