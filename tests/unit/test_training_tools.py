@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -216,3 +217,37 @@ def test_distortion_bends_strokes_but_keeps_the_ink():
         moved += (after != before).any()
     assert moved >= 12  # about 3 lines in 4 are bent (70%) or get another pen (30%)
     assert LineRenderer(random.Random(0), clean=True, distort=True).distort is False
+
+
+def test_letter_by_letter_variation_changes_each_letter_but_keeps_them_all():
+    """Training lines may vary each letter on its own: every letter is still drawn, the
+    word keeps about its length, the shapes differ from the font's, and a seed repeats."""
+    import numpy as np
+    from PIL import ImageDraw, ImageFont
+
+    font = next(f for f in load_fonts() if f.name == "caveat/caveat-latin-400-normal.woff")
+    f = ImageFont.truetype(str(font.path), 40)
+    word, x0 = "minimum", 30.0
+    plain = Image.new("L", (400, 88), 0)
+    ImageDraw.Draw(plain).text((x0, 20), word, font=f, fill=255)
+    plain_ink = np.asarray(plain) > 127
+
+    def draw(seed: int) -> tuple[np.ndarray, float]:
+        mask = Image.new("L", (400, 88), 0)
+        end = LineRenderer(random.Random(seed), distort=True)._draw_glyphs(
+            mask, word, x0, 20, f, 40, 0.0, 0
+        )
+        return np.asarray(mask) > 127, end
+
+    length = f.getlength(word)
+    for seed in range(10):
+        ink, end = draw(seed)
+        assert 0.6 * length < end - x0 < 1.3 * length
+        assert 0.5 < ink.sum() / plain_ink.sum() < 1.6
+        assert (ink != plain_ink).sum() > 0.1 * plain_ink.sum()  # not the font's own shapes
+        # Ink under each eighth of the word: no letter lost.
+        cols = np.flatnonzero(ink.any(axis=0))
+        span = np.linspace(cols[0], cols[-1], 9)
+        assert all(ink[:, int(a) : int(b) + 1].any() for a, b in itertools.pairwise(span))
+        again, end_again = draw(seed)
+        assert (again == ink).all() and end_again == end

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter, ImageFont
+from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageFont
 
 FONT_DIR = Path(__file__).parent / "fonts"
 
@@ -313,8 +313,12 @@ class LineRenderer:
         track = 0.0 if self.clean or rng.random() < 0.75 else rng.uniform(-0.04, 0.12) * size
         wobble = 0.0 if self.clean else rng.uniform(0, 0.08) * size
         stroke = 0 if self.clean or rng.random() < 0.8 else 1
+        # Decided after the draws above so that lines without distortion stay byte-identical.
+        glyphs = self.distort and rng.random() < 0.5
         width = int(
-            sum(f.getlength(w) + len(w) * abs(track) for w in words) + space * len(words) + size * 2
+            sum(f.getlength(w) * (1.2 if glyphs else 1) + len(w) * abs(track) for w in words)
+            + space * len(words)
+            + size * 2
         )
         height = int(size * 2.2)
         mask = Image.new("L", (max(width, 8), height), 0)
@@ -322,7 +326,9 @@ class LineRenderer:
         x, y0 = size * 0.5, size * 0.5
         for w in words:
             y = y0 + rng.uniform(-wobble, wobble)
-            if track:
+            if glyphs:
+                x = self._draw_glyphs(mask, w, x, y, f, size, track, stroke)
+            elif track:
                 for ch in w:
                     draw.text((x, y), ch, font=f, fill=255, stroke_width=stroke, stroke_fill=255)
                     x += f.getlength(ch) + track
@@ -333,6 +339,56 @@ class LineRenderer:
         if not self.clean and stroke == 0 and size > 36 and rng.random() < 0.1:
             mask = mask.filter(ImageFilter.MinFilter(3))  # thinner pen
         return mask
+
+    def _draw_glyphs(
+        self,
+        mask: Image.Image,
+        word: str,
+        x: float,
+        y: float,
+        f: ImageFont.FreeTypeFont,
+        size: int,
+        track: float,
+        stroke: int,
+    ) -> float:
+        """Draw ``word`` letter by letter, each with its own small scale, slant, turn and
+        lift; return where the next word starts.
+
+        A font draws every 'n' identically; a hand never does. Varying each letter on its
+        own teaches shapes rather than one font's templates. Letters may crowd each other
+        (negative tracking), as in hurried writing where they touch.
+        """
+        rng = self.rng
+        track = rng.uniform(-0.08, 0.06) * size if rng.random() < 0.6 else track
+        pad = int(size * 0.6)
+        for ch in word:
+            adv = f.getlength(ch)
+            cell = Image.new("L", (int(adv) + 2 * pad, mask.height), 0)
+            ImageDraw.Draw(cell).text(
+                (pad, y), ch, font=f, fill=255, stroke_width=stroke, stroke_fill=255
+            )
+            sx, sy = rng.uniform(0.85, 1.15), rng.uniform(0.88, 1.12)
+            shear = rng.uniform(-0.15, 0.15)
+            turn = math.radians(rng.uniform(-6, 6))
+            # Forward map about the letter's centre: rotation · (scale, shear); PIL wants
+            # the inverse (output pixel -> source pixel).
+            cos, sin = math.cos(turn), math.sin(turn)
+            m = np.array([[cos, -sin], [sin, cos]]) @ np.array([[sx, shear], [0, sy]])
+            inv = np.linalg.inv(m)
+            centre = np.array([pad + adv / 2, y + size * 0.6])
+            lift = np.array([0.0, rng.uniform(-0.05, 0.05) * size])
+            off = centre - inv @ (centre + lift)
+            cell = cell.transform(
+                cell.size,
+                Image.Transform.AFFINE,
+                (inv[0, 0], inv[0, 1], off[0], inv[1, 0], inv[1, 1], off[1]),
+                resample=Image.Resampling.BILINEAR,
+            )
+            left = int(x) - pad
+            region = (left, 0, left + cell.width, mask.height)
+            mask.paste(ImageChops.lighter(mask.crop(region), cell), region)
+            x += max(adv * sx + track, adv * 0.5)
+        return x
 
     def _distort(self, mask: Image.Image, size: int) -> Image.Image:
         """Bend the strokes with a smooth random field and thicken or thin the pen.
