@@ -37,11 +37,13 @@ def real_pages(directory: Path) -> Iterator[tuple[str, Image.Image, list[Box]]]:
                 break
 
 
-def synthetic_pages(n: int, seed: int) -> Iterator[tuple[str, Image.Image, list[Box]]]:
-    from worker.training.synth_pages import render_page
+def synthetic_pages(
+    n: int, seed: int, text: str = "words"
+) -> Iterator[tuple[str, Image.Image, list[Box]]]:
+    from worker.training.synth_pages import archive_text, render_page, word_text
 
     for s in range(seed, seed + n):
-        page = render_page(s)
+        page = render_page(s, text=archive_text(s) if text == "archive" else word_text)
         yield f"synth-{s}", page.image, [ln.bbox for ln in page.lines]
 
 
@@ -75,6 +77,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--real", type=Path, help="folder of page images with ALTO ground truth")
     ap.add_argument("--synthetic", type=int, default=0, help="number of synthetic pages")
     ap.add_argument("--seed", type=int, default=1000, help="first synthetic page seed")
+    ap.add_argument(
+        "--text",
+        choices=["words", "archive"],
+        default="words",
+        help="synthetic page text: plain common words (full lines), or the training text "
+        "sampler (names, dates, amounts: lines of very uneven length)",
+    )
     ap.add_argument("--methods", default="classical", help="comma list: classical, kraken")
     ap.add_argument("-v", "--verbose", action="store_true", help="print every page")
     args = ap.parse_args(argv)
@@ -84,7 +93,10 @@ def main(argv: list[str] | None = None) -> int:
         sets.append((f"real ({args.real.name})", lambda: real_pages(args.real)))
     if args.synthetic:
         sets.append(
-            (f"synthetic x{args.synthetic}", lambda: synthetic_pages(args.synthetic, args.seed))
+            (
+                f"synthetic {args.text} x{args.synthetic}",
+                lambda: synthetic_pages(args.synthetic, args.seed, args.text),
+            )
         )
     if not sets:
         ap.error("give --real DIR and/or --synthetic N")

@@ -18,8 +18,9 @@ from worker.segment import (
     split_wide,
     to_source_frame,
 )
+from worker.segmentation.classical import ClassicalSegmenter, prepare
 from worker.segmentation.evaluate import iou, match
-from worker.training.synth_pages import render_page
+from worker.training.synth_pages import archive_text, render_page
 
 
 @pytest.mark.parametrize(
@@ -41,6 +42,32 @@ def test_finds_every_line_of_a_synthetic_page(seed: int) -> None:
     middles = [(b.bbox[1] + b.bbox[3]) / 2 for b in found]
     assert middles == sorted(middles)
     assert all(b.polygon and len(b.polygon) >= 3 and b.baseline for b in found)
+
+
+@pytest.mark.parametrize(
+    "seed",
+    [
+        0,  # uneven lines: the row profile repeats best every second line
+        6,  # ... every third line
+        4,  # a two-digit amount alone on its line
+        17,  # a short date alone on its line
+    ],
+)
+def test_finds_every_line_of_a_form_like_page(seed: int) -> None:
+    """Pages of names, dates and amounts: lines of very uneven length, some only a few
+    characters long. The pitch is the distance between neighbouring lines, not a multiple
+    of it, and a short line alone on its row is a line, not a stray mark."""
+    page = render_page(seed, text=archive_text(seed))
+    norm = normalise_page(page.image, max_pixels=10**8)
+    prepared = prepare(norm, ClassicalSegmenter().work_size)
+    assert prepared is not None
+    _, pitch, f = prepared
+    middles = sorted((ln.bbox[1] + ln.bbox[3]) / 2 * f for ln in page.lines)
+    assert pitch == pytest.approx(float(np.median(np.diff(middles))), rel=0.1)
+    found = make_segmenter("classical")(norm)
+    found = to_source_frame(found, norm.info[SKEW_INFO_KEY], norm.size)
+    truth = [ln.bbox for ln in page.lines]
+    assert match([ln.bbox for ln in found], truth).true_positives == len(truth) == len(found)
 
 
 def test_projection_baseline_segments_a_plain_page() -> None:

@@ -56,8 +56,12 @@ class ClassicalSegmenter:
     join_gap: float = 2.0
     #: ...and their middles are within this vertically.
     join_dy: float = 0.35
-    #: Lines narrower than this are stray marks (ticks, dots, stains), not text.
+    #: Lines narrower than this are stray marks (ticks, dots, stains), not text...
     min_line_width: float = 1.0
+    #: ...unless they are at least this wide and alone on their row, clear of every wider
+    #: line: the short lines of forms and letters ("9:11", "44", "p. 16"). A quote mark or a
+    #: loose loop sits within a line's band and stays part of that line.
+    min_short_line_width: float = 0.5
     #: Ink farther than this from any fragment is left out (stains, far-off marks).
     max_ink_distance: float = 0.5
 
@@ -129,19 +133,38 @@ class ClassicalSegmenter:
             else:
                 chains[best].append(i)
                 ends[best] = (max(ends[best][0], x0s[i] + widths[i]), cys[i])
-        lut = np.zeros(len(stats), np.int32)  # fragment label -> line number (0: none)
-        n_lines = 0
+        full, short = [], []
         for members in chains:
             x0 = min(stats[i, 0] for i in members)
             x1 = max(stats[i, 0] + stats[i, 2] for i in members)
             y0 = min(stats[i, 1] for i in members)
             y1 = max(stats[i, 1] + stats[i, 3] for i in members)
-            # Too short to be writing, or too flat (what is left of a rule after removal).
-            if x1 - x0 < self.min_line_width * pitch or y1 - y0 < 0.15 * pitch:
+            if y1 - y0 < 0.15 * pitch:  # too flat: what is left of a rule after removal
                 continue
-            n_lines += 1
-            lut[members] = n_lines
-        return lut[labels], n_lines
+            if x1 - x0 >= self.min_line_width * pitch:
+                full.append(members)
+            elif x1 - x0 >= self.min_short_line_width * pitch:
+                short.append(members)
+        full_ids = np.array([i for members in full for i in members], dtype=np.int64)
+        kept = full + [m for m in short if not _beside_any(m, full_ids, stats, pitch)]
+        lut = np.zeros(len(stats), np.int32)  # fragment label -> line number (0: none)
+        for n, members in enumerate(kept, start=1):
+            lut[members] = n
+        return lut[labels], len(kept)
+
+
+def _beside_any(members: list[int], others: np.ndarray, stats: np.ndarray, pitch: float) -> bool:
+    """Whether a fragment of ``members`` lies in the band of one of ``others``: less than
+    0.6 pitch above or below it and less than a pitch before or after it."""
+    if not len(others):
+        return False
+    ox0, ow, ocy = stats[others, 0], stats[others, 2], stats[others, 6]
+    for i in members:
+        x0, w, cy = stats[i, 0], stats[i, 2], stats[i, 6]
+        beside = (x0 < ox0 + ow + pitch) & (ox0 < x0 + w + pitch)
+        if (beside & (np.abs(ocy - cy) < 0.6 * pitch)).any():
+            return True
+    return False
 
 
 #: A fragment may span several lines; each round cuts every tall fragment once.
@@ -175,8 +198,19 @@ def _split_tall(mask: np.ndarray, labels: np.ndarray, stats: np.ndarray, pitch: 
     return cut
 
 
+#: A peak of the row profile's autocorrelation counts as the line pitch when it reaches this
+#: fraction of the strongest peak; see :func:`estimate_pitch`.
+PITCH_PEAK = 0.5
+
+
 def estimate_pitch(ink: np.ndarray, scale: float) -> float:
     """Line pitch in px: the first strong peak of the row profile's autocorrelation.
+
+    The strongest peak is often at a multiple of the pitch: lines of uneven length (a name,
+    a date, a long sentence) make the profile repeat more faithfully two or three lines on
+    than one. Taking it made every later length two to four times too large, and lines were
+    chained to their neighbours. So the pitch is the first local peak that reaches half the
+    strongest.
 
     Falls back to three letter heights when the page has too few lines for a periodic profile.
     """
@@ -189,8 +223,11 @@ def estimate_pitch(ink: np.ndarray, scale: float) -> float:
     lo, hi = max(2, int(1.2 * scale)), min(len(ac) - 1, int(12 * scale), len(rows) // 2)
     if hi <= lo:
         return 3 * scale
-    lag = lo + int(np.argmax(ac[lo:hi]))
-    return float(lag) if ac[lag] > 0.1 else 3 * scale
+    window = ac[lo - 1 : hi + 1]  # one lag either side, to tell peaks at the window's edges
+    inner = window[1:-1]
+    strong = max(0.1, PITCH_PEAK * float(inner.max()))
+    peaks = np.flatnonzero((inner >= window[:-2]) & (inner >= window[2:]) & (inner >= strong))
+    return float(lo + peaks[0]) if len(peaks) else 3 * scale
 
 
 def prepare(page: Image.Image, work_size: int) -> tuple[np.ndarray, float, float] | None:
