@@ -283,8 +283,8 @@ class LineRenderer:
 
     ``clean=True`` turns off every random defect (for debugging and for tests that need a
     legible line). ``distort=True`` also varies the letterforms themselves (see
-    :meth:`_distort`); training uses it, evaluation sets do not, so their figures stay
-    comparable across checkpoints.
+    :meth:`_distort` and :meth:`_draw_glyphs`); training uses it, evaluation sets do not, so
+    their figures stay comparable across checkpoints.
     """
 
     def __init__(self, rng: random.Random, *, clean: bool = False, distort: bool = False) -> None:
