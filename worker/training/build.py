@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from safetensors.torch import save_file
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
     PreTrainedTokenizerFast,
@@ -131,8 +132,13 @@ def set_special_tokens(model: VisionEncoderDecoderModel, tokenizer) -> None:
     model.generation_config.max_new_tokens = 96
 
 
+#: The training-only CTC head, saved beside a checkpoint so that fine-tuning from it starts
+#: with a trained head; ``from_pretrained`` never reads it.
+CTC_HEAD_FILE = "ctc_head.safetensors"
+
+
 def save(model: VisionEncoderDecoderModel, processor: TrOCRProcessor, out_dir: Path) -> Path:
-    """Write a standard checkpoint; a training-only CTC head is left out."""
+    """Write a standard checkpoint; a training-only CTC head goes to its own file."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     head = model._modules.pop("ctc_head", None)
@@ -141,6 +147,9 @@ def save(model: VisionEncoderDecoderModel, processor: TrOCRProcessor, out_dir: P
     finally:
         if head is not None:
             model.ctc_head = head
+    if head is not None:
+        weights = {k: v.contiguous() for k, v in head.state_dict().items()}
+        save_file(weights, out_dir / CTC_HEAD_FILE)
     processor.save_pretrained(out_dir)
     return out_dir
 

@@ -44,6 +44,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             ctc_weight=args.ctc_weight,
             curriculum_steps=args.curriculum_steps,
             distort=not args.no_distort,
+            precision=args.precision,
         )
     )
     print(f"best model: {best}")
@@ -139,6 +140,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=1, help="data-loader processes rendering lines")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default="auto",
+        help="auto: bf16 on a GPU that has it, else fp32; bf16 on a CPU pays only where the "
+        "cores have bf16 instructions (AVX512_BF16, AMX): measure first",
+    )
     p.add_argument(
         "--ctc-weight",
         type=float,
