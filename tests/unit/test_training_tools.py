@@ -12,7 +12,15 @@ from transformers import AutoProcessor, VisionEncoderDecoderModel
 from worker.lineimage import fit_line
 from worker.recognize import LineResult
 from worker.training.build import CHARSET, build_tiny_model, build_tokenizer
-from worker.training.data import collate, encode_label, read_lines_tsv, write_lines_tsv
+from worker.training.data import (
+    collate,
+    encode_label,
+    read_column,
+    read_lines_tsv,
+    render_eval_set,
+    render_eval_set_in_fonts,
+    write_lines_tsv,
+)
 from worker.training.evaluate import evaluate
 from worker.training.metrics import cer, edit_distance, wer
 from worker.training.synth import (
@@ -147,6 +155,33 @@ def test_lines_tsv_round_trip(tmp_path):
     pairs = read_lines_tsv(tmp_path)
     assert [t for _, t in pairs] == ['He said "yes"', "a\\b"]
     assert all(p.exists() for p, _ in pairs)
+    with pytest.raises(ValueError, match="font"):
+        read_column(tmp_path, "font")
+
+
+def test_synthetic_sets_say_which_font_drew_each_line_without_changing_the_lines(tmp_path):
+    """The font column is extra: the same seed renders the same images and texts with it."""
+    import numpy as np
+
+    fonts = split_fonts(load_fonts())[1]
+    plain = render_eval_set(6, fonts, seed=7)
+    with_fonts = render_eval_set_in_fonts(6, fonts, seed=7)
+    for (im, text), (im2, text2, _) in zip(plain, with_fonts, strict=True):
+        assert text == text2 and np.array_equal(np.asarray(im), np.asarray(im2))
+    names = [f.name for _, _, f in with_fonts]
+    write_lines_tsv(plain, tmp_path, fonts=names)
+    assert read_column(tmp_path, "font") == names
+    assert [t for _, t in read_lines_tsv(tmp_path)] == [t for _, t in plain]
+
+
+def test_evaluate_reports_cer_by_group():
+    line = Image.new("L", (120, 32), 255)
+    line.paste(0, (10, 10, 110, 22))
+    samples = [(line, "abcd"), (line, "abcd"), (line, "ab")]
+    answers = [("abcd", 0.95), ("abxy", 0.5), ("ab", 0.9)]
+    res = evaluate(_Answers(answers), samples, groups=["a", "a", "b"])  # type: ignore[arg-type]
+    assert res.by_group == {"a": (2, pytest.approx(2 / 8)), "b": (1, 0.0)}
+    assert evaluate(_Answers(answers), samples).by_group == {}  # type: ignore[arg-type]
 
 
 def test_built_model_reloads_offline_as_a_standard_trocr_checkpoint(tmp_path):

@@ -55,11 +55,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from worker.recognize import Recognizer
-    from worker.training.data import read_lines_tsv
+    from worker.training.data import read_column, read_lines_tsv
     from worker.training.evaluate import evaluate
 
     pairs = read_lines_tsv(args.dir)[: args.limit or None]
     samples = [(Image.open(p).convert("L"), t) for p, t in pairs]
+    groups = read_column(args.dir, args.by)[: len(samples)] if args.by else None
     rows = []
     for beams in _ints(args.beams):
         for batch in _ints(args.batch_size):
@@ -70,7 +71,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 num_beams=beams,
                 max_new_tokens=args.max_new_tokens,
             )
-            res = evaluate(rec, samples, review_below=args.review_below)
+            res = evaluate(rec, samples, review_below=args.review_below, groups=groups)
             rows.append({"beams": beams, "batch": batch, **asdict(res)})
             print(
                 f"beams={beams} batch={batch} lines={res.lines} "
@@ -82,6 +83,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 f"CER of the rest={res.unflagged_cer:.4f}",
                 flush=True,
             )
+            for group, (n, group_cer) in res.by_group.items():
+                print(f"  {args.by}={group} lines={n} CER={group_cer:.4f}", flush=True)
     if args.json:
         json.dump(rows, sys.stdout, indent=2)
         print()
@@ -89,13 +92,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from worker.training.data import render_eval_set, write_lines_tsv
+    from worker.training.data import render_eval_set_in_fonts, write_lines_tsv
     from worker.training.synth import load_fonts, split_fonts
 
     train_fonts, held = split_fonts(load_fonts())
     fonts = {"held-out": held, "train": train_fonts, "all": train_fonts + held}[args.fonts]
-    samples = render_eval_set(args.n, fonts, seed=args.seed, max_chars=args.max_chars)
-    print(write_lines_tsv(samples, args.dir))
+    lines = render_eval_set_in_fonts(args.n, fonts, seed=args.seed, max_chars=args.max_chars)
+    samples = [(im, text) for im, text, _ in lines]
+    print(write_lines_tsv(samples, args.dir, fonts=[font.name for _, _, font in lines]))
     return 0
 
 
@@ -175,6 +179,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=float,
         default=REVIEW_BELOW,
         help="confidence threshold to report the needs_review figures for (default: the API's)",
+    )
+    p.add_argument(
+        "--by",
+        metavar="COLUMN",
+        help="also report CER for each value of this lines.tsv column (htrq synth writes 'font')",
     )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)

@@ -20,6 +20,7 @@ from worker.training.synth import (
     TextSampler,
     load_fonts,
     sample_line,
+    sample_line_in_font,
     split_fonts,
 )
 
@@ -60,11 +61,22 @@ class Curriculum:
 def read_lines_tsv(folder: Path) -> list[tuple[Path, str]]:
     """(image path, text) pairs of a ``lines.tsv`` folder (columns ``file`` and ``text``)."""
     folder = Path(folder)
+    rows = _rows(folder, "file", "text")
+    return [(folder / r["file"], r["text"]) for r in rows]
+
+
+def read_column(folder: Path, column: str) -> list[str]:
+    """One more column of a ``lines.tsv`` folder (such as ``font``), in line order."""
+    return [r[column] for r in _rows(Path(folder), "file", "text", column)]
+
+
+def _rows(folder: Path, *columns: str) -> list[dict[str, str]]:
     with open(folder / "lines.tsv", newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE))
-    if not rows or "file" not in rows[0] or "text" not in rows[0]:
-        raise ValueError(f"{folder}/lines.tsv needs a header with 'file' and 'text' columns")
-    return [(folder / r["file"], r["text"]) for r in rows]
+    missing = [c for c in columns if not rows or c not in rows[0]]
+    if missing:
+        raise ValueError(f"{folder}/lines.tsv needs a header with columns {', '.join(missing)}")
+    return rows
 
 
 class LineStream(IterableDataset):
@@ -120,26 +132,34 @@ def render_eval_set(
     n: int, fonts: list[Font], seed: int, max_chars: int = 48
 ) -> list[tuple[Image.Image, str]]:
     """A fixed set of ``n`` synthetic lines (same seed, same lines)."""
+    return [(im, text) for im, text, _ in render_eval_set_in_fonts(n, fonts, seed, max_chars)]
+
+
+def render_eval_set_in_fonts(
+    n: int, fonts: list[Font], seed: int, max_chars: int = 48
+) -> list[tuple[Image.Image, str, Font]]:
+    """``render_eval_set`` with the font of each line (the same lines for the same seed)."""
     rng = random.Random(seed)
     sampler, renderer = TextSampler(rng), LineRenderer(rng)
-    return [sample_line(rng, sampler, renderer, fonts, max_chars) for _ in range(n)]
+    return [sample_line_in_font(rng, sampler, renderer, fonts, max_chars) for _ in range(n)]
 
 
 def write_lines_tsv(
-    samples: list[tuple[Image.Image, str]], folder: Path, font_names: list[str] | None = None
+    samples: list[tuple[Image.Image, str]], folder: Path, fonts: list[str] | None = None
 ) -> Path:
-    """Save (image, text) pairs as a ``lines.tsv`` folder that ``htrq eval`` reads."""
+    """Save (image, text) pairs as a ``lines.tsv`` folder that ``htrq eval`` reads; with
+    ``fonts``, a ``font`` column says what drew each line (``htrq eval --by font``)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "lines.tsv", "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(
             fh, delimiter="\t", quoting=csv.QUOTE_NONE, quotechar=None, lineterminator="\n"
         )
-        w.writerow(["file", "text"])
+        w.writerow(["file", "text", "font"] if fonts else ["file", "text"])
         for i, (im, text) in enumerate(samples):
             name = f"line_{i:04d}.png"
             im.save(folder / name)
-            w.writerow([name, text])
+            w.writerow([name, text, fonts[i]] if fonts else [name, text])
     return folder
 
 

@@ -4,7 +4,7 @@ tells right lines from wrong ones."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from PIL import Image
 
@@ -29,6 +29,8 @@ class EvalResult:
     flagged: float  #: share of lines below it (what a person is asked to check)
     flagged_wrong: float  #: share of the flagged lines that hold an error
     unflagged_cer: float  #: CER of the lines not flagged (what is trusted unchecked)
+    #: (lines, CER) for each value of ``groups`` (such as the font of each line), when given
+    by_group: dict[str, tuple[int, float]] = field(default_factory=dict)
 
 
 def evaluate(
@@ -36,6 +38,7 @@ def evaluate(
     samples: list[tuple[Image.Image, str]],
     *,
     review_below: float = REVIEW_BELOW,
+    groups: list[str] | None = None,
 ) -> EvalResult:
     """Read every line as the service reads a ``mode=line`` page: trimmed to its ink, split
     when wider than the model's input, the pieces' texts re-joined (timed, like the rest)."""
@@ -57,6 +60,9 @@ def evaluate(
     low_cer = _cer_of(low, refs, hyps)
     flagged = [i for i, c in enumerate(confs) if c < review_below]
     unflagged = [i for i, c in enumerate(confs) if c >= review_below]
+    members: dict[str, list[int]] = {}
+    for i, g in enumerate(groups or []):
+        members.setdefault(g, []).append(i)
     return EvalResult(
         lines=len(samples),
         cer=overall,
@@ -72,6 +78,7 @@ def evaluate(
         if flagged
         else float("nan"),
         unflagged_cer=_cer_of(unflagged, refs, hyps),
+        by_group={g: (len(idx), _cer_of(idx, refs, hyps)) for g, idx in sorted(members.items())},
     )
 
 

@@ -505,6 +505,18 @@ def sample_line(
     max_chars: int,
 ) -> tuple[Image.Image, str]:
     """One (image, text) pair whose every character the chosen font can draw."""
+    im, text, _ = sample_line_in_font(rng, sampler, renderer, fonts, max_chars)
+    return im, text
+
+
+def sample_line_in_font(
+    rng: random.Random,
+    sampler: TextSampler,
+    renderer: LineRenderer,
+    fonts: list[Font],
+    max_chars: int,
+) -> tuple[Image.Image, str, Font]:
+    """``sample_line`` that also says which font drew the line."""
     while True:
         font = rng.choice(fonts)
         for _ in range(8):
@@ -512,4 +524,4 @@ def sample_line(
             if font.caps_only:
                 text = text.upper()
             if all(c == " " or c in font.charset for c in text):
-                return renderer(text, font), text
+                return renderer(text, font), text, font
