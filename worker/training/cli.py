@@ -42,6 +42,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             workers=args.workers,
             seed=args.seed,
             ctc_weight=args.ctc_weight,
+            ctc_head_warmup=args.ctc_head_warmup,
             curriculum_steps=args.curriculum_steps,
             distort=not args.no_distort,
             precision=args.precision,
@@ -156,6 +157,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=float,
         default=0.3,
         help="auxiliary CTC loss weight on the encoder (0: off)",
+    )
+    p.add_argument(
+        "--ctc-head-warmup",
+        type=int,
+        default=300,
+        help="steps a new CTC head on a trained model learns before its gradient reaches the "
+        "encoder (a head saved with --init's model needs none)",
     )
     p.add_argument(
         "--curriculum-steps",
