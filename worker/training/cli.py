@@ -1,4 +1,4 @@
-"""``htrq train``, ``htrq eval`` and ``htrq synth``: registered by ``htrq.cli`` when installed."""
+"""``htrq train``, ``eval``, ``synth`` and ``average``, registered by ``htrq.cli``."""
 
 from __future__ import annotations
 
@@ -89,6 +89,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         json.dump(rows, sys.stdout, indent=2)
         print()
+    return 0
+
+
+def cmd_average(args: argparse.Namespace) -> int:
+    from worker.training.average import average_checkpoints
+
+    print(average_checkpoints(args.checkpoints, args.out))
     return 0
 
 
@@ -195,6 +202,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser(
+        "average",
+        help="average the weights of checkpoints of one run into a model (often reads better "
+        "than the best single one: evaluate both)",
+    )
+    p.add_argument("out", type=Path, help="model folder to write")
+    p.add_argument(
+        "checkpoints",
+        type=Path,
+        nargs="+",
+        help="checkpoint or exported model folders of the same architecture",
+    )
+    p.set_defaults(func=cmd_average)
 
     p = sub.add_parser("synth", help="render synthetic handwriting lines into a lines.tsv folder")
     p.add_argument("dir", type=Path)
