@@ -26,6 +26,7 @@ def _config(tmp_path: Path, init: Path, steps: int) -> TrainConfig:
         warmup=0,
         eval_every=2,
         save_every=2,
+        keep_checkpoints=3,
         val_lines=6,
         curriculum_steps=0,
         workers=0,
@@ -53,6 +54,8 @@ def test_train_exports_a_loadable_model_with_its_ctc_head_and_resumes(tmp_path):
     )
     steps_logged = [e["step"] for e in trainer_state["log_history"] if "eval_cer" in e]
     assert steps_logged == [2, 4, 6]
+    kept = sorted(int(p.name.split("-")[1]) for p in (tmp_path / "run").glob("checkpoint-*"))
+    assert kept == [2, 4, 6]  # keep_checkpoints=3, for htrq average
 
 
 def test_fine_tuning_from_an_export_starts_with_its_trained_ctc_head(tmp_path):

@@ -36,6 +36,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             warmup=args.warmup,
             eval_every=args.eval_every,
             save_every=args.save_every,
+            keep_checkpoints=args.keep,
             synthetic=not args.no_synthetic,
             lines=args.lines,
             real_fraction=args.real_fraction,
@@ -136,6 +137,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int, default=400)
     p.add_argument("--eval-every", type=int, default=500)
     p.add_argument("--save-every", type=int, default=250)
+    p.add_argument(
+        "--keep",
+        type=int,
+        default=2,
+        help="checkpoints kept (the newest); keep more to average them with htrq average",
+    )
     p.add_argument(
         "--lines", type=Path, action="append", default=[], help="lines.tsv folder (repeatable)"
     )

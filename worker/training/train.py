@@ -58,6 +58,8 @@ class TrainConfig:
     warmup: int = 400
     eval_every: int = 250
     save_every: int = 250
+    #: Checkpoints kept in ``out_dir`` (the newest; more to average with ``htrq average``).
+    keep_checkpoints: int = 2
     val_lines: int = 200
     synthetic: bool = True
     lines: list[Path] = field(default_factory=list)
@@ -265,7 +267,7 @@ def train(cfg: TrainConfig) -> Path:
         eval_steps=cfg.eval_every,
         save_strategy="steps",
         save_steps=cfg.save_every,
-        save_total_limit=2,
+        save_total_limit=cfg.keep_checkpoints,
         logging_steps=50,
         predict_with_generate=True,
         generation_num_beams=1,
