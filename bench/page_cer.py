@@ -18,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from htrq.resources import CTC_WEIGHT
 from worker.preprocess import normalise_page
 from worker.segment import LineBox, crop_lines, join_all, make_segmenter, split_all
 from worker.segmentation.evaluate import Box, alto_line_boxes, alto_line_texts
@@ -44,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         "left when segmentation is perfect)",
     )
     ap.add_argument("--num-beams", type=int, default=4)
+    ap.add_argument("--ctc-weight", type=float, default=CTC_WEIGHT, help="0: the decoder alone")
     ap.add_argument("--max-new-tokens", type=int, default=96)
     ap.add_argument("-v", "--verbose", action="store_true", help="print every page's texts")
     args = ap.parse_args(argv)
@@ -55,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         device=args.device,
         num_beams=args.num_beams,
         max_new_tokens=args.max_new_tokens,
+        ctc_weight=args.ctc_weight,
     )
     oracle = args.segmenter == "truth"
     segment = None if oracle else make_segmenter(args.segmenter)
@@ -99,7 +102,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.verbose:
             print(f"--- {kind} page: CER {errors / max(1, len(ref)):.3f}, {dt:.1f} s")
             print(hyp)
-    print(f"model {args.model}, segmenter {args.segmenter}, beams {args.num_beams}")
+    print(
+        f"model {args.model}, segmenter {args.segmenter}, beams {args.num_beams}, "
+        f"CTC weight {rec.ctc_weight:g}"
+    )
     for kind, (errors, chars, seconds, n) in totals.items():
         print(
             f"{kind:10s} pages {n:3d}  CER {errors / max(1, chars):.3f}  s/page {seconds / n:.1f}"

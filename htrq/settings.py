@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from htrq.resources import REVIEW_BELOW
+from htrq.resources import CTC_WEIGHT, REVIEW_BELOW
 
 ENV_PREFIX = "HTRQ_"
 
@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     batch_size: int = Field(16, ge=1, le=1024)
     #: Beam width; 1 is greedy decoding.
     num_beams: int = Field(4, ge=1, le=32)
+    #: Share of the CTC head's prefix score in decoding (joint CTC/attention decoding), for
+    #: models that ship ``ctc_head.safetensors`` as the built-in one does; 0 turns it off.
+    ctc_weight: float = Field(CTC_WEIGHT, ge=0, le=1)
     #: Longest line, in tokens, the decoder may produce.
     max_new_tokens: int = Field(96, ge=1, le=1024)
     #: Lines with a confidence below this say ``needs_review``. The default is calibrated for

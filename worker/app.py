@@ -59,6 +59,7 @@ def load_recognizer(settings: Settings) -> Recognizer:
         batch_size=settings.batch_size,
         num_beams=settings.num_beams,
         max_new_tokens=settings.max_new_tokens,
+        ctc_weight=settings.ctc_weight,
     )
 
 

@@ -19,6 +19,8 @@ from PIL import Image
 from transformers import AutoProcessor, LogitsProcessorList, VisionEncoderDecoderModel
 from transformers.utils import logging as hf_logging
 
+from htrq.resources import CTC_WEIGHT
+from worker.ctc_prefix import CTC_HEAD_FILE, CTCPrefixScore, load_ctc_head
 from worker.decoding import LengthLimit, length_limits
 from worker.lineimage import fit_line, prepare_line
 
@@ -66,6 +68,8 @@ class Recognizer:
         batch_size: int = 16,
         num_beams: int = 4,
         max_new_tokens: int = 96,
+        ctc_head: torch.nn.Linear | None = None,
+        ctc_weight: float = 0.0,
     ) -> None:
         self.model = model.eval()
         self.processor = processor
@@ -78,6 +82,10 @@ class Recognizer:
         self.channels = model.config.encoder.num_channels
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
+        #: Joint CTC/attention decoding (``worker.ctc_prefix``) where the model has a CTC head
+        #: and the weight is above 0; otherwise the decoder reads alone.
+        self.ctc_weight = ctc_weight if ctc_head is not None else 0.0
+        self.ctc_head = ctc_head.to(self.device, self.dtype).eval() if self.ctc_weight else None
 
     @classmethod
     def load(
@@ -89,6 +97,7 @@ class Recognizer:
         batch_size: int = 16,
         num_beams: int = 4,
         max_new_tokens: int = 96,
+        ctc_weight: float = CTC_WEIGHT,
     ) -> Recognizer:
         path = resolve_model(model)
         dev = resolve_device(device)
@@ -116,7 +125,19 @@ class Recognizer:
                 limit,
             )
             max_new_tokens = limit
-        log.info("loaded model %s on %s (%s)", path, dev, torch_dtype)
+        head = None
+        if ctc_weight:
+            vocab = net.config.decoder.vocab_size
+            head = load_ctc_head(path, net.config.encoder.hidden_size, vocab)
+            if head is None:
+                log.info("%s has no %s; decoding with the decoder alone", path, CTC_HEAD_FILE)
+        log.info(
+            "loaded model %s on %s (%s), CTC weight %s",
+            path,
+            dev,
+            torch_dtype,
+            ctc_weight if head is not None else 0,
+        )
         return cls(
             net,
             processor,
@@ -124,6 +145,8 @@ class Recognizer:
             batch_size=batch_size,
             num_beams=num_beams,
             max_new_tokens=max_new_tokens,
+            ctc_head=head,
+            ctc_weight=ctc_weight,
         )
 
     def pixels(self, crops: Sequence[Image.Image]) -> torch.Tensor:
@@ -162,19 +185,37 @@ class Recognizer:
     def _generate(self, crops: Sequence[Image.Image]) -> list[LineResult]:
         crops = [prepare_line(c) for c in crops]  # a no-op for lines the pipeline prepared
         eos = self.model.generation_config.eos_token_id
-        limit = LengthLimit(
-            length_limits(crops, self.max_new_tokens),
-            eos,
-            num_beams=self.num_beams,
-            device=self.device,
+        # The encoder runs once, here, for the decoder and the CTC head alike.
+        encoded = self.model.encoder(pixel_values=self.pixels(crops))
+        processors = LogitsProcessorList()
+        if self.ctc_head is not None:
+            # Before the length limit, which must have the last word on the end token.
+            ctc = self.ctc_head(encoded.last_hidden_state[:, 1:]).log_softmax(-1)  # [CLS] out
+            processors.append(
+                CTCPrefixScore(
+                    ctc,
+                    blank=self.model.config.pad_token_id,
+                    eos=eos,
+                    weight=self.ctc_weight,
+                    num_beams=self.num_beams,
+                    never=(self.model.config.decoder_start_token_id,),
+                )
+            )
+        processors.append(
+            LengthLimit(
+                length_limits(crops, self.max_new_tokens),
+                eos,
+                num_beams=self.num_beams,
+                device=self.device,
+            )
         )
         beams = self.num_beams > 1
         out = self.model.generate(
-            self.pixels(crops),
+            encoder_outputs=encoded,
             num_beams=self.num_beams,
             max_new_tokens=self.max_new_tokens,
             do_sample=False,
-            logits_processor=LogitsProcessorList([limit]),
+            logits_processor=processors,
             output_scores=beams,
             output_logits=not beams,
             return_dict_in_generate=True,
@@ -182,7 +223,8 @@ class Recognizer:
         # Greedy: the raw logits, log-softmaxed here, so that an end token forced by the
         # length limit counts with the probability the model gave it (the processed scores
         # would give it 1). Beam scores are log-probabilities already (the limit masks other
-        # tokens but leaves the end token's own) and come with the beam each step belongs to.
+        # tokens but leaves the end token's own; with the CTC head, the joint score, a mean of
+        # two log-probabilities) and come with the beam each step belongs to.
         steps = self.model.compute_transition_scores(
             out.sequences,
             out.scores if beams else out.logits,

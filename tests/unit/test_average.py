@@ -10,8 +10,9 @@ from safetensors.torch import load_file, save_file
 from transformers import VisionEncoderDecoderModel
 
 from htrq.cli import main
+from worker.ctc_prefix import CTC_HEAD_FILE
 from worker.training.average import average_checkpoints
-from worker.training.build import CTC_HEAD_FILE, build_tiny_model
+from worker.training.build import build_tiny_model
 
 PATCH = "encoder.embeddings.patch_embeddings.projection.weight"
 

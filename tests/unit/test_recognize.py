@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image, ImageDraw
 
+from worker.ctc_prefix import CTC_HEAD_FILE
 from worker.recognize import Recognizer, balanced_chunk, resolve_model
 from worker.training.build import build_tiny_model
 
@@ -77,3 +78,10 @@ def test_missing_cuda_is_a_clear_error(tiny_path):
         pytest.skip("this machine has CUDA")
     with pytest.raises(ValueError, match="CUDA is not available"):
         Recognizer.load(model=str(tiny_path), device="cuda")
+
+
+def test_a_model_without_a_head_decodes_alone(tiny_path):
+    """A model that ships no CTC head (``microsoft/trocr-*``) reads with the decoder alone."""
+    assert not (tiny_path / CTC_HEAD_FILE).exists()
+    rec = Recognizer.load(model=str(tiny_path), ctc_weight=0.4)
+    assert rec.ctc_head is None and rec.ctc_weight == 0.0

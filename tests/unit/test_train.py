@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoProcessor, VisionEncoderDecoderModel
 
-from worker.training.build import CTC_HEAD_FILE, build_tiny_model
+from worker.ctc_prefix import CTC_HEAD_FILE
+from worker.training.build import build_tiny_model
 from worker.training.data import collate, encode_label, to_pixels
 from worker.training.train import TrainConfig, hybrid_loss, train, use_bf16
 
@@ -105,3 +107,20 @@ def test_precision_is_fp32_on_a_cpu_unless_asked_for():
     assert use_bf16("fp32", cuda=True) is False
     with pytest.raises(ValueError, match="precision"):
         use_bf16("fp16", cuda=False)
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_a_constant_schedule_keeps_the_rate_where_cosine_anneals_it(tmp_path, schedule):
+    """``--schedule constant`` (for checkpoint averaging) holds the rate at ``lr`` after
+    warm-up; cosine has halved it half way through the run."""
+    tiny = build_tiny_model(tmp_path / "tiny")
+    cfg = _config(tmp_path, tiny, steps=4)
+    train(replace(cfg, schedule=schedule, eval_every=2, save_every=2))
+    sched = torch.load(tmp_path / "run" / "checkpoint-2" / "scheduler.pt", weights_only=False)
+    want = cfg.lr if schedule == "constant" else cfg.lr / 2
+    assert sched["_last_lr"] == [pytest.approx(want)] * len(sched["_last_lr"])
+
+
+def test_an_unknown_schedule_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="schedule"):
+        train(replace(_config(tmp_path, tmp_path, steps=1), schedule="linear"))

@@ -22,6 +22,8 @@ from transformers import (
     ViTImageProcessor,
 )
 
+from worker.ctc_prefix import CTC_HEAD_FILE
+
 #: Special tokens in TrOCR's order: start, pad, end, unknown.
 SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]
 
@@ -130,11 +132,6 @@ def set_special_tokens(model: VisionEncoderDecoderModel, tokenizer) -> None:
         cfg.pad_token_id = tokenizer.pad_token_id
         cfg.eos_token_id = tokenizer.eos_token_id
     model.generation_config.max_new_tokens = 96
-
-
-#: The training-only CTC head, saved beside a checkpoint so that fine-tuning from it starts
-#: with a trained head; ``from_pretrained`` never reads it.
-CTC_HEAD_FILE = "ctc_head.safetensors"
 
 
 def save(model: VisionEncoderDecoderModel, processor: TrOCRProcessor, out_dir: Path) -> Path:

@@ -8,11 +8,15 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from htrq.resources import REVIEW_BELOW
+from htrq.resources import CTC_WEIGHT, REVIEW_BELOW
 
 
 def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x]
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x]
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -34,6 +38,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             lr=args.lr,
             warmup=args.warmup,
+            schedule=args.schedule,
             eval_every=args.eval_every,
             save_every=args.save_every,
             keep_checkpoints=args.keep,
@@ -64,29 +69,35 @@ def cmd_eval(args: argparse.Namespace) -> int:
     samples = [(Image.open(p).convert("L"), t) for p, t in pairs]
     groups = read_column(args.dir, args.by)[: len(samples)] if args.by else None
     rows = []
-    for beams in _ints(args.beams):
-        for batch in _ints(args.batch_size):
-            rec = Recognizer.load(
-                model=args.model,
-                device=args.device,
-                batch_size=batch,
-                num_beams=beams,
-                max_new_tokens=args.max_new_tokens,
-            )
-            res = evaluate(rec, samples, review_below=args.review_below, groups=groups)
-            rows.append({"beams": beams, "batch": batch, **asdict(res)})
-            print(
-                f"beams={beams} batch={batch} lines={res.lines} "
-                f"CER={res.cer:.4f} WER={res.wer:.4f} "
-                f"lines/s={res.lines_per_s:.1f} conf(exact)={res.conf_exact:.3f} "
-                f"conf(wrong)={res.conf_wrong:.3f} CER(bottom 10% conf)={res.low_conf_cer:.4f} "
-                f"ratio={res.low_conf_ratio:.2f} | below {res.review_below}: "
-                f"{res.flagged:.0%} of lines, {res.flagged_wrong:.0%} of them wrong; "
-                f"CER of the rest={res.unflagged_cer:.4f}",
-                flush=True,
-            )
-            for group, (n, group_cer) in res.by_group.items():
-                print(f"  {args.by}={group} lines={n} CER={group_cer:.4f}", flush=True)
+    runs = [
+        (w, beams, batch)
+        for w in _floats(args.ctc_weight)
+        for beams in _ints(args.beams)
+        for batch in _ints(args.batch_size)
+    ]
+    for weight, beams, batch in runs:
+        rec = Recognizer.load(
+            model=args.model,
+            device=args.device,
+            batch_size=batch,
+            num_beams=beams,
+            max_new_tokens=args.max_new_tokens,
+            ctc_weight=weight,
+        )
+        res = evaluate(rec, samples, review_below=args.review_below, groups=groups)
+        rows.append({"ctc_weight": rec.ctc_weight, "beams": beams, "batch": batch, **asdict(res)})
+        print(
+            f"ctc={rec.ctc_weight:g} beams={beams} batch={batch} lines={res.lines} "
+            f"CER={res.cer:.4f} WER={res.wer:.4f} "
+            f"lines/s={res.lines_per_s:.1f} conf(exact)={res.conf_exact:.3f} "
+            f"conf(wrong)={res.conf_wrong:.3f} CER(bottom 10% conf)={res.low_conf_cer:.4f} "
+            f"ratio={res.low_conf_ratio:.2f} | below {res.review_below}: "
+            f"{res.flagged:.0%} of lines, {res.flagged_wrong:.0%} of them wrong; "
+            f"CER of the rest={res.unflagged_cer:.4f}",
+            flush=True,
+        )
+        for group, (n, group_cer) in res.by_group.items():
+            print(f"  {args.by}={group} lines={n} CER={group_cer:.4f}", flush=True)
     if args.json:
         json.dump(rows, sys.stdout, indent=2)
         print()
@@ -135,6 +146,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=24)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--warmup", type=int, default=400)
+    p.add_argument(
+        "--schedule",
+        choices=["cosine", "constant"],
+        default="cosine",
+        help="learning rate after warm-up: cosine to 0, or constant (for checkpoint averaging)",
+    )
     p.add_argument("--eval-every", type=int, default=500)
     p.add_argument("--save-every", type=int, default=250)
     p.add_argument(
@@ -193,6 +210,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="builtin")
     p.add_argument("--device", default="cpu")
     p.add_argument("--beams", default="1,4", help="comma-separated beam counts")
+    p.add_argument(
+        "--ctc-weight",
+        default=str(CTC_WEIGHT),
+        help="comma-separated shares of the CTC head's score in decoding (0: the decoder alone; "
+        "ignored for models without a head)",
+    )
     p.add_argument("--batch-size", default="32", help="comma-separated batch sizes")
     p.add_argument("--max-new-tokens", type=int, default=96)
     p.add_argument("--limit", type=int, default=0)

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from transformers import (
     AutoProcessor,
     Seq2SeqTrainer,
@@ -26,8 +25,8 @@ from transformers import (
 )
 from transformers.trainer_utils import get_last_checkpoint
 
+from worker.ctc_prefix import load_ctc_head
 from worker.training.build import (
-    CTC_HEAD_FILE,
     ModelShape,
     build_model,
     save,
@@ -56,6 +55,9 @@ class TrainConfig:
     batch_size: int = 24
     lr: float = 5e-4
     warmup: int = 400
+    #: "cosine" (annealed to 0 at ``steps``) or "constant" (the rate stays at ``lr`` after
+    #: warm-up, so that checkpoints lie apart and their mean, ``htrq average``, gains most).
+    schedule: str = "cosine"
     eval_every: int = 250
     save_every: int = 250
     #: Checkpoints kept in ``out_dir`` (the newest; more to average with ``htrq average``).
@@ -175,12 +177,10 @@ def ctc_loss(model, encoded: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
 
 def attach_ctc_head(model, init: str, vocab: int) -> bool:
     """Give ``model`` a CTC head; True when its trained weights came with ``init``."""
-    model.ctc_head = torch.nn.Linear(model.config.encoder.hidden_size, vocab)
-    saved = Path(init) / CTC_HEAD_FILE
-    if not saved.is_file():
-        return False
-    model.ctc_head.load_state_dict(load_file(saved))
-    return True
+    hidden = model.config.encoder.hidden_size
+    saved = load_ctc_head(init, hidden, vocab)
+    model.ctc_head = saved or torch.nn.Linear(hidden, vocab)
+    return saved is not None
 
 
 def load_start(init: str):
@@ -197,6 +197,9 @@ def input_shape(model, processor) -> tuple[int, int, int]:
     return size["height"], size["width"], model.config.encoder.num_channels
 
 
+_SCHEDULES = {"cosine": "cosine", "constant": "constant_with_warmup"}
+
+
 def use_bf16(precision: str, cuda: bool) -> bool:
     if precision not in ("auto", "fp32", "bf16"):
         raise ValueError(f"precision must be auto, fp32 or bf16, not {precision!r}")
@@ -207,6 +210,8 @@ def use_bf16(precision: str, cuda: bool) -> bool:
 
 def train(cfg: TrainConfig) -> Path:
     """Run training; return the directory holding the best exported model."""
+    if cfg.schedule not in _SCHEDULES:
+        raise ValueError(f"schedule must be one of {sorted(_SCHEDULES)}, not {cfg.schedule!r}")
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
     last = get_last_checkpoint(str(cfg.out_dir))
     model, processor = load_start(last or cfg.init)
@@ -259,7 +264,7 @@ def train(cfg: TrainConfig) -> Path:
         per_device_eval_batch_size=64,
         learning_rate=cfg.lr,
         warmup_steps=cfg.warmup,
-        lr_scheduler_type="cosine",
+        lr_scheduler_type=_SCHEDULES[cfg.schedule],
         weight_decay=0.01,
         max_grad_norm=1.0,
         max_steps=cfg.steps,
