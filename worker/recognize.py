@@ -189,8 +189,9 @@ class Recognizer:
         encoded = self.model.encoder(pixel_values=self.pixels(crops))
         processors = LogitsProcessorList()
         if self.ctc_head is not None:
-            # Before the length limit, which must have the last word on the end token.
-            ctc = self.ctc_head(encoded.last_hidden_state[:, 1:]).log_softmax(-1)  # [CLS] out
+            # Before the length limit, which must have the last word on the end token. The
+            # head reads the patches, not ViT's [CLS] token, as in training; fp32 log-softmax.
+            ctc = self.ctc_head(encoded.last_hidden_state[:, 1:]).float().log_softmax(-1)
             processors.append(
                 CTCPrefixScore(
                     ctc,
@@ -220,17 +221,24 @@ class Recognizer:
             output_logits=not beams,
             return_dict_in_generate=True,
         )
-        # Greedy: the raw logits, log-softmaxed here, so that an end token forced by the
-        # length limit counts with the probability the model gave it (the processed scores
-        # would give it 1). Beam scores are log-probabilities already (the limit masks other
-        # tokens but leaves the end token's own; with the CTC head, the joint score, a mean of
-        # two log-probabilities) and come with the beam each step belongs to.
-        steps = self.model.compute_transition_scores(
-            out.sequences,
-            out.scores if beams else out.logits,
-            out.beam_indices if beams else None,
-            normalize_logits=not beams,
-        )
+        # Confidence is the decoder's own probability of the text read. Greedy: the raw
+        # logits, log-softmaxed here, so that an end token forced by the length limit counts
+        # with the probability the model gave it (the processed scores would give it 1).
+        # Beams without the CTC head: the beam scores, log-probabilities already (the limit
+        # masks other tokens but leaves the end token's own), with the beam of each step.
+        # Beams with it: those scores are joint ones, on another scale (with 4 beams they put
+        # 27% of held-out lines under the review threshold, not 12%), so the chosen texts are
+        # scored again by the decoder in one forward pass.
+        if not beams:
+            steps = self.model.compute_transition_scores(
+                out.sequences, out.logits, normalize_logits=True
+            )
+        elif self.ctc_head is None:
+            steps = self.model.compute_transition_scores(
+                out.sequences, out.scores, out.beam_indices, normalize_logits=False
+            )
+        else:
+            steps = self._decoder_logprobs(encoded, out.sequences)
         tokens = out.sequences[:, -steps.shape[1] :]
         texts = self.processor.tokenizer.batch_decode(out.sequences, skip_special_tokens=True)
         results = []
@@ -239,6 +247,14 @@ class Recognizer:
             mean = sum(logp[:n]) / max(1, n)
             results.append(LineResult(text=text.strip(), confidence=_clamp01(math.exp(mean))))
         return results
+
+    def _decoder_logprobs(self, encoded, sequences: torch.Tensor) -> torch.Tensor:
+        """log p(token | the tokens before it) of each token after the start token, by the
+        decoder alone. Positions after a row's end token are padding (ignored by the caller;
+        the decoder is causal, so they change nothing before them)."""
+        logits = self.model(encoder_outputs=encoded, decoder_input_ids=sequences[:, :-1]).logits
+        logp = logits.float().log_softmax(-1)
+        return logp.gather(2, sequences[:, 1:, None]).squeeze(2)
 
 
 def balanced_chunk(remaining: int, batch_size: int) -> int:

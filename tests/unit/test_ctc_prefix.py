@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import itertools
 import math
+from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from worker.ctc_prefix import CTCPrefixScore, load_ctc_head
-from worker.recognize import Recognizer
+from worker.recognize import BUILTIN_MODEL, Recognizer
+from worker.training.data import read_lines_tsv
+
+HELD_OUT = Path(__file__).parents[1] / "resources" / "heldout-lines"
 
 BLANK, START, EOS = 0, 1, 2
 CHARS = (3, 4, 5)
@@ -103,15 +107,16 @@ def test_weight_outside_its_range_is_refused(ctc_logp):
         CTCPrefixScore(ctc_logp, blank=BLANK, eos=EOS, weight=0.0)
 
 
-def test_the_builtin_head_is_used_greedy_and_with_beams():
-    """The shipped model's head loads and joint decoding runs greedy and with beams, giving
-    a probability as confidence."""
-    assert load_ctc_head("worker/models/htrq-line-small", 256, 197) is not None
-    img = Image.new("L", (300, 48), 255)
-    ImageDraw.Draw(img).text((10, 10), "Dear Sir", fill=0, font_size=26)
-    for beams in (1, 3):
-        rec = Recognizer.load(model="builtin", num_beams=beams, ctc_weight=0.4)
-        assert rec.ctc_head is not None
-        first, second = rec([img, img])
-        assert first == second  # the same line in two rows reads the same
-        assert 0.0 <= first.confidence <= 1.0
+def test_confidence_is_the_decoders_probability_of_the_text_greedy_or_with_beams():
+    """With the shipped head, greedy and beam search read committed lines, and a line read
+    the same both ways has the same confidence: the decoder's own probability of the text,
+    not the joint score beam search ranks by."""
+    assert load_ctc_head(BUILTIN_MODEL, 256, 197) is not None
+    crops = [Image.open(p).convert("L") for p, _ in read_lines_tsv(HELD_OUT)[:8]]
+    greedy = Recognizer.load(model="builtin", num_beams=1, ctc_weight=0.4)
+    beams = Recognizer.load(model="builtin", num_beams=3, ctc_weight=0.4)
+    assert greedy.ctc_head is not None and beams.ctc_head is not None
+    same = [(g, b) for g, b in zip(greedy(crops), beams(crops), strict=True) if g.text == b.text]
+    assert len(same) >= 4
+    for g, b in same:
+        assert b.confidence == pytest.approx(g.confidence, abs=1e-3)
