@@ -13,7 +13,6 @@ prefix. Summed over the steps of a hypothesis these add up to the weighted joint
 
 from __future__ import annotations
 
-import logging
 import math
 from pathlib import Path
 
@@ -21,21 +20,21 @@ import torch
 from safetensors.torch import load_file
 from transformers import LogitsProcessor
 
-log = logging.getLogger(__name__)
-
 #: The CTC head over the encoder's patches, saved beside a model by ``htrq train`` (it is no
 #: part of ``VisionEncoderDecoderModel``, so ``from_pretrained`` never reads it).
 CTC_HEAD_FILE = "ctc_head.safetensors"
 
 
-def load_ctc_head(model_dir: str | Path, hidden: int, vocab: int) -> torch.nn.Linear | None:
-    """The CTC head saved in ``model_dir``, or None where it has none (a hub id, a model
-    trained without CTC such as ``microsoft/trocr-*``)."""
+def load_ctc_head(model_dir: str | Path) -> torch.nn.Linear | None:
+    """The CTC head saved in ``model_dir``, shaped as its saved weights are, or None where
+    it has none (a hub id, a model trained without CTC such as ``microsoft/trocr-*``)."""
     saved = Path(model_dir) / CTC_HEAD_FILE
     if not saved.is_file():
         return None
+    weights = load_file(saved)
+    vocab, hidden = weights["weight"].shape
     head = torch.nn.Linear(hidden, vocab)
-    head.load_state_dict(load_file(saved))
+    head.load_state_dict(weights)
     return head
 
 
@@ -69,6 +68,8 @@ class CTCPrefixScore(LogitsProcessor):
         self.num_beams = num_beams
         self.candidates = min(candidates, self.x.shape[2])
         self.never = [blank, *never]
+        #: log P(blanks only through frame t): the empty prefix's b, and every b's base.
+        self.blanks = torch.cumsum(self.x[:, :, blank], 0)
         #: The last step's scored tokens of each row and their (n, b, psi) forward variables.
         self.prev: tuple[torch.Tensor, ...] | None = None
         self.prev_ids: list[tuple[int, ...]] = []
@@ -80,8 +81,8 @@ class CTCPrefixScore(LogitsProcessor):
         dev = self.x.device
         if self.prev is None:  # the start token alone: the empty prefix
             r_n = torch.full((frames, rows), -math.inf, device=dev)
-            r_b = torch.cumsum(self.x[:, :, self.blank], 0)
-            return r_n, r_b, torch.zeros(rows, device=dev), torch.full((rows,), -1, device=dev)
+            none = torch.full((rows,), -1, device=dev)  # no last token
+            return r_n, self.blanks, torch.zeros(rows, device=dev), none
         tokens, cand_n, cand_b, cand_psi = self.prev
         last = input_ids[:, -1]
         if self.num_beams == 1:
@@ -105,6 +106,7 @@ class CTCPrefixScore(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         frames, rows, _ = self.x.shape
+        empty = self.prev is None
         r_n, r_b, psi_g, last = self._state(input_ids)
         att = scores.float().log_softmax(-1)
         ranked = att.clone()
@@ -123,11 +125,10 @@ class CTCPrefixScore(LogitsProcessor):
         # unrolled into cumulative sums, so that a step costs a few tensor operations rather
         # than a Python loop over the frames: with X the cumulative sum of x(c),
         # n[t] = X[t] + logcumsumexp(phi[s-1] - X[s-1], s <= t), and b alike.
-        empty = input_ids.shape[1] == 1
         big_x = torch.cumsum(x, 0)
         first = torch.full((1, rows, k), 0.0 if empty else -math.inf, device=x.device)
         cand_n = big_x + torch.logcumsumexp(torch.cat([first, phi[:-1] - big_x[:-1]]), 0)
-        big_b = torch.cumsum(self.x[:, :, self.blank], 0)[:, :, None]
+        big_b = self.blanks[:, :, None]
         none = torch.full((1, rows, k), -math.inf, device=x.device)
         cand_b = big_b + torch.logcumsumexp(torch.cat([none, cand_n[:-1] - big_b[:-1]]), 0)
         cand_psi = torch.logsumexp(torch.cat([cand_n[:1], phi[:-1] + x[1:]]), 0)  # (rows, k)

@@ -125,20 +125,10 @@ class Recognizer:
                 limit,
             )
             max_new_tokens = limit
-        head = None
-        if ctc_weight:
-            vocab = net.config.decoder.vocab_size
-            head = load_ctc_head(path, net.config.encoder.hidden_size, vocab)
-            if head is None:
-                log.info("%s has no %s; decoding with the decoder alone", path, CTC_HEAD_FILE)
-        log.info(
-            "loaded model %s on %s (%s), CTC weight %s",
-            path,
-            dev,
-            torch_dtype,
-            ctc_weight if head is not None else 0,
-        )
-        return cls(
+        head = load_ctc_head(path) if ctc_weight else None
+        if ctc_weight and head is None:
+            log.info("%s has no %s; decoding with the decoder alone", path, CTC_HEAD_FILE)
+        rec = cls(
             net,
             processor,
             name=model or "builtin",
@@ -148,6 +138,10 @@ class Recognizer:
             ctc_head=head,
             ctc_weight=ctc_weight,
         )
+        log.info(
+            "loaded model %s on %s (%s), CTC weight %s", path, dev, torch_dtype, rec.ctc_weight
+        )
+        return rec
 
     def pixels(self, crops: Sequence[Image.Image]) -> torch.Tensor:
         fitted = [

@@ -111,7 +111,8 @@ def test_confidence_is_the_decoders_probability_of_the_text_greedy_or_with_beams
     """With the shipped head, greedy and beam search read committed lines, and a line read
     the same both ways has the same confidence: the decoder's own probability of the text,
     not the joint score beam search ranks by."""
-    assert load_ctc_head(BUILTIN_MODEL, 256, 197) is not None
+    head = load_ctc_head(BUILTIN_MODEL)
+    assert head is not None and head.weight.shape == (197, 256)
     crops = [Image.open(p).convert("L") for p, _ in read_lines_tsv(HELD_OUT)[:8]]
     greedy = Recognizer.load(model="builtin", num_beams=1, ctc_weight=0.4)
     beams = Recognizer.load(model="builtin", num_beams=3, ctc_weight=0.4)

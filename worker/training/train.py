@@ -177,9 +177,8 @@ def ctc_loss(model, encoded: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
 
 def attach_ctc_head(model, init: str, vocab: int) -> bool:
     """Give ``model`` a CTC head; True when its trained weights came with ``init``."""
-    hidden = model.config.encoder.hidden_size
-    saved = load_ctc_head(init, hidden, vocab)
-    model.ctc_head = saved or torch.nn.Linear(hidden, vocab)
+    saved = load_ctc_head(init)
+    model.ctc_head = saved or torch.nn.Linear(model.config.encoder.hidden_size, vocab)
     return saved is not None
 
 
