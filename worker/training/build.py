@@ -119,19 +119,33 @@ def build_model(
     return model, TrOCRProcessor(image_processor=image_processor, tokenizer=tokenizer)
 
 
-def set_special_tokens(model: VisionEncoderDecoderModel, tokenizer) -> None:
+def set_special_tokens(model: VisionEncoderDecoderModel, tokenizer, *, keep: bool = False) -> None:
     """Copy token ids to the places transformers 5 reads them from.
 
     The top-level config carries no token ids in transformers 5; training with ``labels``
     needs ``pad_token_id`` and ``decoder_start_token_id`` on it, and ``generate`` reads the
-    generation config.
+    generation config. ``keep`` leaves ids a loaded model already has as they are.
     """
+    ids = {
+        "decoder_start_token_id": tokenizer.bos_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+    }
+    if keep:
+        for name in ids:
+            found = getattr(model.config, name, None)
+            if found is None:
+                found = getattr(model.generation_config, name, None)
+            if found is None:
+                found = getattr(model.config.decoder, name, None)
+            if found is not None:
+                ids[name] = found
     for cfg in (model.config, model.generation_config):
-        cfg.decoder_start_token_id = tokenizer.bos_token_id
-        cfg.bos_token_id = tokenizer.bos_token_id
-        cfg.pad_token_id = tokenizer.pad_token_id
-        cfg.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.max_new_tokens = 96
+        for name, value in ids.items():
+            setattr(cfg, name, value)
+    if not keep or model.generation_config.max_new_tokens is None:
+        model.generation_config.max_new_tokens = 96
 
 
 def save(model: VisionEncoderDecoderModel, processor: TrOCRProcessor, out_dir: Path) -> Path:

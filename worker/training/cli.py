@@ -19,6 +19,17 @@ def _floats(text: str) -> list[float]:
     return [float(x) for x in text.split(",") if x]
 
 
+def _weighted_folder(text: str) -> tuple[Path, float]:
+    folder, _, weight = text.partition("=")
+    try:
+        value = float(weight) if weight else 1.0
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"weight must be a number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"weight must not be negative: {text!r}")
+    return Path(folder), value
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     import logging
 
@@ -42,9 +53,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             eval_every=args.eval_every,
             save_every=args.save_every,
             keep_checkpoints=args.keep,
-            synthetic=not args.no_synthetic,
             lines=args.lines,
-            real_fraction=args.real_fraction,
+            synthetic_weight=0.0 if args.no_synthetic else args.synthetic_weight,
+            val_real_lines=args.val_real_lines,
+            augment=args.augment,
             workers=args.workers,
             seed=args.seed,
             ctc_weight=args.ctc_weight,
@@ -111,6 +123,13 @@ def cmd_average(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_enlarge(args: argparse.Namespace) -> int:
+    from worker.training.reshape import enlarge_input
+
+    print(enlarge_input(args.model, args.out, factor=args.factor))
+    return 0
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
     from worker.training.data import render_eval_set_in_fonts, write_lines_tsv
     from worker.training.synth import load_fonts, split_fonts
@@ -161,17 +180,40 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="checkpoints kept (the newest); keep more to average them with htrq average",
     )
     p.add_argument(
-        "--lines", type=Path, action="append", default=[], help="lines.tsv folder (repeatable)"
+        "--lines",
+        type=_weighted_folder,
+        action="append",
+        default=[],
+        metavar="DIR[=WEIGHT]",
+        help="lines.tsv folder of real lines and its sampling weight (default 1), relative to "
+        "--synthetic-weight (repeatable). Split by its writer_or_document column: whole "
+        "writers are held out for validation",
     )
-    p.add_argument("--no-synthetic", action="store_true", help="train on --lines folders only")
+    p.add_argument(
+        "--synthetic-weight",
+        type=float,
+        default=1.0,
+        help="sampling weight of synthetic lines beside the --lines folders (0: real only)",
+    )
+    p.add_argument("--no-synthetic", action="store_true", help="same as --synthetic-weight 0")
+    p.add_argument(
+        "--val-real-lines",
+        type=int,
+        default=120,
+        help="lines of held-out writers validated per --lines folder",
+    )
+    p.add_argument(
+        "--augment",
+        type=float,
+        default=1.0,
+        help="strength of scan augmentation of real lines (turns, slant, elastic warp, "
+        "contrast, blur, noise, faded ink, bleed-through); 0 turns it off",
+    )
     p.add_argument(
         "--no-distort",
         action="store_true",
         help="render synthetic lines without bent strokes and pen changes (the recipe before "
         "19,000 steps)",
-    )
-    p.add_argument(
-        "--real-fraction", type=float, default=0.5, help="share of --lines samples when mixed"
     )
     p.add_argument("--workers", type=int, default=1, help="data-loader processes rendering lines")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -246,6 +288,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="checkpoint or exported model folders of the same architecture",
     )
     p.set_defaults(func=cmd_average)
+
+    p = sub.add_parser(
+        "enlarge-input",
+        help="write a model whose input and patches are FACTOR times larger (32x384 -> 64x768) "
+        "and which reads as before, to fine-tune on the finer detail",
+    )
+    p.add_argument("model", type=Path, help="model folder (ViT encoder)")
+    p.add_argument("out", type=Path, help="model folder to write")
+    p.add_argument("--factor", type=int, default=2)
+    p.set_defaults(func=cmd_enlarge)
 
     p = sub.add_parser("synth", help="render synthetic handwriting lines into a lines.tsv folder")
     p.add_argument("dir", type=Path)

@@ -14,6 +14,7 @@ from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
 from worker.lineimage import fit_line
+from worker.training.augment import augment_scan
 from worker.training.synth import (
     Font,
     LineRenderer,
@@ -25,20 +26,74 @@ from worker.training.synth import (
 )
 
 
-def to_pixels(im: Image.Image, height: int, width: int, channels: int = 1) -> torch.Tensor:
-    """A line image as the (C, H, W) tensor the model takes: fit, scale to -1..1.
+def to_pixels(
+    im: Image.Image,
+    height: int,
+    width: int,
+    channels: int = 1,
+    mean: float = 0.5,
+    std: float = 0.5,
+) -> torch.Tensor:
+    """A line image as the (C, H, W) tensor the model takes: fit, rescale, normalise.
 
-    Same arithmetic as the ViT image processors of TrOCR models (rescale 1/255, mean 0.5,
-    std 0.5), done directly because it runs for every training sample.
+    Same arithmetic as the ViT image processors of TrOCR models (rescale 1/255, then mean
+    and std: 0.5 and 0.5 for every TrOCR checkpoint), done directly because it runs for
+    every training sample. Grey lines are repeated over the channels of an RGB model.
     """
     a = np.asarray(fit_line(im, height=height, width=width), dtype=np.float32)
-    t = torch.from_numpy(a / 127.5 - 1.0).unsqueeze(0)
+    t = torch.from_numpy((a / 255.0 - mean) / std).unsqueeze(0)
     return t.expand(channels, -1, -1).contiguous() if channels > 1 else t
 
 
-def encode_label(tokenizer, text: str) -> list[int]:
-    """Character ids plus ``</s>``; the model prepends the start token itself."""
-    return [*tokenizer(text, add_special_tokens=False).input_ids, tokenizer.eos_token_id]
+def encode_label(tokenizer, text: str, start_token_id: int | None = None) -> list[int]:
+    """The token ids a model is trained to write for ``text``, through its end token.
+
+    The tokenizer's own special tokens are kept, as its model was trained with them: stock
+    TrOCR starts decoding from ``</s>`` and writes ``<s> ... </s>`` (RoBERTa's and XLM-R's
+    tokenizers add both), the built-in character tokenizer adds none and gets ``</s>``
+    appended. The decoder's start token is never a label: the model prepends it itself.
+    """
+    ids = list(tokenizer(text).input_ids)
+    if ids and ids[0] == start_token_id:
+        ids = ids[1:]
+    if not ids or ids[-1] != tokenizer.eos_token_id:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+@dataclass(frozen=True)
+class LineEncoding:
+    """How one model takes its training samples: image shape and normalisation, labels."""
+
+    tokenizer: object
+    height: int
+    width: int
+    channels: int = 1
+    mean: float = 0.5
+    std: float = 0.5
+    start_token_id: int | None = None
+
+    @classmethod
+    def of(cls, model, processor) -> LineEncoding:
+        ip = processor.image_processor
+        size = ip.size
+        return cls(
+            tokenizer=processor.tokenizer,
+            height=size["height"],
+            width=size["width"],
+            channels=model.config.encoder.num_channels,
+            mean=float(ip.image_mean[0]) if ip.do_normalize else 0.0,
+            std=float(ip.image_std[0]) if ip.do_normalize else 1.0,
+            start_token_id=model.config.decoder_start_token_id,
+        )
+
+    def sample(self, im: Image.Image, text: str) -> dict:
+        return {
+            "pixel_values": to_pixels(
+                im, self.height, self.width, self.channels, self.mean, self.std
+            ),
+            "labels": encode_label(self.tokenizer, text, self.start_token_id),
+        }
 
 
 @dataclass
@@ -56,6 +111,15 @@ class Curriculum:
     def max_chars(self, step: int) -> int:
         frac = min(1.0, step / max(1, self.ramp_steps))
         return int(self.start_chars + frac * (self.end_chars - self.start_chars))
+
+
+@dataclass(frozen=True)
+class LineSource:
+    """One folder of real lines and how often training draws from it (weights are relative)."""
+
+    name: str
+    pairs: tuple[tuple[Path, str], ...]
+    weight: float = 1.0
 
 
 def read_lines_tsv(folder: Path) -> list[tuple[Path, str]]:
@@ -88,26 +152,26 @@ class LineStream(IterableDataset):
 
     def __init__(
         self,
-        tokenizer,
+        encoding: LineEncoding,
         *,
-        height: int,
-        width: int,
-        channels: int = 1,
         seed: int = 0,
         curriculum: Curriculum | None = None,
         fonts: list[Font] | None = None,
-        real: list[tuple[Path, str]] | None = None,
-        real_fraction: float = 0.0,
+        sources: list[LineSource] | None = None,
+        synthetic_weight: float = 1.0,
         distort: bool = True,
+        augment: float = 1.0,
     ) -> None:
-        self.tokenizer = tokenizer
-        self.height, self.width, self.channels = height, width, channels
+        self.encoding = encoding
         self.seed = seed
         self.curriculum = curriculum or Curriculum()
         self.fonts = fonts if fonts is not None else split_fonts(load_fonts())[0]
-        self.real = real or []
-        self.real_fraction = real_fraction if self.real else 0.0
+        self.sources = [src for src in sources or [] if src.pairs and src.weight > 0]
+        self.synthetic_weight = synthetic_weight
+        if not self.sources and synthetic_weight <= 0:
+            raise ValueError("no training data: every source has weight 0 or no lines")
         self.distort = distort
+        self.augment = augment
         self.step = mp.Value("i", 0)
 
     def __iter__(self):
@@ -115,17 +179,18 @@ class LineStream(IterableDataset):
         wid = info.id if info else 0
         rng = random.Random(self.seed * 1000 + wid + self.step.value * 7919)
         sampler, renderer = TextSampler(rng), LineRenderer(rng, distort=self.distort)
+        names = ["synthetic", *(src.name for src in self.sources)]
+        weights = [self.synthetic_weight, *(src.weight for src in self.sources)]
+        by_name = {src.name: src for src in self.sources}
         while True:
-            if self.real_fraction and rng.random() < self.real_fraction:
-                path, text = rng.choice(self.real)
-                im = Image.open(path).convert("L")
+            pick = rng.choices(names, weights)[0]
+            if pick != "synthetic":
+                path, text = rng.choice(by_name[pick].pairs)
+                im = augment_scan(Image.open(path).convert("L"), rng, strength=self.augment)
             else:
                 max_chars = self.curriculum.max_chars(self.step.value)
                 im, text = sample_line(rng, sampler, renderer, self.fonts, max_chars)
-            yield {
-                "pixel_values": to_pixels(im, self.height, self.width, self.channels),
-                "labels": encode_label(self.tokenizer, text),
-            }
+            yield self.encoding.sample(im, text)
 
 
 def render_eval_set(
@@ -176,22 +241,8 @@ def collate(features: list[dict]) -> dict[str, torch.Tensor]:
 class FixedLines(torch.utils.data.Dataset):
     """A materialised list of (image, text) for validation."""
 
-    def __init__(
-        self,
-        samples: list[tuple[Image.Image, str]],
-        tokenizer,
-        *,
-        height: int,
-        width: int,
-        channels: int = 1,
-    ) -> None:
-        self.items = [
-            {
-                "pixel_values": to_pixels(im, height, width, channels),
-                "labels": encode_label(tokenizer, t),
-            }
-            for im, t in samples
-        ]
+    def __init__(self, samples: list[tuple[Image.Image, str]], encoding: LineEncoding) -> None:
+        self.items = [encoding.sample(im, t) for im, t in samples]
 
     def __len__(self) -> int:
         return len(self.items)

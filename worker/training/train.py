@@ -16,16 +16,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from PIL import Image
 from transformers import (
     AutoProcessor,
     Seq2SeqTrainer,
     Seq2SeqTrainingArguments,
     TrainerCallback,
-    VisionEncoderDecoderModel,
 )
 from transformers.trainer_utils import get_last_checkpoint
 
 from worker.ctc_prefix import load_ctc_head
+from worker.loading import load_model
 from worker.training.build import (
     ModelShape,
     build_model,
@@ -35,13 +36,15 @@ from worker.training.build import (
 from worker.training.data import (
     Curriculum,
     FixedLines,
+    LineEncoding,
+    LineSource,
     LineStream,
     collate,
-    read_lines_tsv,
     render_eval_set,
 )
 from worker.training.metrics import cer
 from worker.training.synth import load_fonts, split_fonts
+from worker.training.writers import Collection, split_collection
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +65,16 @@ class TrainConfig:
     save_every: int = 250
     #: Checkpoints kept in ``out_dir`` (the newest; more to average with ``htrq average``).
     keep_checkpoints: int = 2
-    val_lines: int = 200
-    synthetic: bool = True
-    lines: list[Path] = field(default_factory=list)
-    real_fraction: float = 0.5  #: share of samples from ``lines`` when synthetic data is on too
+    val_lines: int = 200  #: synthetic validation lines, drawn with held-out fonts
+    #: Real ``lines.tsv`` folders and their sampling weights, relative to ``synthetic_weight``
+    #: (``[(hooker, 0.4), (copiste, 0.3)]`` with ``synthetic_weight=0.3``: 30% synthetic).
+    lines: list[tuple[Path, float]] = field(default_factory=list)
+    synthetic_weight: float = 1.0  #: 0 trains on the real folders only
+    #: Lines of held-out writers validated per real folder (whole writers are held out until
+    #: this many lines are out; they never reach training).
+    val_real_lines: int = 120
+    #: Scan augmentation of real lines (``augment_scan``); 0 shows them as they are.
+    augment: float = 1.0
     curriculum_steps: int = 3000
     workers: int = 1
     seed: int = 0
@@ -121,17 +130,25 @@ class _Progress(TrainerCallback):
 class HybridTrainer(Seq2SeqTrainer):
     """``Seq2SeqTrainer`` whose training loss may add CTC on the encoder (``ctc_weight``)."""
 
-    def __init__(self, *args, ctc_weight: float = 0.0, ctc_head_warmup: int = 0, **kwargs) -> None:
+    def __init__(
+        self,
+        *args,
+        eval_max_tokens: int = 64,
+        ctc_weight: float = 0.0,
+        ctc_head_warmup: int = 0,
+        **kwargs,
+    ) -> None:
         super().__init__(*args, **kwargs)
+        self.eval_max_tokens = eval_max_tokens
         self.ctc_weight = ctc_weight
         self.ctc_head_warmup = ctc_head_warmup
 
     def evaluate(self, *args, **gen_kwargs):
-        # Validation lines hold at most 48 characters. ``max_new_tokens`` rather than the
-        # arguments' ``generation_max_length``: the model's generation config sets
+        # Room for the longest validation label and a little more. ``max_new_tokens`` rather
+        # than the arguments' ``generation_max_length``: the model's generation config sets
         # max_new_tokens, which would win and could pass a small decoder's last position.
         positions = self.model.config.decoder.max_position_embeddings
-        gen_kwargs.setdefault("max_new_tokens", min(64, positions) - 1)
+        gen_kwargs.setdefault("max_new_tokens", min(self.eval_max_tokens, positions - 1))
         return super().evaluate(*args, **gen_kwargs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -157,12 +174,23 @@ def hybrid_loss(model, outputs, labels: torch.Tensor, ctc_weight: float, *, head
     return (1 - ctc_weight) * outputs.loss + ctc_weight * ctc_loss(model, encoded, labels)
 
 
+def one_patch_row(model) -> bool:
+    """Whether the encoder's patches form one row, left to right (each patch a column of the
+    line): only then is its output a sequence CTC can align with the text. A square grid
+    (stock TrOCR) is read row by row across the image, so CTC has nothing to align."""
+    enc = model.config.encoder
+    image = enc.image_size if isinstance(enc.image_size, int) else enc.image_size[0]
+    patch = enc.patch_size if isinstance(enc.patch_size, int) else enc.patch_size[0]
+    return image == patch
+
+
 def ctc_loss(model, encoded: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """CTC between the encoder's patch sequence (without ViT's [CLS]) and the characters.
 
     The pad token doubles as the CTC blank: it never occurs inside a label.
     """
-    logp = model.ctc_head(encoded[:, 1:]).log_softmax(-1).transpose(0, 1).float()
+    patches = model.encoder.embeddings.patch_embeddings.num_patches
+    logp = model.ctc_head(encoded[:, -patches:]).log_softmax(-1).transpose(0, 1).float()
     keep = (labels >= 0) & (labels != model.config.eos_token_id)
     steps, batch = logp.shape[0], logp.shape[1]
     return torch.nn.functional.ctc_loss(
@@ -175,6 +203,61 @@ def ctc_loss(model, encoded: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
     )
 
 
+def group_cer(refs: list[str], hyps: list[str], groups: list[str]) -> dict[str, float]:
+    """CER of each validation group (``cer_<group>``) and their unweighted mean (``cer``),
+    which picks the best model: each collection of hands counts the same, however many
+    lines it has."""
+    members: dict[str, list[int]] = {}
+    for i, g in enumerate(groups):
+        members.setdefault(g, []).append(i)
+    out = {
+        f"cer_{g}": cer([refs[i] for i in idx], [hyps[i] for i in idx])
+        for g, idx in members.items()
+    }
+    out["cer"] = sum(out.values()) / len(out)
+    return out
+
+
+def writable(tok):
+    """Whether the tokenizer writes a text without ``<unk>`` (byte-level BPE always does)."""
+    unk = tok.unk_token_id
+
+    def check(text: str) -> bool:
+        return unk is None or unk not in tok(text, add_special_tokens=False).input_ids
+
+    return check
+
+
+def _spread(pairs: tuple[tuple[Path, str], ...], n: int) -> list[tuple[Path, str]]:
+    """At most ``n`` lines spread evenly over ``pairs`` (every writer held out is seen)."""
+    if len(pairs) <= n:
+        return list(pairs)
+    return [pairs[i * len(pairs) // n] for i in range(n)]
+
+
+def _record_split(out_dir: Path, collections: list[Collection]) -> None:
+    """Write which writers each real folder held out, so that a figure can be checked."""
+    split = {
+        c.name: {
+            "train_lines": len(c.train),
+            "val_lines": len(c.val),
+            "skipped_lines": c.skipped,
+            "val_writers": list(c.val_writers),
+        }
+        for c in collections
+    }
+    (out_dir / "val_split.json").write_text(json.dumps(split, indent=2, ensure_ascii=False) + "\n")
+    for c in collections:
+        log.info(
+            "%s: %d training lines, %d held out (%d writers), %d skipped for characters",
+            c.name,
+            len(c.train),
+            len(c.val),
+            len(c.val_writers),
+            c.skipped,
+        )
+
+
 def attach_ctc_head(model, init: str, vocab: int) -> bool:
     """Give ``model`` a CTC head; True when its trained weights came with ``init``."""
     saved = load_ctc_head(init)
@@ -185,15 +268,12 @@ def attach_ctc_head(model, init: str, vocab: int) -> bool:
 def load_start(init: str):
     if init == "scratch":
         return build_model(ModelShape())
-    model = VisionEncoderDecoderModel.from_pretrained(init, dtype=torch.float32)
+    model = load_model(init)
     processor = AutoProcessor.from_pretrained(init)
-    set_special_tokens(model, processor.tokenizer)
+    # A trained model keeps the token ids it was trained with (stock TrOCR starts from
+    # </s>, not <s>); only ids it lacks are filled in from its tokenizer.
+    set_special_tokens(model, processor.tokenizer, keep=True)
     return model, processor
-
-
-def input_shape(model, processor) -> tuple[int, int, int]:
-    size = processor.image_processor.size
-    return size["height"], size["width"], model.config.encoder.num_channels
 
 
 _SCHEDULES = {"cosine": "cosine", "constant": "constant_with_warmup"}
@@ -215,36 +295,48 @@ def train(cfg: TrainConfig) -> Path:
     last = get_last_checkpoint(str(cfg.out_dir))
     model, processor = load_start(last or cfg.init)
     tok = processor.tokenizer
-    height, width, channels = input_shape(model, processor)
+    encoding = LineEncoding.of(model, processor)
     head_warmup = 0
-    if cfg.ctc_weight and not attach_ctc_head(model, cfg.init, len(tok)) and cfg.init != "scratch":
+    ctc_weight = cfg.ctc_weight if one_patch_row(model) else 0.0
+    if cfg.ctc_weight and not ctc_weight:
+        log.warning("CTC off: the encoder's patches are not one left-to-right row")
+    if ctc_weight and not attach_ctc_head(model, cfg.init, len(tok)) and cfg.init != "scratch":
         # A trained model with a new head: the head learns first. Counted in global steps, so
         # a resume restores the head from its checkpoint and carries on where warm-up was.
         head_warmup = cfg.ctc_head_warmup
 
     train_fonts, held_fonts = split_fonts(load_fonts())
-    real = [pair for d in cfg.lines for pair in read_lines_tsv(d)]
-    if not cfg.synthetic and not real:
-        raise ValueError("no training data: give --lines folders or leave synthetic data on")
+    # The split seed is fixed, not cfg.seed: a run with another seed must validate on the
+    # same writers for its figures to compare.
+    collections = [
+        split_collection(folder, writable=writable(tok), val_lines=cfg.val_real_lines, seed=0)
+        for folder, _ in cfg.lines
+    ]
+    _record_split(cfg.out_dir, collections)
+    sources = [
+        LineSource(c.name, c.train, weight)
+        for c, (_, weight) in zip(collections, cfg.lines, strict=True)
+    ]
     stream = LineStream(
-        tok,
-        height=height,
-        width=width,
-        channels=channels,
+        encoding,
         seed=cfg.seed,
         curriculum=Curriculum(ramp_steps=cfg.curriculum_steps),
         fonts=train_fonts,
-        real=real,
-        real_fraction=1.0 if not cfg.synthetic else cfg.real_fraction,
+        sources=sources,
+        synthetic_weight=cfg.synthetic_weight,
         distort=cfg.distort,
+        augment=cfg.augment,
     )
-    val = FixedLines(
-        render_eval_set(cfg.val_lines, held_fonts, seed=12345),
-        tok,
-        height=height,
-        width=width,
-        channels=channels,
-    )
+    samples = [
+        (im, text, "synthetic")
+        for im, text in render_eval_set(cfg.val_lines, held_fonts, seed=12345)
+    ]
+    for c in collections:
+        for path, text in _spread(c.val, cfg.val_real_lines):
+            samples.append((Image.open(path).convert("L"), text, c.name))
+    groups = [g for _, _, g in samples]
+    val = FixedLines([(im, text) for im, text, _ in samples], encoding)
+    longest_label = max(len(item["labels"]) for item in val.items)
 
     def metrics(pred) -> dict[str, float]:
         ids = pred.predictions
@@ -253,7 +345,7 @@ def train(cfg: TrainConfig) -> Path:
         ids[ids == -100] = tok.pad_token_id
         hyps = tok.batch_decode(ids, skip_special_tokens=True)
         refs = tok.batch_decode(labels, skip_special_tokens=True)
-        return {"cer": cer(refs, hyps)}
+        return group_cer(refs, hyps, groups)
 
     cuda = torch.cuda.is_available()
     bf16 = use_bf16(cfg.precision, cuda)
@@ -287,7 +379,8 @@ def train(cfg: TrainConfig) -> Path:
         remove_unused_columns=False,
     )
     trainer = HybridTrainer(
-        ctc_weight=cfg.ctc_weight,
+        eval_max_tokens=longest_label + 8,
+        ctc_weight=ctc_weight,
         ctc_head_warmup=head_warmup,
         model=model,
         args=args,
