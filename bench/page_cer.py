@@ -5,8 +5,10 @@
 
 A page's text is its lines joined by newlines, as the service returns it; the reference is
 the ground-truth lines (ALTO Strings for real pages, the rendered text for synthetic ones)
-joined the same way. Lines wider than the model's input are split with overlap and the
-pieces' texts re-joined (``split_all`` / ``join_all``), as the pipeline does.
+joined the same way. Pages go through the service's own pipeline, built from settings by
+``worker.reading.build_pipeline`` (HTRQ_* variables apply, as in the worker); with
+``--segmenter truth`` the ground-truth line boxes are cropped instead and read by the same
+line reader.
 """
 
 from __future__ import annotations
@@ -19,8 +21,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from htrq.resources import CTC_WEIGHT
+from htrq.settings import load_settings
+from worker.pipeline import PageInput, PageOutput
 from worker.preprocess import normalise_page
-from worker.segment import LineBox, crop_lines, join_all, make_segmenter, split_all
+from worker.reading import build_pipeline
+from worker.segment import LineBox, crop_lines
 from worker.segmentation.evaluate import Box, alto_line_boxes, alto_line_texts
 from worker.training.metrics import edit_distance
 
@@ -50,18 +55,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-v", "--verbose", action="store_true", help="print every page's texts")
     args = ap.parse_args(argv)
 
-    from worker.recognize import Recognizer
+    from worker.app import load_recognizer
 
-    rec = Recognizer.load(
+    oracle = args.segmenter == "truth"
+    settings = load_settings(
         model=args.model,
         device=args.device,
         num_beams=args.num_beams,
         max_new_tokens=args.max_new_tokens,
         ctc_weight=args.ctc_weight,
+        # No page is too large for a benchmark; the segmenter for "truth" is never used.
+        max_pixels=200_000_000,
+        **({} if oracle else {"segmenter": args.segmenter}),
     )
-    oracle = args.segmenter == "truth"
-    segment = None if oracle else make_segmenter(args.segmenter)
-    max_aspect = rec.width / rec.height if rec.width / rec.height >= 4 else 1e9
+    rec = load_recognizer(settings)
+    pipeline = build_pipeline(settings, rec)
 
     pages: list[tuple[str, str, object, list[Box]]] = []
     if args.real:
@@ -85,13 +93,16 @@ def main(argv: list[str] | None = None) -> int:
     totals: dict[str, list[float]] = {}
     for kind, ref, image, truth in pages:
         t0 = time.perf_counter()
-        # Ground-truth boxes are on the uploaded image: no deskew for them.
-        page = normalise_page(image, max_pixels=200_000_000, deskew=not oracle)  # type: ignore[arg-type]
-        boxes = [LineBox(bbox=b) for b in truth] if segment is None else segment(page)
-        crops = crop_lines(page, boxes)
-        pieces, counts = split_all(crops, max_aspect=max_aspect)
-        lines = [t for t, _ in join_all([(r.text, r.confidence) for r in rec(pieces)], counts)]
-        hyp = "\n".join(lines)
+        if oracle:
+            # Ground-truth boxes are on the uploaded image: no deskew for them.
+            page = normalise_page(image, max_pixels=settings.max_pixels, deskew=False)  # type: ignore[arg-type]
+            crops = crop_lines(page, [LineBox(bbox=b) for b in truth], margin=settings.line_margin)
+            hyp = "\n".join(text for text, _ in pipeline.read(crops))
+        else:
+            out = pipeline([PageInput("page", _png(image))])["page"]
+            if not isinstance(out, PageOutput):
+                raise SystemExit(f"{kind} page failed: {out}")
+            hyp = out.text
         dt = time.perf_counter() - t0
         errors = edit_distance(ref, hyp)
         acc = totals.setdefault(kind, [0, 0, 0.0, 0])
@@ -111,6 +122,14 @@ def main(argv: list[str] | None = None) -> int:
             f"{kind:10s} pages {n:3d}  CER {errors / max(1, chars):.3f}  s/page {seconds / n:.1f}"
         )
     return 0
+
+
+def _png(image) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
 
 
 if __name__ == "__main__":

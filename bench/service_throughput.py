@@ -2,8 +2,11 @@
 
 The service run starts a real ``htrq worker`` (Celery on Redis, results in PostgreSQL),
 submits N pages through the job service and times until every page is stored. The bare run
-gives the same line crops, with the same model and settings, straight to the recognizer in
-this process. The ratio is what queueing, claims, decoding and writes cost (target >= 0.9).
+gives the same line crops, with the same model and settings, to the same line reader the
+worker builds (``worker.reading``: trim, split what is too wide, recognise, re-join) in this
+process, so both sides read the same pieces; each prints how many lines it read, and the
+bench stops if they differ. The ratio is what queueing, claims, decoding and writes cost
+(target >= 0.9).
 
     .venv/bin/python bench/service_throughput.py                 # shipped model, 256 pages
     .venv/bin/python bench/service_throughput.py --model DIR --pages 128 --num-beams 1
@@ -38,12 +41,13 @@ from sqlalchemy import func, select
 
 from htrq import jobs
 from htrq.db import make_engine, make_sessions, upgrade
-from htrq.models import Page
+from htrq.models import Line, Page
 from htrq.queue import CelerySender, make_celery
 from htrq.settings import Settings, load_settings
 from htrq.storage import DirectoryStore
 from worker.app import load_recognizer
 from worker.pipeline import PageInput, Pipeline
+from worker.reading import line_reader
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,18 +74,36 @@ def make_pages(n: int, seed: int = 7) -> list[bytes]:
     return out
 
 
+class _Capture:
+    """A reader that keeps the line crops the pipeline hands it and reads nothing."""
+
+    def __init__(self) -> None:
+        self.crops: list[Image.Image] = []
+
+    def __call__(self, crops):  # type: ignore[no-untyped-def]
+        self.crops.extend(crops)
+        return [("", 0.0) for _ in crops]
+
+
 def line_crops(pages: list[bytes], settings: Settings, mode: str) -> list[Image.Image]:
-    """The crops the service's pipeline cuts from the pages (captured, not recognised)."""
-    crops: list[Image.Image] = []
-
-    def capture(batch):  # type: ignore[no-untyped-def]
-        crops.extend(batch)
-        return [type("R", (), {"text": "", "confidence": 0.0})() for _ in batch]
-
-    Pipeline(recognize=capture, max_pixels=settings.max_pixels, line_margin=settings.line_margin)(
+    """The line crops the service's pipeline cuts from the pages, before the reader."""
+    capture = _Capture()
+    Pipeline(read=capture, max_pixels=settings.max_pixels, line_margin=settings.line_margin)(
         [PageInput(key=i, data=d, mode=mode) for i, d in enumerate(pages)]
     )
-    return crops
+    return capture.crops
+
+
+class _Counting:
+    """The recognizer, counting the pieces it is given (a line split in two is two)."""
+
+    def __init__(self, rec) -> None:  # type: ignore[no-untyped-def]
+        self.rec, self.pieces = rec, 0
+        self.width, self.height = rec.width, rec.height
+
+    def __call__(self, crops):  # type: ignore[no-untyped-def]
+        self.pieces += len(crops)
+        return self.rec(crops)
 
 
 def group_cpu_seconds(pgid: int) -> float:
@@ -130,11 +152,14 @@ class Bare:
         """Pages per second of wall time and per second of CPU time."""
         started = time.perf_counter()
         if self.n == 1:
-            cpu = _bare_run(self.rec)
+            runs = [_bare_run(self.rec)]
         else:
             for pipe in self.pipes:
                 pipe.send("go")
-            cpu = sum(pipe.recv() for pipe in self.pipes)
+            runs = [pipe.recv() for pipe in self.pipes]
+        self.lines = sum(lines for _, lines, _ in runs)
+        self.pieces = sum(pieces for _, _, pieces in runs)
+        cpu = sum(c for c, _, _ in runs)
         return pages / (time.perf_counter() - started), pages / cpu
 
     def close(self) -> None:
@@ -146,7 +171,8 @@ class Bare:
 
 class _Loaded:
     def __init__(self, rec, crops: list[Image.Image]) -> None:  # type: ignore[no-untyped-def]
-        self.rec, self.crops = rec, crops
+        self.counting = _Counting(rec)
+        self.read, self.crops = line_reader(self.counting), crops
 
 
 def _bare_load(settings: dict, threads: int, crops: list[Image.Image]) -> _Loaded:
@@ -154,16 +180,17 @@ def _bare_load(settings: dict, threads: int, crops: list[Image.Image]) -> _Loade
 
     torch.set_num_threads(threads)
     s = Settings(**settings)
-    rec = load_recognizer(s)
-    rec(crops[: s.batch_size])  # warm-up, as the worker's first batch is
-    return _Loaded(rec, crops)
+    loaded = _Loaded(load_recognizer(s), crops)
+    loaded.read(crops[: s.batch_size])  # warm-up, as the worker's first batch is
+    return loaded
 
 
-def _bare_run(loaded: _Loaded) -> float:
-    """Recognise every crop once; the CPU seconds it took."""
+def _bare_run(loaded: _Loaded) -> tuple[float, int, int]:
+    """Read every crop once: the CPU seconds it took, lines read and pieces recognised."""
     cpu = time.process_time()
-    loaded.rec(loaded.crops)
-    return time.process_time() - cpu
+    before = loaded.counting.pieces
+    lines = len(loaded.read(loaded.crops))
+    return time.process_time() - cpu, lines, loaded.counting.pieces - before
 
 
 def _bare_serve(pipe, settings: dict, threads: int, crops: list[Image.Image]) -> None:  # type: ignore[no-untyped-def]
@@ -240,6 +267,10 @@ class Service:
         )
         self.submit_s = (datetime.now(UTC) - started).total_seconds()
         last = wait_finished(self.sessions, job.id, len(pages), self.timeout)
+        with self.sessions() as s:
+            self.lines = s.scalar(
+                select(func.count()).select_from(Line).join(Page).where(Page.job_id == job.id)
+            )
         # Sampled after the poll noticed: CPU the worker spent idling meanwhile is counted.
         cpu = group_cpu_seconds(self.worker.pid) - cpu
         return len(pages) / (last - started).total_seconds(), len(pages) / cpu
@@ -331,11 +362,15 @@ def main() -> None:
                     b, s = bare.rate(len(pages)), service.run(pages)
                     rounds.append((b, s))
                     print(
-                        f"round {n}: bare {b[0]:.2f} pages/s ({b[1]:.2f} per CPU-s), "
+                        f"round {n}: bare {b[0]:.2f} pages/s ({b[1]:.2f} per CPU-s; "
+                        f"{bare.lines} lines in {bare.pieces} pieces), "
                         f"service {s[0]:.2f} pages/s ({s[1]:.2f} per CPU-s; "
-                        f"submit took {service.submit_s:.2f} s), ratio {s[0] / b[0]:.3f}",
+                        f"{service.lines} lines; submit took {service.submit_s:.2f} s), "
+                        f"ratio {s[0] / b[0]:.3f}",
                         flush=True,
                     )
+                    if bare.lines != service.lines:
+                        raise SystemExit("the two sides read different numbers of lines")
                 batches, pipeline_s, write_s = service.worker_times()
             finally:
                 service.close()
@@ -345,11 +380,12 @@ def main() -> None:
                 f"{write_s:.2f} s writing results"
             )
             med = statistics.median
+            ratios = [s[0] / b[0] for b, s in rounds]
             print(f"bare recognizer: {med(b[0] for b, _ in rounds):.2f} pages/s (median)")
             print(f"service:         {med(s[0] for _, s in rounds):.2f} pages/s (median)")
             print(
-                f"ratio:           {med(s[0] / b[0] for b, s in rounds):.3f} "
-                f"(median of {len(rounds)} rounds; target >= 0.9)"
+                f"ratio:           {med(ratios):.3f} (median of {len(rounds)} rounds, "
+                f"{min(ratios):.3f}-{max(ratios):.3f}; target >= 0.9)"
             )
             print(f"ratio per CPU-s: {med(s[1] / b[1] for b, s in rounds):.3f}")
     finally:

@@ -21,6 +21,8 @@ from datetime import UTC, datetime
 from typing import Any
 from xml.etree import ElementTree as ET
 
+from htrq.text import xml_safe
+
 ALTO_NS = "http://www.loc.gov/standards/alto/ns-v4#"
 ALTO_SCHEMA = "http://www.loc.gov/standards/alto/v4/alto-4-4.xsd"
 PAGE_NS = "http://schema.primaresearch.org/PAGE/gts/pagecontent/2019-07-15"
@@ -311,5 +313,11 @@ def _points(points: Sequence[Point], page: PageResult) -> str:
 
 
 def _serialise(root: ET.Element) -> bytes:
+    # Text from a model or a file name can hold what XML 1.0 forbids; the file must parse.
+    for el in root.iter():
+        if el.text:
+            el.text = xml_safe(el.text)
+        for key, value in el.attrib.items():
+            el.attrib[key] = xml_safe(value)
     ET.indent(root)
     return ET.tostring(root, encoding="utf-8", xml_declaration=True)

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from htrq.db import make_engine, upgrade
 from htrq.settings import Settings
+from tests.services import Processes
 
 if TYPE_CHECKING:
     from worker.recognize import Recognizer
@@ -81,12 +82,30 @@ def broker_url() -> Iterator[str]:
     client.close()
 
 
+@pytest.fixture
+def processes(tmp_path: Path, broker_url: str) -> Iterator[Processes]:
+    """Service processes for the test, each stopped (SIGTERM, then SIGKILL) at its end."""
+    procs = Processes(tmp_path)
+    yield procs
+    procs.close()
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random TrOCR-architecture model: right mechanics, meaningless words."""
     from worker.training.build import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session", params=["trocr-base", "trocr-small"])
+def stock_model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random model of a stock TrOCR checkpoint's shape (``tests/stock_shapes.py``):
+    ``trocr-base`` (ViT, RoBERTa BPE) and ``trocr-small`` (DeiT, XLM-R unigram)."""
+    from tests.stock_shapes import build_trocr_base_like, build_trocr_small_like
+
+    build = {"trocr-base": build_trocr_base_like, "trocr-small": build_trocr_small_like}
+    return build[request.param](tmp_path_factory.mktemp(request.param))
 
 
 @pytest.fixture(scope="session")

@@ -19,9 +19,7 @@ from htrq.queue import CelerySender, Send, make_celery
 from htrq.settings import Settings, load_settings
 from htrq.storage import DirectoryStore
 from worker.batch import BatchContext
-from worker.lineimage import split_aspect
-from worker.pipeline import Pipeline
-from worker.segment import Segmenter
+from worker.reading import CannotRead, build_pipeline, check_reads, line_reader
 from worker.sweeper import SweeperThread
 from worker.tasks import register_tasks
 
@@ -41,13 +39,6 @@ _main_pid = os.getpid()
 model_failed = multiprocessing.Value("b", 0)
 
 
-def make_segmenter(settings: Settings) -> Segmenter:
-    """The page segmenter for ``mode=page`` (``HTRQ_SEGMENTER``, classical by default)."""
-    from worker.segment import make_segmenter as by_name
-
-    return by_name(settings.segmenter)
-
-
 def load_recognizer(settings: Settings) -> Recognizer:
     """The recognizer the settings describe (imports torch: call it only where it runs)."""
     from worker.recognize import Recognizer
@@ -64,20 +55,15 @@ def load_recognizer(settings: Settings) -> Recognizer:
 
 
 def load_context(settings: Settings, *, database_url: str, send: Send) -> BatchContext:
-    """Load the model and open the database: everything a process needs to run batches."""
+    """Load the model, check that it reads, open the database: everything a process needs
+    to run batches (raises ``CannotRead`` for a model that loads but cannot read)."""
     recognizer = load_recognizer(settings)
+    check_reads(line_reader(recognizer))
     return BatchContext(
         settings=settings,
         sessions=make_sessions(make_engine(database_url)),
         storage=DirectoryStore(settings.storage_dir),
-        pipeline=Pipeline(
-            recognize=recognizer,
-            segmenter=make_segmenter(settings),
-            max_pixels=settings.max_pixels,
-            pdf_dpi=settings.pdf_dpi,
-            line_margin=settings.line_margin,
-            max_aspect=split_aspect(recognizer.width, recognizer.height),
-        ),
+        pipeline=build_pipeline(settings, recognizer),
         model_name=recognizer.name,
         send=send,
     )
@@ -138,10 +124,14 @@ def _on_process_init(**_: Any) -> None:
     _context = None  # never reuse a parent's engine or model after a fork
     try:
         get_context()
-    except Exception:
-        # A worker without its model would take pages and fail every one of them: stop the
-        # whole worker (the main process, which is this one under --pool=solo) instead.
-        log.critical("cannot load the model; stopping the worker", exc_info=True)
+    except Exception as exc:
+        # A worker without a model that reads would take pages and fail every one of them:
+        # stop the whole worker (the main process, which is this one under --pool=solo)
+        # instead, before it claims any. One line says why; the traceback is for debugging.
+        assert _settings is not None
+        what = "cannot read with" if isinstance(exc, CannotRead) else "cannot load"
+        log.critical("%s the model %s (%s); stopping the worker", what, _settings.model, exc)
+        log.debug("model failure", exc_info=True)
         model_failed.value = 1
         os.kill(_main_pid, signal.SIGTERM)
 

@@ -77,8 +77,9 @@ def prepare_line(im: Image.Image) -> Image.Image:
     return out
 
 
-def split_aspect(width: int, height: int) -> float:
-    """How many heights wide a line may be before it is split, for a ``width x height`` input.
+def split_aspect(width: int, height: int) -> float | None:
+    """How many heights wide a line may be before it is split, for a ``width x height`` input;
+    None for an input that is not line-shaped (never split).
 
     A line model reads lines up to twice its input's aspect squeezed into it: synthetic
     training lines, trimmed, reach 25:1 on a 12:1 input (99th percentile 18.8:1), and they
@@ -86,10 +87,11 @@ def split_aspect(width: int, height: int) -> float:
     sooner costs more than it saves, since each seam is a chance to drop or repeat letters:
     with the previous built-in checkpoint, greedy, held-out synthetic lines read at CER
     0.328 when split beyond 12:1, 0.323 beyond 18:1 and 0.316 beyond 24:1. A square input
-    (stock TrOCR, 384x384) squeezes every line anyway and reads best whole: no splitting.
+    (stock TrOCR, 384x384) stretches every line into it, as it was trained: such a model
+    reads each line whole.
     """
     aspect = width / height
-    return 2 * aspect if aspect >= LINE_ASPECT else float("inf")
+    return 2 * aspect if aspect >= LINE_ASPECT else None
 
 
 def fit_line(

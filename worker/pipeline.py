@@ -7,37 +7,25 @@ width and batches them, so that a group of short pages fills the batches as well
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from PIL import Image
 
 from htrq.errors import PageError
 from htrq.inputs import render_page
-from worker.lineimage import prepare_line
 from worker.preprocess import BLANK_INFO_KEY, SKEW_INFO_KEY, normalise_page
+from worker.reading import ReadLines
 from worker.segment import (
     LineBox,
     Segmenter,
     WholeImageSegmenter,
     crop_lines,
-    join_all,
     make_segmenter,
-    split_all,
     to_source_frame,
 )
 
 log = logging.getLogger(__name__)
-
-
-class Recognized(Protocol):
-    text: str
-    confidence: float
-
-
-#: The recognizer seen from here: crops in, one result per crop out, in order.
-Recognize = Callable[[Sequence[Image.Image]], Sequence[Recognized]]
 
 
 @dataclass(frozen=True)
@@ -83,14 +71,14 @@ class Pipeline:
     def __init__(
         self,
         *,
-        recognize: Recognize,
+        read: ReadLines,
         segmenter: Segmenter | None = None,
         max_pixels: int = 60_000_000,
         pdf_dpi: int = 300,
         line_margin: int = 4,
-        max_aspect: float = 12.0,
     ) -> None:
-        self.recognize = recognize
+        #: Reads every line crop of the group in one call (``worker.reading``).
+        self.read = read
         #: Used for ``mode=page``; the next issue swaps in a real page segmenter here.
         self.segmenter: Segmenter = segmenter or make_segmenter()
         #: Used for ``mode=line``: the upload is a single line.
@@ -98,8 +86,6 @@ class Pipeline:
         self.max_pixels = max_pixels
         self.pdf_dpi = pdf_dpi
         self.line_margin = line_margin
-        #: Crops wider than this many heights are split with overlap (the model's input shape).
-        self.max_aspect = max_aspect
 
     def __call__(self, pages: Sequence[PageInput]) -> dict[Hashable, PageOutput | PageError]:
         """Return each page's output, or the :class:`PageError` that stopped it.
@@ -107,33 +93,28 @@ class Pipeline:
         A recognizer failure is not a page's fault and propagates to the caller.
         """
         outcomes: dict[Hashable, PageOutput | PageError] = {}
-        spans: list[tuple[Hashable, list[LineBox], list[int], int, tuple[int, int]]] = []
-        pieces: list[Image.Image] = []
+        spans: list[tuple[Hashable, list[LineBox], int, tuple[int, int]]] = []
+        crops: list[Image.Image] = []
         for page in pages:
             try:
-                boxes, page_pieces, counts, size = self._cut(page)
+                boxes, page_crops, size = self._cut(page)
             except PageError as exc:
                 outcomes[page.key] = exc
                 continue
-            spans.append((page.key, boxes, counts, len(pieces), size))
-            pieces.extend(page_pieces)
+            spans.append((page.key, boxes, len(crops), size))
+            crops.extend(page_crops)
 
-        results = list(self.recognize(pieces)) if pieces else []
-        if len(results) != len(pieces):
-            raise RuntimeError(
-                f"recognizer returned {len(results)} results for {len(pieces)} pieces"
-            )
-        for key, boxes, counts, start, size in spans:
-            flat = [(r.text, float(r.confidence)) for r in results[start : start + sum(counts)]]
+        read = self.read(crops)
+        for key, boxes, start, size in spans:
             lines = [
                 LineOutput(
                     text=text,
-                    confidence=min(1.0, max(0.0, conf)),
+                    confidence=conf,
                     bbox=b.bbox,
                     polygon=b.polygon,
                     baseline=b.baseline,
                 )
-                for (text, conf), b in zip(join_all(flat, counts), boxes, strict=True)
+                for (text, conf), b in zip(read[start : start + len(boxes)], boxes, strict=True)
             ]
             outcomes[key] = PageOutput(
                 text="\n".join(ln.text for ln in lines),
@@ -143,10 +124,8 @@ class Pipeline:
             )
         return outcomes
 
-    def _cut(
-        self, page: PageInput
-    ) -> tuple[list[LineBox], list[Image.Image], list[int], tuple[int, int]]:
-        """Lines (on the uploaded image), recognizer pieces, pieces per line, page size."""
+    def _cut(self, page: PageInput) -> tuple[list[LineBox], list[Image.Image], tuple[int, int]]:
+        """Lines (on the uploaded image), their crops, the page size."""
         try:
             raw = render_page(page.data, page.frame, dpi=self.pdf_dpi, max_pixels=self.max_pixels)
             im = normalise_page(raw, max_pixels=self.max_pixels, deskew=page.mode != "line")
@@ -159,8 +138,6 @@ class Pipeline:
         except (OSError, ValueError, Image.DecompressionBombError) as exc:
             # Pillow decodes lazily: a truncated or corrupt file can fail at any step here.
             raise PageError("invalid_image", f"the image could not be decoded: {exc}") from exc
-        # Trimmed before splitting, so that a line's width is measured against its ink height.
-        pieces, counts = split_all([prepare_line(c) for c in crops], max_aspect=self.max_aspect)
         # Crops come from the deskewed page; what is stored refers to the uploaded image.
         lines = to_source_frame(boxes, im.info.get(SKEW_INFO_KEY, 0.0), im.size)
-        return lines, pieces, counts, im.size
+        return lines, crops, im.size

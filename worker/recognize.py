@@ -21,8 +21,9 @@ from transformers.utils import logging as hf_logging
 
 from htrq.resources import CTC_WEIGHT
 from worker.ctc_prefix import CTC_HEAD_FILE, CTCPrefixScore, load_ctc_head
-from worker.decoding import LengthLimit, length_limits
+from worker.decoding import LengthLimit, length_limits, token_chars
 from worker.lineimage import fit_line, prepare_line
+from worker.loading import load_model
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,8 @@ class Recognizer:
         #: and the weight is above 0; otherwise the decoder reads alone.
         self.ctc_weight = ctc_weight if ctc_head is not None else 0.0
         self.ctc_head = ctc_head.to(self.device, self.dtype).eval() if self.ctc_weight else None
+        #: Characters per token, for the length limit (None: one per token).
+        self.token_chars = token_chars(processor.tokenizer)
 
     @classmethod
     def load(
@@ -109,7 +112,7 @@ class Recognizer:
         # A progress bar per weight file is noise in a worker's log.
         hf_logging.disable_progress_bar()
         # Checkpoints saved in fp16 load as fp16 unless told otherwise.
-        net = VisionEncoderDecoderModel.from_pretrained(path, dtype=torch_dtype).to(dev)
+        net = load_model(path, torch_dtype).to(dev)
         processor = AutoProcessor.from_pretrained(path)
         # Checkpoints written by the trainer pin max_length=20; our explicit max_new_tokens
         # should be the only length limit (and the warning about both is noise in the logs).
@@ -202,6 +205,7 @@ class Recognizer:
                 eos,
                 num_beams=self.num_beams,
                 device=self.device,
+                chars=self.token_chars,
             )
         )
         beams = self.num_beams > 1

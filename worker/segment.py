@@ -173,9 +173,14 @@ def join_pieces(texts: list[str], *, min_overlap: int = 3) -> str:
 
 
 def split_all(
-    crops: Sequence[Image.Image], *, max_aspect: float = 12.0
+    crops: Sequence[Image.Image], *, max_aspect: float | None
 ) -> tuple[list[Image.Image], list[int]]:
-    """:func:`split_wide` over many crops: every piece in order, and how many each crop gave."""
+    """:func:`split_wide` over many crops: every piece in order, and how many each crop gave.
+
+    ``max_aspect`` None splits nothing (every crop is one piece).
+    """
+    if max_aspect is None:
+        return list(crops), [1] * len(crops)
     pieces = [split_wide(c, max_aspect=max_aspect) for c in crops]
     return [p for ps in pieces for p in ps], [len(ps) for ps in pieces]
 

@@ -19,7 +19,8 @@ from htrq.storage import DirectoryStore
 from tests.images import corrupt_png, multipage_tiff, page_png
 from worker.batch import BatchContext, process_batch
 from worker.embedded import LocalQueue
-from worker.pipeline import LineOutput, Pipeline, Recognize
+from worker.pipeline import LineOutput, Pipeline
+from worker.reading import LineReader, Recognize
 from worker.recognize import Recognizer
 from worker.sweeper import sweep_once
 
@@ -31,7 +32,7 @@ def _context(
         settings=settings,
         sessions=sessions,
         storage=DirectoryStore(settings.storage_dir),
-        pipeline=Pipeline(recognize=recognize),
+        pipeline=Pipeline(read=LineReader(recognize, max_aspect=12.0)),
         model_name="tiny",
         send=LocalQueue(),
     )

@@ -2,17 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
-import signal
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -22,112 +13,9 @@ from htrq.models import Job, Line, Page
 from htrq.settings import Settings
 from tests.images import corrupt_png, page_png
 from tests.pdfs import broken_pdf
+from tests.services import Processes, poll_job, service_env, wait_for
 
 pytestmark = pytest.mark.slow
-
-HTRQ = str(Path(sys.executable).parent / "htrq")
-#: Generous bound for a busy 2-core machine; the tests finish far sooner when it is idle.
-DEADLINE = 180
-
-
-def _env(settings: Settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HTRQ_")}
-    for name, value in settings.model_dump().items():
-        if value is not None:
-            env[f"HTRQ_{name.upper()}"] = str(value)
-    # One thread per process: the worker shares two cores with the test and the API.
-    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", TRANSFORMERS_VERBOSITY="error")
-    return env
-
-
-class Processes:
-    """Start service processes in their own process groups; kill what is left at the end."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def start(
-        self, name: str, args: list[str], env: dict[str, str]
-    ) -> tuple[subprocess.Popen[bytes], Path]:
-        log = self.tmp / f"{name}.log"
-        with log.open("wb") as out:  # the child keeps its own copy of the descriptor
-            proc = subprocess.Popen(
-                [HTRQ, *args],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own group, so SIGKILL reaches pool children too
-            )
-        self.procs.append(proc)
-        return proc, log
-
-    def worker(self, name: str, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], Path]:
-        proc, log = self.start(name, ["worker", "--loglevel=info", f"--hostname={name}@%h"], env)
-        _wait_for(lambda: b" ready." in log.read_bytes(), f"{name} to start", proc, log)
-        return proc, log
-
-    def api(self, env: dict[str, str]) -> str:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        proc, log = self.start("api", ["api", "--port", str(port), "--loglevel=warning"], env)
-        url = f"http://127.0.0.1:{port}"
-
-        def up() -> bool:
-            try:
-                return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        _wait_for(up, "the API to answer", proc, log)
-        return url
-
-    def kill(self, proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        proc.wait(timeout=30)
-
-    def close(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                self.kill(proc, signal.SIGTERM)
-
-
-def _wait_for(
-    ready: Callable[[], bool],
-    what: str,
-    proc: subprocess.Popen[bytes] | None = None,
-    log: Path | None = None,
-    interval: float = 0.2,
-) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while not ready():
-        if proc is not None and proc.poll() is not None:
-            tail = log.read_text(errors="replace")[-3000:] if log else ""
-            pytest.fail(f"process exited with {proc.returncode} waiting for {what}:\n{tail}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(interval)
-
-
-@pytest.fixture
-def processes(tmp_path: Path, broker_url: str) -> Iterator[Processes]:
-    procs = Processes(tmp_path)
-    yield procs
-    procs.close()
-
-
-def _poll_job(url: str, job_id: str) -> dict[str, Any]:
-    job: dict[str, Any] = {}
-
-    def finished() -> bool:
-        nonlocal job
-        job = httpx.get(f"{url}/v1/jobs/{job_id}", timeout=10).json()
-        return job["status"] in ("succeeded", "failed", "partial")
-
-    _wait_for(finished, f"job {job_id} to finish", interval=0.5)
-    return job
 
 
 def test_a_job_with_a_corrupt_file_ends_partial_with_every_row_right(
@@ -138,7 +26,7 @@ def test_a_job_with_a_corrupt_file_ends_partial_with_every_row_right(
     The corrupt PNG passes the upload check (its header reads) and fails in the worker; the
     broken PDF is failed at submit and never reaches the queue.
     """
-    env = _env(settings)
+    env = service_env(settings)
     _, worker_log = processes.worker("w1", env)
     url = processes.api(env)
 
@@ -149,7 +37,7 @@ def test_a_job_with_a_corrupt_file_ends_partial_with_every_row_right(
     assert r.status_code == 201, r.text
     job_id = r.json()["id"]
 
-    job = _poll_job(url, job_id)
+    job = poll_job(url, job_id)
     assert job["status"] == "partial"
     assert job["counts"] == {"queued": 0, "running": 0, "succeeded": 5, "failed": 2}
 
@@ -215,7 +103,7 @@ def test_a_worker_killed_mid_batch_loses_no_page_and_duplicates_none(
     settings = settings.model_copy(
         update={"lease_seconds": 4, "queued_grace_seconds": 3, "max_attempts": 3}
     )
-    env = _env(settings)
+    env = service_env(settings)
     first, _ = processes.worker("doomed", env)
     url = processes.api(env)
     files = [("files", (f"p{i}.png", page_png(f"line {i}"), "image/png")) for i in range(12)]
@@ -227,13 +115,13 @@ def test_a_worker_killed_mid_batch_loses_no_page_and_duplicates_none(
             q = select(func.count()).where(Page.job_id == job_id, Page.status == "running")
             return conn.execute(q).scalar_one()
 
-    _wait_for(lambda: running() > 0, "a batch to start", first, interval=0.01)
+    wait_for(lambda: running() > 0, "a batch to start", first, interval=0.01)
     processes.kill(first)
     stranded = running()
     assert stranded > 0, "the worker finished its batch before the kill landed"
 
     processes.worker("rescuer", env)
-    job = _poll_job(url, job_id)
+    job = poll_job(url, job_id)
     assert job["status"] == "succeeded"
 
     with engine.connect() as conn:

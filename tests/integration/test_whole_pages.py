@@ -17,9 +17,8 @@ from htrq.storage import DirectoryStore
 from tests.pdfs import broken_pdf, pdf_of, text_pdf
 from worker.batch import BatchContext, process_batch
 from worker.embedded import LocalQueue
-from worker.pipeline import Pipeline
+from worker.reading import build_pipeline
 from worker.recognize import Recognizer
-from worker.segment import make_segmenter
 from worker.training.synth_pages import SynthPage, render_page
 
 
@@ -34,7 +33,7 @@ def submit_and_process(
         settings=settings,
         sessions=sessions,
         storage=DirectoryStore(settings.storage_dir),
-        pipeline=Pipeline(recognize=recognizer, segmenter=make_segmenter("classical")),
+        pipeline=build_pipeline(settings.model_copy(update={"segmenter": "classical"}), recognizer),
         model_name="tiny",
         send=LocalQueue(),
     )

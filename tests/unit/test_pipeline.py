@@ -10,6 +10,7 @@ from PIL import Image, ImageDraw
 from htrq.errors import PageError
 from tests.images import corrupt_png, page_png
 from worker.pipeline import LineOutput, PageInput, PageOutput, Pipeline, page_confidence
+from worker.reading import LineReader, line_reader
 from worker.recognize import Recognizer
 from worker.segment import LineBox
 
@@ -52,7 +53,7 @@ def _two_strokes(w: int) -> bytes:
 def test_all_lines_of_all_pages_go_to_the_recognizer_in_one_call() -> None:
     """A group of pages costs one recognizer call, and results map back to their pages."""
     rec = CountingRecognizer()
-    pipe = Pipeline(recognize=rec, segmenter=TwoLines(), line_margin=0)
+    pipe = Pipeline(read=LineReader(rec, max_aspect=12.0), segmenter=TwoLines(), line_margin=0)
     # Each half holds a stroke as wide as the half: trimming keeps the width, which traces it.
     pages = [PageInput(key=i, data=_two_strokes(100 + 20 * i)) for i in range(3)]
     out = pipe(pages)
@@ -73,7 +74,7 @@ def test_a_corrupt_page_fails_alone() -> None:
         PageInput(key="bad", data=corrupt_png()),
         PageInput(key="b", data=page_png()),
     ]
-    out = Pipeline(recognize=rec)(pages)
+    out = Pipeline(read=LineReader(rec, max_aspect=12.0))(pages)
     assert isinstance(out["bad"], PageError) and out["bad"].code == "invalid_image"
     assert isinstance(out["a"], PageOutput) and isinstance(out["b"], PageOutput)
     assert rec.calls == [2]
@@ -81,13 +82,15 @@ def test_a_corrupt_page_fails_alone() -> None:
 
 def test_an_oversized_page_fails_with_too_large() -> None:
     """The pixel limit refuses a page with the too_large code."""
-    out = Pipeline(recognize=CountingRecognizer(), max_pixels=1000)([PageInput("p", page_png())])
+    out = Pipeline(read=LineReader(CountingRecognizer(), max_aspect=12.0), max_pixels=1000)(
+        [PageInput("p", page_png())]
+    )
     assert isinstance(out["p"], PageError) and out["p"].code == "too_large"
 
 
 def test_line_mode_reads_the_image_as_one_line() -> None:
     """mode=line bypasses the page segmenter."""
-    out = Pipeline(recognize=CountingRecognizer(), segmenter=TwoLines())(
+    out = Pipeline(read=LineReader(CountingRecognizer(), max_aspect=12.0), segmenter=TwoLines())(
         [PageInput("p", page_png(), mode="line")]
     )
     assert isinstance(out["p"], PageOutput) and len(out["p"].lines) == 1
@@ -100,7 +103,7 @@ def test_a_blank_page_succeeds_with_no_text(mode: str) -> None:
     rec = CountingRecognizer()
     buf = io.BytesIO()
     Image.new("L", (600, 800), 250).save(buf, "PNG")
-    out = Pipeline(recognize=rec, segmenter=TwoLines())(
+    out = Pipeline(read=LineReader(rec, max_aspect=12.0), segmenter=TwoLines())(
         [PageInput("blank", buf.getvalue(), mode=mode), PageInput("p", page_png(), mode=mode)]
     )
     blank = out["blank"]
@@ -120,7 +123,7 @@ def test_page_confidence_is_the_character_weighted_mean() -> None:
 
 def test_the_tiny_model_reads_pages_end_to_end(recognizer: Recognizer) -> None:
     """With a real (tiny) recognizer every page gets text and a confidence in 0..1."""
-    out = Pipeline(recognize=recognizer)([PageInput(i, page_png()) for i in range(3)])
+    out = Pipeline(read=line_reader(recognizer))([PageInput(i, page_png()) for i in range(3)])
     for page in out.values():
         assert isinstance(page, PageOutput)
         assert page.confidence is not None and 0 <= page.confidence <= 1

@@ -9,9 +9,8 @@ from dataclasses import dataclass, field
 from PIL import Image
 
 from htrq.resources import REVIEW_BELOW
-from worker.lineimage import prepare_line, split_aspect
+from worker.reading import line_reader
 from worker.recognize import Recognizer
-from worker.segment import join_all, split_all
 from worker.training.metrics import cer, edit_distance, wer
 
 
@@ -44,11 +43,7 @@ def evaluate(
     when wider than the model's input, the pieces' texts re-joined (timed, like the rest)."""
     refs = [t for _, t in samples]
     start = time.perf_counter()
-    pieces, counts = split_all(
-        [prepare_line(im) for im, _ in samples],
-        max_aspect=split_aspect(recognizer.width, recognizer.height),
-    )
-    read = join_all([(r.text, r.confidence) for r in recognizer(pieces)], counts)
+    read = line_reader(recognizer)([im for im, _ in samples])
     elapsed = time.perf_counter() - start
     hyps = [text for text, _ in read]
     confs = [conf for _, conf in read]

@@ -1,0 +1,42 @@
+"""Text that is safe to store, show and write into XML, whatever produced it."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+#: What XML 1.0 forbids in a document: C0 controls but tab, newline and carriage return,
+#: lone surrogates, U+FFFE and U+FFFF. lxml refuses to parse an ALTO or PAGE file holding any.
+XML_FORBIDDEN = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+#: Controls of any kind (C0, DEL, C1) and line or paragraph separators: never part of a name.
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def xml_safe(text: str) -> str:
+    """``text`` without the characters XML 1.0 forbids (everything else kept)."""
+    return XML_FORBIDDEN.sub("", text)
+
+
+def clean_line_text(text: str) -> str:
+    """A recognised line as stored: no control characters (a model may write them), one
+    line, no surrounding spaces."""
+    return _CONTROLS.sub("", text).strip()
+
+
+def clean_filename(name: str, max_chars: int = 255) -> str:
+    """An upload's file name as stored: its last path part, NFC, no control characters,
+    at most ``max_chars`` characters (the extension kept), any other Unicode kept.
+
+    A name that is nothing after that becomes ``upload``.
+    """
+    name = unicodedata.normalize("NFC", name).replace("\\", "/").rsplit("/", 1)[-1]
+    name = _CONTROLS.sub("", name).strip()
+    if name in ("", ".", ".."):
+        return "upload"
+    if len(name) > max_chars:
+        stem, dot, ext = name.rpartition(".")
+        if dot and 0 < len(ext) <= 16:
+            name = stem[: max_chars - len(ext) - 1] + "." + ext
+        else:
+            name = name[:max_chars]
+    return name

@@ -1,0 +1,124 @@
+"""Service processes for end-to-end tests: ``htrq worker`` and ``htrq api`` in their own
+process groups, with the run's settings, and waits that fail with the process's log."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from htrq.settings import Settings
+
+HTRQ = str(Path(sys.executable).parent / "htrq")
+#: Generous bound for a busy 2-core machine; the tests finish far sooner when it is idle.
+DEADLINE = 180
+
+
+def service_env(settings: Settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HTRQ_")}
+    for name, value in settings.model_dump().items():
+        if value is not None:
+            env[f"HTRQ_{name.upper()}"] = str(value)
+    # One thread per process: the worker shares two cores with the test and the API.
+    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", TRANSFORMERS_VERBOSITY="error")
+    return env
+
+
+class Processes:
+    """Start service processes in their own process groups; kill what is left at the end."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(
+        self, name: str, args: list[str], env: dict[str, str]
+    ) -> tuple[subprocess.Popen[bytes], Path]:
+        log = self.tmp / f"{name}.log"
+        with log.open("wb") as out:  # the child keeps its own copy of the descriptor
+            proc = subprocess.Popen(
+                [HTRQ, *args],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own group, so SIGKILL reaches pool children too
+            )
+        self.procs.append(proc)
+        return proc, log
+
+    def worker(self, name: str, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], Path]:
+        proc, log = self.start(name, ["worker", "--loglevel=info", f"--hostname={name}@%h"], env)
+        wait_for(lambda: b" ready." in log.read_bytes(), f"{name} to start", proc, log)
+        return proc, log
+
+    def api(self, env: dict[str, str]) -> str:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        proc, log = self.start("api", ["api", "--port", str(port), "--loglevel=warning"], env)
+        url = f"http://127.0.0.1:{port}"
+
+        def up() -> bool:
+            try:
+                return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(up, "the API to answer", proc, log)
+        return url
+
+    def kill(self, proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            # A process that ignores SIGTERM (stuck in a batch) must not outlive the test.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                self.kill(proc, signal.SIGTERM)
+
+
+def wait_for(
+    ready: Callable[[], bool],
+    what: str,
+    proc: subprocess.Popen[bytes] | None = None,
+    log: Path | None = None,
+    interval: float = 0.2,
+) -> None:
+    deadline = time.monotonic() + DEADLINE
+    while not ready():
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-3000:] if log else ""
+            pytest.fail(f"process exited with {proc.returncode} waiting for {what}:\n{tail}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(interval)
+
+
+def poll_job(url: str, job_id: str, headers: dict[str, str] | None = None) -> dict[str, Any]:
+    """The job's resource once it has finished (succeeded, failed or partial)."""
+    job: dict[str, Any] = {}
+
+    def finished() -> bool:
+        nonlocal job
+        job = httpx.get(f"{url}/v1/jobs/{job_id}", headers=headers, timeout=10).json()
+        return job["status"] in ("succeeded", "failed", "partial")
+
+    wait_for(finished, f"job {job_id} to finish", interval=0.5)
+    return job

@@ -1,0 +1,102 @@
+"""The reading path, built in one place: line crops in, text and confidence per line out.
+
+Every line, whoever reads it (the worker, ``htrq transcribe``, ``htrq eval``, the
+benchmarks), goes through the same steps: trimmed to its ink, split into overlapping pieces
+when it is wider than the model can take, the pieces recognised together with every other
+line's, their texts re-joined. How wide is too wide depends on the model's input shape, so
+the reader is made from the loaded recognizer (:func:`line_reader`) and the page pipeline
+from settings and that recognizer (:func:`build_pipeline`); nothing else assembles them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from PIL import Image
+
+from htrq.text import clean_line_text
+from worker.lineimage import prepare_line, split_aspect
+from worker.segment import join_all, split_all
+
+if TYPE_CHECKING:
+    from htrq.settings import Settings
+    from worker.pipeline import Pipeline
+    from worker.recognize import Recognizer
+
+
+class Recognized(Protocol):
+    text: str
+    confidence: float
+
+
+#: The recognizer seen from here: crops in, one result per crop out, in order.
+Recognize = Callable[[Sequence[Image.Image]], Sequence[Recognized]]
+#: What the page pipeline calls: line crops in, ``(text, confidence)`` per crop out.
+ReadLines = Callable[[Sequence[Image.Image]], list[tuple[str, float]]]
+
+
+@dataclass(frozen=True)
+class LineReader:
+    """``reader(crops) -> [(text, confidence), ...]``, one per crop, in order."""
+
+    recognize: Recognize
+    #: Crops wider than this many heights are read in overlapping pieces; None reads every
+    #: line whole (models with a square input stretch any line into it anyway).
+    max_aspect: float | None
+
+    def __call__(self, crops: Sequence[Image.Image]) -> list[tuple[str, float]]:
+        if not crops:
+            return []
+        # Trimmed before splitting, so that a line's width is measured against its ink height.
+        pieces, counts = split_all([prepare_line(c) for c in crops], max_aspect=self.max_aspect)
+        results = list(self.recognize(pieces))
+        if len(results) != len(pieces):
+            raise RuntimeError(
+                f"recognizer returned {len(results)} results for {len(pieces)} pieces"
+            )
+        flat = [(clean_line_text(r.text), min(1.0, max(0.0, float(r.confidence)))) for r in results]
+        return join_all(flat, counts)
+
+
+def line_reader(recognizer: Recognizer) -> LineReader:
+    """The reader for a loaded recognizer: split where its input shape says."""
+    return LineReader(recognizer, split_aspect(recognizer.width, recognizer.height))
+
+
+class CannotRead(RuntimeError):
+    """The model loaded but fails to read a line: a worker with it must not take pages."""
+
+
+def check_reads(reader: ReadLines) -> None:
+    """Read one small generated line, or raise :class:`CannotRead` saying why.
+
+    A model that loads but cannot read (an image size its processor and encoder disagree on,
+    a broken tokenizer, a dtype the device lacks) would otherwise fail every page it claims
+    with ``model_error`` until their attempts run out.
+    """
+    from PIL import ImageDraw
+
+    line = Image.new("L", (160, 24), 255)
+    ImageDraw.Draw(line).text((4, 6), "htrq reads this line", fill=0)
+    try:
+        (read,) = reader([line])
+    except Exception as exc:
+        raise CannotRead(f"{type(exc).__name__}: {exc}") from exc
+    if not isinstance(read[0], str):
+        raise CannotRead(f"the reader returned {read!r} for a line")
+
+
+def build_pipeline(settings: Settings, recognizer: Recognizer) -> Pipeline:
+    """The page pipeline the settings describe, reading with ``recognizer``."""
+    from worker.pipeline import Pipeline
+    from worker.segment import make_segmenter
+
+    return Pipeline(
+        read=line_reader(recognizer),
+        segmenter=make_segmenter(settings.segmenter),
+        max_pixels=settings.max_pixels,
+        pdf_dpi=settings.pdf_dpi,
+        line_margin=settings.line_margin,
+    )
