@@ -29,6 +29,7 @@ class Claim:
     attempt_limit: int
     blob_key: str
     frame: int
+    read_alone: bool = False  #: its last group ran out of time: read it in a group of its own
 
 
 Points = Sequence[tuple[int, int]]
@@ -64,10 +65,14 @@ def claim_pages(
             lease_until=now + timedelta(seconds=lease_seconds),
             started_at=now,
         )
-        .returning(Page.id, Page.attempts, Page.attempt_limit, Page.blob_key, Page.frame)
+        .returning(
+            Page.id, Page.attempts, Page.attempt_limit, Page.blob_key, Page.frame, Page.read_alone
+        )
         .execution_options(**NO_SYNC)
     ).all()
-    return [Claim(r.id, r.attempts, r.attempt_limit, r.blob_key, r.frame) for r in rows]
+    return [
+        Claim(r.id, r.attempts, r.attempt_limit, r.blob_key, r.frame, r.read_alone) for r in rows
+    ]
 
 
 def _fenced_update(session: Session, claim: Claim, **values: object) -> bool:
@@ -199,6 +204,22 @@ def release_for_retry(session: Session, claim: Claim, *, code: str, message: str
         queued_at=utcnow(),
     )
     return "queued" if kept else None
+
+
+def release_to_read_alone(session: Session, claim: Claim) -> bool:
+    """After its group ran out of time: back to ``queued``, to be read in a group of its own.
+
+    The attempt is given back (``attempt_limit`` + 1): the page did nothing wrong yet. It
+    can happen once per page, since a page read alone that runs out of time fails instead.
+    """
+    return _fenced_update(
+        session,
+        claim,
+        status="queued",
+        read_alone=True,
+        attempt_limit=Page.attempt_limit + 1,
+        queued_at=utcnow(),
+    )
 
 
 @dataclass(frozen=True)

@@ -17,13 +17,15 @@ from dataclasses import dataclass
 import pypdfium2 as pdfium
 from PIL import Image
 
-from htrq.errors import PageError
+from htrq.errors import PageError, public_message
 
 #: Formats accepted for upload, by the name Pillow (or ``PDF``) gives them.
 IMAGE_FORMATS = {"PNG", "JPEG", "TIFF", "WEBP", "BMP"}
 
 #: Default pixel bound for one page (about A3 at 600 DPI). The worker passes its setting.
 DEFAULT_MAX_PIXELS = 100_000_000
+#: Default bound on a page's long side over its short side (the settings' ``max_aspect``).
+DEFAULT_MAX_ASPECT = 100.0
 
 #: PDFium's FPDF_ERR_PASSWORD: the document is encrypted and no (right) password was given.
 _PDF_ERR_PASSWORD = 4
@@ -41,12 +43,18 @@ def is_pdf(data: bytes) -> bool:
 
 
 def inspect_upload(
-    data: bytes, *, max_pages: int = 500, max_pixels: int | None = None
+    data: bytes,
+    *,
+    max_pages: int = 500,
+    max_pixels: int | None = None,
+    max_aspect: float = DEFAULT_MAX_ASPECT,
 ) -> UploadInfo:
     """Identify ``data`` and count its pages, or raise :class:`PageError`.
 
     With ``max_pixels`` an image whose (first) page is over the bound is refused here, from
-    its header; PDF pages are checked when rendered, at the DPI the worker uses.
+    its header, as is one whose shape is beyond ``max_aspect``; PDF pages are checked when
+    rendered, at the DPI the worker uses. TIFF frames are counted no further than
+    ``max_pages`` (a file of 80,000 tiny frames is refused after 501 of them).
     """
     if not data:
         raise PageError("empty_file", "the uploaded file is empty")
@@ -60,10 +68,11 @@ def inspect_upload(
             if fmt not in IMAGE_FORMATS:
                 raise PageError("unsupported_format", f"{fmt or 'unknown'} files are not accepted")
             _check_not_empty(im.size, 0)
+            check_aspect(im.size, max_aspect)
             if max_pixels is not None:
                 check_pixels(im.size, max_pixels)
             # Only TIFF frames are pages; an animated WebP is one picture, read its first frame.
-            pages = getattr(im, "n_frames", 1) if fmt == "TIFF" else 1
+            pages = _count_frames(im, max_pages) if fmt == "TIFF" else 1
     if pages > max_pages:
         raise PageError(
             "too_many_pages",
@@ -73,28 +82,43 @@ def inspect_upload(
 
 
 def render_page(
-    data: bytes, frame: int = 0, *, dpi: int = 300, max_pixels: int = DEFAULT_MAX_PIXELS
+    data: bytes,
+    frame: int = 0,
+    *,
+    dpi: int = 300,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_aspect: float = DEFAULT_MAX_ASPECT,
 ) -> Image.Image:
     """Return page ``frame`` of a stored upload as a decoded PIL image (not yet normalised).
 
-    The pixel count is checked from the header (or the PDF page size at ``dpi``) before any
-    pixel is decoded, so a decompression bomb is refused with ``too_large`` at no cost.
+    The format, shape and pixel count are checked from the header (or the PDF page size at
+    ``dpi``) before any pixel is decoded, so a decompression bomb is refused with
+    ``too_large`` at no cost, and a format refused at upload is refused here too (a retry
+    re-reads the stored bytes). PDF pages are rendered here without a time limit: the
+    worker renders them through ``worker.render``, which has one.
     """
     if not data:  # as at upload: a retried page that was refused there keeps its code
         raise PageError("empty_file", "the uploaded file is empty")
     if is_pdf(data):
-        return _render_pdf_page(data, frame, dpi=dpi, max_pixels=max_pixels)
+        return render_pdf_page(data, frame, dpi=dpi, max_pixels=max_pixels, max_aspect=max_aspect)
     with _open_image(data) as im:
+        if (im.format or "") not in IMAGE_FORMATS:
+            raise PageError(
+                "unsupported_format", f"{im.format or 'unknown'} files are not accepted"
+            )
         try:
             im.seek(frame)
-        except EOFError as exc:
+        except (EOFError, ValueError) as exc:
             raise PageError("invalid_image", f"the file has no page {frame}") from exc
         _check_not_empty(im.size, frame)
+        check_aspect(im.size, max_aspect)
         check_pixels(im.size, max_pixels)
         try:
             im.load()
         except Exception as exc:  # truncated or corrupt pixel data; Pillow raises many types
-            raise PageError("invalid_image", f"page {frame} could not be decoded: {exc}") from exc
+            raise PageError(
+                "invalid_image", f"page {frame} could not be decoded: {public_message(exc)}"
+            ) from exc
         # Copy the one frame out so the file can close; the copy keeps ``info`` (and with it
         # the EXIF orientation, which normalise_page applies).
         return im.copy()
@@ -108,6 +132,39 @@ def check_pixels(size: tuple[int, int], max_pixels: int) -> None:
             "too_large",
             f"{w}x{h} is {w * h} pixels, over the limit of {max_pixels}; scan at a lower DPI",
         )
+
+
+def check_aspect(size: tuple[int, int], max_aspect: float) -> None:
+    """Refuse a page whose long side is more than ``max_aspect`` times its short side."""
+    w, h = size
+    if max(w, h) > max_aspect * max(1, min(w, h)):
+        raise PageError(
+            "extreme_aspect",
+            f"{w}x{h} is more than {max_aspect:g} times as long as it is wide; "
+            "upload pages or single lines",
+        )
+
+
+def _count_frames(im: Image.Image, max_pages: int) -> int:
+    """Frames of a multi-frame image, counted one seek at a time and no further than one
+    past ``max_pages`` (Pillow's ``n_frames`` reads every frame, and a damaged frame
+    header can raise anything)."""
+    count = 1
+    try:
+        while count <= max_pages:
+            im.seek(count)
+            _check_not_empty(im.size, count)
+            count += 1
+    except EOFError:
+        pass
+    except PageError:
+        raise
+    except Exception as exc:
+        raise PageError("invalid_image", f"frame {count} could not be read") from exc
+    finally:
+        with contextlib.suppress(Exception):
+            im.seek(0)
+    return count
 
 
 def _check_not_empty(size: tuple[int, int], frame: int) -> None:
@@ -150,7 +207,10 @@ def _open_pdf(data: bytes) -> Iterator[pdfium.PdfDocument]:
         pdf.close()
 
 
-def _render_pdf_page(data: bytes, index: int, *, dpi: int, max_pixels: int) -> Image.Image:
+def render_pdf_page(
+    data: bytes, index: int, *, dpi: int, max_pixels: int, max_aspect: float = DEFAULT_MAX_ASPECT
+) -> Image.Image:
+    """Page ``index`` of a PDF, rendered in grey at ``dpi`` once its size is checked."""
     with _open_pdf(data) as pdf:
         if not 0 <= index < len(pdf):
             raise PageError("invalid_pdf", f"the PDF has no page {index}")
@@ -162,6 +222,7 @@ def _render_pdf_page(data: bytes, index: int, *, dpi: int, max_pixels: int) -> I
                 scale = dpi / 72
                 size = (round(w_pt * scale), round(h_pt * scale))
                 _check_not_empty(size, index)
+                check_aspect(size, max_aspect)
                 check_pixels(size, max_pixels)
                 # Grayscale rendering: the recognizer reads L images, and it is a third of RGB.
                 return page.render(scale=scale, grayscale=True).to_pil()
@@ -170,4 +231,6 @@ def _render_pdf_page(data: bytes, index: int, *, dpi: int, max_pixels: int) -> I
         except PageError:
             raise
         except Exception as exc:  # PdfiumError or a malformed page object
-            raise PageError("invalid_pdf", f"page {index} could not be rendered: {exc}") from exc
+            raise PageError(
+                "invalid_pdf", f"page {index} could not be rendered ({type(exc).__name__})"
+            ) from exc

@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from htrq.db import session_scope
-from htrq.errors import PageError
+from htrq.errors import PERMANENT_CODES, PageError
 from htrq.inputs import inspect_upload
 from htrq.models import JOB_MODES, Job, Line, Page, utcnow
 from htrq.queue import Send
@@ -29,6 +29,7 @@ from htrq.resources import (
 )
 from htrq.settings import Settings
 from htrq.storage import BlobStore
+from htrq.text import clean_filename
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,8 @@ def submit(
         raise PageError("invalid_mode", f"mode must be one of {', '.join(JOB_MODES)}")
     if not uploads:
         raise PageError("no_files", "send at least one file in the `files` field")
+    # Names are stored and written into exports: no control characters, no path, bounded.
+    uploads = [Upload(clean_filename(up.filename or "upload"), up.data) for up in uploads]
     inspected = [_inspect(up, settings) for up in uploads]
     refused = [
         (up, i) for up, i in zip(uploads, inspected, strict=True) if isinstance(i, PageError)
@@ -150,7 +153,10 @@ def _inspect(up: Upload, settings: Settings) -> int | PageError:
         )
     try:
         info = inspect_upload(
-            up.data, max_pages=settings.max_pages_per_job, max_pixels=settings.max_pixels
+            up.data,
+            max_pages=settings.max_pages_per_job,
+            max_pixels=settings.max_pixels,
+            max_aspect=settings.max_aspect,
         )
     except PageError as exc:
         if exc.code == "too_many_pages":  # the job would be over the limit too
@@ -164,8 +170,10 @@ def retry(
 ) -> int:
     """Re-queue the job's failed pages and return how many.
 
-    ``attempts`` is the fencing token, so it is never reset: each page gets
-    ``settings.max_attempts`` more attempts instead.
+    Pages that failed for their input (``PERMANENT_CODES``: a broken file, a format refused,
+    too large...) stay failed: reading them again can only fail again. ``attempts`` is the
+    fencing token, so it is never reset: each page gets ``settings.max_attempts`` more
+    attempts instead.
     """
     jid = _parse_id(job_id)
     with session_scope(sessions) as s:
@@ -173,7 +181,11 @@ def retry(
             raise NotFound(f"no job {job_id}")
         ids = s.scalars(
             update(Page)
-            .where(Page.job_id == jid, Page.status == "failed")
+            .where(
+                Page.job_id == jid,
+                Page.status == "failed",
+                Page.error_code.is_(None) | Page.error_code.not_in(PERMANENT_CODES),
+            )
             .values(
                 status="queued",
                 attempt_limit=Page.attempts + settings.max_attempts,

@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     Dialect,
@@ -26,6 +27,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     Uuid,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -136,6 +138,9 @@ class Page(Base):
     #: or the PDF page as rendered at ``HTRQ_PDF_DPI``); set with the result.
     width: Mapped[int | None] = mapped_column(Integer)
     height: Mapped[int | None] = mapped_column(Integer)
+    #: Read in a group of its own: its last group ran past the time limit. Such a page that
+    #: runs past it alone fails with ``too_slow`` instead of being put back again.
+    read_alone: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     job: Mapped[Job] = relationship(back_populates="pages")
     lines: Mapped[list[Line]] = relationship(

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from htrq.resources import CTC_WEIGHT, REVIEW_BELOW
@@ -78,6 +78,19 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(50 * 1024 * 1024, ge=1)
     #: Most pages one job may hold.
     max_pages_per_job: int = Field(500, ge=1)
+    #: Widest (or tallest) page accepted, as its long side over its short side. Checked from
+    #: the header before decoding: a 3,000,000 x 2 PNG is a few KB and would otherwise be cut
+    #: into tens of thousands of pieces. 100 admits any real line (a 3,000 x 60 line is 50).
+    max_aspect: float = Field(100.0, ge=1)
+    #: Most lines one page may hold (``too_many_lines``): what one page may cost to read.
+    max_lines_per_page: int = Field(1000, ge=1)
+    #: Seconds a worker may spend on one group of pages. Past it, the pages are put back
+    #: (their attempt not counted) and read one by one; a page that takes longer on its own
+    #: fails with ``too_slow``. At most half of ``lease_seconds`` (a batch may read one page
+    #: alone after its group); unset: half of it (300 s by default).
+    group_time_limit: float | None = Field(None, gt=0)
+    #: Seconds one PDF page may take to render (``too_slow`` past it).
+    pdf_render_seconds: float = Field(30.0, gt=0)
     #: Resolution at which PDF pages are rendered.
     pdf_dpi: int = Field(300, ge=50, le=1200)
     #: Margin in pixels added around each line box before recognition.
@@ -94,6 +107,16 @@ class Settings(BaseSettings):
             raise ValueError("expected cpu, cuda, cuda:N or mps")
         return v
 
+    @model_validator(mode="after")
+    def _limits_fit_the_lease(self) -> Settings:
+        if self.group_time_limit is not None and 2 * self.group_time_limit > self.lease_seconds:
+            # A batch reads its group and at most one page alone, each within the limit.
+            raise ValueError(
+                "group_time_limit must be at most half of lease_seconds, or the sweeper takes "
+                "pages back from a worker that is still within its time"
+            )
+        return self
+
     @field_validator("database_url", "broker_url", mode="before")
     @classmethod
     def _blank_is_unset(cls, v: object) -> object:
@@ -108,6 +131,11 @@ class Settings(BaseSettings):
         claim drops duplicates.
         """
         return max(30, math.ceil(2 * self.lease_seconds + self.retry_backoff_max))
+
+    @property
+    def group_seconds(self) -> float:
+        """The time limit per group in force (``group_time_limit`` or half the lease)."""
+        return self.group_time_limit or self.lease_seconds / 2
 
     def threads_per_process(self, cpus: int) -> int:
         """Torch threads for one worker process on a machine with ``cpus`` cores."""

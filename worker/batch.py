@@ -16,14 +16,22 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from htrq.claims import Claim, claim_pages, release_for_retry, write_failure, write_result
+from htrq.claims import (
+    Claim,
+    claim_pages,
+    release_for_retry,
+    release_to_read_alone,
+    write_failure,
+    write_result,
+)
 from htrq.db import session_scope
-from htrq.errors import PageError
+from htrq.errors import PageError, public_message
 from htrq.models import Job, Page
 from htrq.queue import Send
 from htrq.settings import Settings
 from htrq.storage import BlobMissing, BlobStore
 from worker.pipeline import PageInput, PageOutput, Pipeline
+from worker.timelimit import TimeLimitExceeded, time_limit
 
 log = logging.getLogger(__name__)
 
@@ -80,28 +88,94 @@ def process_batch(page_ids: Sequence[str], ctx: BatchContext) -> BatchReport:
     report.claimed = len(claims)
     if not claims:
         return report
+    claims = _one_alone(ctx, claims, report)
 
-    inputs, outcomes = [], {}
+    outcomes: dict[object, PageOutput | PageError] = {}
+    # Each stored file is read once per group, however many of its pages (PDF pages, TIFF
+    # frames) the group holds.
+    blobs: dict[str, bytes] = {}
+    inputs: dict[uuid.UUID, PageInput] = {}
     for c in claims:
         try:
-            data = ctx.storage.get(c.blob_key)
-        except BlobMissing as exc:
-            outcomes[c.page_id] = PageError("blob_missing", f"{exc}; upload the file again")
+            data = blobs.get(c.blob_key) or blobs.setdefault(
+                c.blob_key, ctx.storage.get(c.blob_key)
+            )
+        except BlobMissing:
+            outcomes[c.page_id] = PageError(
+                "blob_missing", "the uploaded file is no longer stored; upload it again"
+            )
             continue
-        inputs.append(PageInput(key=c.page_id, data=data, frame=c.frame, mode=modes[c.page_id]))
+        inputs[c.page_id] = PageInput(
+            key=c.page_id, data=data, frame=c.frame, mode=modes[c.page_id]
+        )
 
+    together = [c for c in claims if c.page_id in inputs and not c.read_alone]
+    alone = [c for c in claims if c.page_id in inputs and c.read_alone]
     started = time.perf_counter()
+    for group in [g for g in (together, alone) if g]:
+        _read_group(ctx, group, [inputs[c.page_id] for c in group], outcomes, report)
+    report.pipeline_ms = round((time.perf_counter() - started) * 1000)
+    return _finish(ctx, claims, outcomes, report, report.pipeline_ms)
+
+
+def _read_group(
+    ctx: BatchContext,
+    group: list[Claim],
+    inputs: list[PageInput],
+    outcomes: dict[object, PageOutput | PageError],
+    report: BatchReport,
+) -> None:
+    """Run the pipeline on one group under the time limit; record or release each page."""
+    limit = ctx.settings.group_seconds
     try:
-        outcomes.update(ctx.pipeline(inputs))
+        with time_limit(limit):
+            outcomes.update(ctx.pipeline(inputs))
+    except TimeLimitExceeded:
+        if len(group) == 1:
+            outcomes[group[0].page_id] = PageError(
+                "too_slow",
+                f"reading this page alone took more than {limit:g} s (HTRQ_GROUP_TIME_LIMIT); "
+                "split it into smaller pages",
+            )
+            return
+        log.warning(
+            "group of %d pages ran past %g s; each is put back to be read alone", len(group), limit
+        )
+        for c in group:
+            _release_alone(ctx, c, report)
     except Exception as exc:
         # Not the pages' fault (model error, CUDA out of memory after halving, ...): try again.
         log.exception("pipeline failed for %d pages", len(inputs))
-        for c in claims:
+        for c in group:
             if c.page_id not in outcomes:
-                _release(ctx, c, "model_error", f"recognition failed: {exc}", report)
-        return _finish(ctx, claims, outcomes, report, 0)
-    report.pipeline_ms = round((time.perf_counter() - started) * 1000)
-    return _finish(ctx, claims, outcomes, report, report.pipeline_ms)
+                _release(
+                    ctx, c, "model_error", f"recognition failed: {public_message(exc)}", report
+                )
+
+
+def _one_alone(ctx: BatchContext, claims: list[Claim], report: BatchReport) -> list[Claim]:
+    """At most one page to be read alone per batch, so that the batch stays within two
+    time limits (the group's and its own) and so within the lease; the others go back."""
+    alone = [c for c in claims if c.read_alone]
+    for c in alone[1:]:
+        _release_alone(ctx, c, report)
+    return [c for c in claims if not c.read_alone or c is alone[0]]
+
+
+def _release_alone(ctx: BatchContext, c: Claim, report: BatchReport) -> None:
+    try:
+        with session_scope(ctx.sessions) as s:
+            kept = release_to_read_alone(s, c)
+    except SQLAlchemyError:
+        log.exception("could not release page %s; its lease will expire", c.page_id)
+        return
+    if kept:
+        report.requeued += 1
+        report.requeued_ids.append(str(c.page_id))
+        try:
+            ctx.send([str(c.page_id)], ctx.settings.retry_backoff)
+        except Exception:
+            log.exception("could not re-send page %s; the sweeper will", c.page_id)
 
 
 def _finish(
@@ -115,7 +189,7 @@ def _finish(
     for c in claims:
         outcome = outcomes.get(c.page_id)
         if outcome is None:
-            continue  # released for retry above
+            continue  # released above
         try:
             with session_scope(ctx.sessions) as s:
                 if isinstance(outcome, PageError):

@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-from htrq.errors import PageError
-from htrq.inputs import render_page
+from htrq.errors import PageError, public_message
+from htrq.inputs import DEFAULT_MAX_ASPECT, is_pdf, render_page
 from worker.preprocess import BLANK_INFO_KEY, SKEW_INFO_KEY, normalise_page
 from worker.reading import ReadLines
+from worker.render import render_pdf_limited
 from worker.segment import (
     LineBox,
     Segmenter,
@@ -74,7 +75,10 @@ class Pipeline:
         read: ReadLines,
         segmenter: Segmenter | None = None,
         max_pixels: int = 60_000_000,
+        max_aspect: float = DEFAULT_MAX_ASPECT,
+        max_lines: int = 1000,
         pdf_dpi: int = 300,
+        pdf_render_seconds: float | None = 30.0,
         line_margin: int = 4,
     ) -> None:
         #: Reads every line crop of the group in one call (``worker.reading``).
@@ -84,13 +88,21 @@ class Pipeline:
         #: Used for ``mode=line``: the upload is a single line.
         self.line_segmenter: Segmenter = WholeImageSegmenter()
         self.max_pixels = max_pixels
+        self.max_aspect = max_aspect
+        #: Most lines one page may hold (``too_many_lines``): bounds what a page costs.
+        self.max_lines = max_lines
         self.pdf_dpi = pdf_dpi
+        #: Time limit on rendering one PDF page (in a child process); None renders in here.
+        self.pdf_render_seconds = pdf_render_seconds
         self.line_margin = line_margin
 
     def __call__(self, pages: Sequence[PageInput]) -> dict[Hashable, PageOutput | PageError]:
         """Return each page's output, or the :class:`PageError` that stopped it.
 
-        A recognizer failure is not a page's fault and propagates to the caller.
+        Whatever goes wrong while one page is decoded, normalised, segmented or cut stays
+        that page's error. A failure of the recognizer on the group's lines propagates to the
+        caller, unless it can be pinned on some lines (``worker.reading``): then only the
+        pages holding them fail, with ``model_error``.
         """
         outcomes: dict[Hashable, PageOutput | PageError] = {}
         spans: list[tuple[Hashable, list[LineBox], int, tuple[int, int]]] = []
@@ -106,6 +118,14 @@ class Pipeline:
 
         read = self.read(crops)
         for key, boxes, start, size in spans:
+            unread = [i for i, r in enumerate(read[start : start + len(boxes)]) if r is None]
+            if unread:
+                outcomes[key] = PageError(
+                    "model_error",
+                    f"the model failed on line {unread[0]} of this page (and every other line "
+                    "of its group was read); retry the job, or report the page",
+                )
+                continue
             lines = [
                 LineOutput(
                     text=text,
@@ -114,7 +134,7 @@ class Pipeline:
                     polygon=b.polygon,
                     baseline=b.baseline,
                 )
-                for (text, conf), b in zip(read[start : start + len(boxes)], boxes, strict=True)
+                for (text, conf), b in zip(read[start : start + len(boxes)], boxes, strict=True)  # type: ignore[misc]
             ]
             outcomes[key] = PageOutput(
                 text="\n".join(ln.text for ln in lines),
@@ -127,17 +147,48 @@ class Pipeline:
     def _cut(self, page: PageInput) -> tuple[list[LineBox], list[Image.Image], tuple[int, int]]:
         """Lines (on the uploaded image), their crops, the page size."""
         try:
-            raw = render_page(page.data, page.frame, dpi=self.pdf_dpi, max_pixels=self.max_pixels)
+            raw = self._render(page)
+        except PageError:
+            raise
+        except Exception as exc:
+            # Pillow decodes lazily: a truncated or corrupt file can fail at any step here.
+            raise PageError(
+                "invalid_image", f"the image could not be decoded: {public_message(exc)}"
+            ) from exc
+        try:
             im = normalise_page(raw, max_pixels=self.max_pixels, deskew=page.mode != "line")
             segmenter = self.line_segmenter if page.mode == "line" else self.segmenter
             # A blank page or line has no text to find; reading it would only invent some.
             boxes = [] if im.info.get(BLANK_INFO_KEY) else segmenter(im)
+            if len(boxes) > self.max_lines:
+                raise PageError(
+                    "too_many_lines",
+                    f"{len(boxes)} lines found, over the limit of {self.max_lines} per page",
+                )
             crops = crop_lines(im, boxes, margin=self.line_margin)
         except PageError:
             raise
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
-            # Pillow decodes lazily: a truncated or corrupt file can fail at any step here.
-            raise PageError("invalid_image", f"the image could not be decoded: {exc}") from exc
+        except (OSError, Image.DecompressionBombError) as exc:
+            raise PageError(
+                "invalid_image", f"the image could not be decoded: {public_message(exc)}"
+            ) from exc
+        except Exception as exc:
+            # OpenCV and numpy raise their own types on shapes nobody planned for; that is
+            # this page's problem, never its group's. The details stay in the worker's log.
+            log.warning("page %s could not be processed", page.key, exc_info=True)
+            raise PageError(
+                "processing_failed",
+                f"the page could not be prepared for reading ({type(exc).__name__}); "
+                "check that it is a scanned page or line",
+            ) from exc
         # Crops come from the deskewed page; what is stored refers to the uploaded image.
         lines = to_source_frame(boxes, im.info.get(SKEW_INFO_KEY, 0.0), im.size)
         return lines, crops, im.size
+
+    def _render(self, page: PageInput) -> Image.Image:
+        limits = {"max_pixels": self.max_pixels, "max_aspect": self.max_aspect}
+        if is_pdf(page.data) and self.pdf_render_seconds is not None:
+            return render_pdf_limited(
+                page.data, page.frame, dpi=self.pdf_dpi, seconds=self.pdf_render_seconds, **limits
+            )
+        return render_page(page.data, page.frame, dpi=self.pdf_dpi, **limits)

@@ -10,6 +10,7 @@ from settings and that recognizer (:func:`build_pipeline`); nothing else assembl
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -19,6 +20,8 @@ from PIL import Image
 from htrq.text import clean_line_text
 from worker.lineimage import prepare_line, split_aspect
 from worker.segment import join_all, split_all
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from htrq.settings import Settings
@@ -33,31 +36,78 @@ class Recognized(Protocol):
 
 #: The recognizer seen from here: crops in, one result per crop out, in order.
 Recognize = Callable[[Sequence[Image.Image]], Sequence[Recognized]]
-#: What the page pipeline calls: line crops in, ``(text, confidence)`` per crop out.
-ReadLines = Callable[[Sequence[Image.Image]], list[tuple[str, float]]]
+#: What the page pipeline calls: line crops in, ``(text, confidence)`` per crop out (None
+#: for a line the recognizer failed on while it read the others).
+ReadLines = Callable[[Sequence[Image.Image]], list[tuple[str, float] | None]]
 
 
 @dataclass(frozen=True)
 class LineReader:
-    """``reader(crops) -> [(text, confidence), ...]``, one per crop, in order."""
+    """``reader(crops) -> [(text, confidence), ...]``, one per crop, in order.
+
+    When the recognizer raises on the group's pieces, they are read again in halves, and the
+    halves of the half that fails, so that a piece that breaks the model on its own is found
+    in a few calls and only its line comes back as None; the others are read. When every
+    piece fails alone too, the recognizer itself is broken: the first error is raised.
+    """
 
     recognize: Recognize
     #: Crops wider than this many heights are read in overlapping pieces; None reads every
     #: line whole (models with a square input stretch any line into it anyway).
     max_aspect: float | None
 
-    def __call__(self, crops: Sequence[Image.Image]) -> list[tuple[str, float]]:
+    def __call__(self, crops: Sequence[Image.Image]) -> list[tuple[str, float] | None]:
         if not crops:
             return []
         # Trimmed before splitting, so that a line's width is measured against its ink height.
         pieces, counts = split_all([prepare_line(c) for c in crops], max_aspect=self.max_aspect)
-        results = list(self.recognize(pieces))
+        try:
+            results: list[Recognized | None] = list(self._recognize(pieces))
+        except Exception:
+            if len(pieces) == 1:
+                raise
+            mid = len(pieces) // 2
+            results = self._halves(pieces[:mid]) + self._halves(pieces[mid:])
+            if all(r is None for r in results):
+                raise
+            log.warning(
+                "the recognizer failed on %d of %d pieces; their lines are left unread",
+                sum(r is None for r in results),
+                len(results),
+            )
+        out: list[tuple[str, float] | None] = []
+        start = 0
+        for n in counts:
+            part = results[start : start + n]
+            start += n
+            if any(r is None for r in part):
+                out.append(None)
+                continue
+            flat = [
+                (clean_line_text(r.text), min(1.0, max(0.0, float(r.confidence))))
+                for r in part
+                if r is not None
+            ]
+            out.append(join_all(flat, [n])[0])
+        return out
+
+    def _recognize(self, pieces: Sequence[Image.Image]) -> Sequence[Recognized]:
+        results = self.recognize(pieces)
         if len(results) != len(pieces):
             raise RuntimeError(
                 f"recognizer returned {len(results)} results for {len(pieces)} pieces"
             )
-        flat = [(clean_line_text(r.text), min(1.0, max(0.0, float(r.confidence)))) for r in results]
-        return join_all(flat, counts)
+        return results
+
+    def _halves(self, pieces: Sequence[Image.Image]) -> list[Recognized | None]:
+        try:
+            return list(self._recognize(pieces))
+        except Exception:
+            if len(pieces) == 1:
+                log.debug("a piece broke the recognizer", exc_info=True)
+                return [None]
+            mid = len(pieces) // 2
+            return self._halves(pieces[:mid]) + self._halves(pieces[mid:])
 
 
 def line_reader(recognizer: Recognizer) -> LineReader:
@@ -84,7 +134,7 @@ def check_reads(reader: ReadLines) -> None:
         (read,) = reader([line])
     except Exception as exc:
         raise CannotRead(f"{type(exc).__name__}: {exc}") from exc
-    if not isinstance(read[0], str):
+    if read is None or not isinstance(read[0], str):
         raise CannotRead(f"the reader returned {read!r} for a line")
 
 
@@ -97,6 +147,9 @@ def build_pipeline(settings: Settings, recognizer: Recognizer) -> Pipeline:
         read=line_reader(recognizer),
         segmenter=make_segmenter(settings.segmenter),
         max_pixels=settings.max_pixels,
+        max_aspect=settings.max_aspect,
+        max_lines=settings.max_lines_per_page,
         pdf_dpi=settings.pdf_dpi,
+        pdf_render_seconds=settings.pdf_render_seconds,
         line_margin=settings.line_margin,
     )

@@ -34,7 +34,12 @@ def create_job(
     sessions: SessionsDep,
     storage: StorageDep,
     sender: SenderDep,
-    files: Annotated[list[UploadFile], File(description="one or more page images")],
+    # Optional here so that a request without it (or with another field name) gets the
+    # documented 422 no_files rather than a generic validation error.
+    files: Annotated[
+        list[UploadFile] | None,
+        File(description="one or more page images, PDFs or TIFFs"),
+    ] = None,
     external_id: Annotated[str | None, Form(max_length=255)] = None,
     mode: Annotated[Literal["page", "line"], Form()] = "page",
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
@@ -51,7 +56,7 @@ def create_job(
     job with 200 instead of creating another.
     """
     uploads = []
-    for f in files:
+    for f in files or []:
         # Read one byte over the limit to tell "at the limit" from "over it".
         data = f.file.read(settings.max_upload_bytes + 1)
         if len(data) > settings.max_upload_bytes:

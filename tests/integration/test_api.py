@@ -59,7 +59,8 @@ def test_repeats_answer_200_with_the_same_job(client: TestClient) -> None:
         ([("files", ("t.txt", b"hello", "text/plain"))], {}, 415, "unsupported_format"),
         ([("files", ("e.png", b"", "image/png"))], {}, 422, "empty_file"),
         ([("files", ("s.pdf", broken_pdf(), "application/pdf"))], {}, 422, "invalid_pdf"),
-        ([], {"external_id": "no-files"}, 422, "invalid_request"),
+        ([], {"external_id": "no-files"}, 422, "no_files"),
+        ([("file", ("a.png", page_png(), "image/png"))], {}, 422, "no_files"),
         ([("files", ("a.png", page_png(), "image/png"))], {"mode": "word"}, 422, "invalid_request"),
     ],
 )

@@ -56,7 +56,11 @@ def test_a_stock_shape_reads_every_page_and_exports_every_format(
         jobs.append(r.json()["id"])
     for job_id in jobs:
         job = poll_job(url, job_id)
-        assert job["status"] == "succeeded", job
+        errors = [
+            httpx.get(f"{url}/v1/jobs/{job_id}/pages/{p['index']}").json()["error"]
+            for p in job["pages"]
+        ]
+        assert job["status"] == "succeeded", errors
     with engine.connect() as conn:
         pages = conn.execute(select(Page).where(Page.job_id.in_(jobs))).all()
     assert len(pages) == 3 and {p.model for p in pages} == {str(stock_model)}

@@ -43,7 +43,8 @@ def evaluate(
     when wider than the model's input, the pieces' texts re-joined (timed, like the rest)."""
     refs = [t for _, t in samples]
     start = time.perf_counter()
-    read = line_reader(recognizer)([im for im, _ in samples])
+    # A line the model failed on (None) counts as read as nothing, with no confidence.
+    read = [r or ("", 0.0) for r in line_reader(recognizer)([im for im, _ in samples])]
     elapsed = time.perf_counter() - start
     hyps = [text for text, _ in read]
     confs = [conf for _, conf in read]
