@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
 from htrq.queue import CelerySender
 from htrq.settings import Settings
 from htrq.storage import BlobStore
+from htrq.tenants import default_tenant, tenant_for_key
+
+#: The security scheme OpenAPI shows; errors are answered by :func:`get_tenant` itself.
+bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="ApiKey",
+    description="An htrq API key: `Authorization: Bearer htrq_...` (`htrq keys create`)",
+)
+
+
+class Unauthorized(Exception):
+    """A ``/v1`` request without a live key (answered 401 ``unauthorized``)."""
 
 
 def get_settings(request: Request) -> Settings:
@@ -28,7 +42,26 @@ def get_sender(request: Request) -> CelerySender:
     return request.app.state.sender  # type: ignore[no-any-return]
 
 
+def get_tenant(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
+) -> uuid.UUID:
+    """The tenant the request acts for: its key's, or ``default`` with ``HTRQ_AUTH=off``."""
+    state = request.app.state
+    if state.settings.auth == "off":
+        if state.default_tenant is None:
+            state.default_tenant = default_tenant(state.sessions)
+        return state.default_tenant  # type: ignore[no-any-return]
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise Unauthorized("send an API key: Authorization: Bearer <key>")
+    tenant = tenant_for_key(state.sessions, credentials.credentials)
+    if tenant is None:
+        raise Unauthorized("the API key is unknown or revoked")
+    return tenant
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+TenantDep = Annotated[uuid.UUID, Depends(get_tenant)]
 SessionsDep = Annotated[sessionmaker[Session], Depends(get_sessions)]
 StorageDep = Annotated[BlobStore, Depends(get_storage)]
 SenderDep = Annotated[CelerySender, Depends(get_sender)]

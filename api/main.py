@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -10,16 +11,26 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from api.deps import Unauthorized
+from api.limits import RequestSizeLimit
 from api.routes import exports, health, jobs, metrics
 from htrq.db import make_engine, make_sessions
 from htrq.errors import PageError
 from htrq.jobs import IdempotencyConflict, NotFound
+from htrq.models import DEFAULT_TENANT
 from htrq.queue import CelerySender, make_celery
 from htrq.settings import Settings, load_settings
 from htrq.storage import DirectoryStore
 
+log = logging.getLogger(__name__)
+
 #: HTTP status for each refusal code; any other code is a 422.
-PAGE_ERROR_STATUS = {"too_large": 413, "too_many_pages": 413, "unsupported_format": 415}
+PAGE_ERROR_STATUS = {
+    "too_large": 413,
+    "too_many_pages": 413,
+    "request_too_large": 413,
+    "unsupported_format": 415,
+}
 
 
 def error(status: int, code: str, message: str) -> JSONResponse:
@@ -45,6 +56,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.sessions = make_sessions(engine)
+    app.state.default_tenant = None  # looked up on the first request while auth is off
+    if settings.auth == "off":
+        log.warning(
+            "HTRQ_AUTH=off: every request acts as the %r tenant, without a key; run it so "
+            "only on a network you trust",
+            DEFAULT_TENANT,
+        )
     app.state.storage = DirectoryStore(settings.storage_dir)
     app.state.sender = CelerySender(make_celery(settings, name="htrq-api"))
     app.include_router(jobs.router)
@@ -55,6 +73,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(PageError)
     def _page_error(_: Request, exc: PageError) -> JSONResponse:
         return error(PAGE_ERROR_STATUS.get(exc.code, 422), exc.code, exc.message)
+
+    app.add_middleware(RequestSizeLimit, max_bytes=settings.max_request_bytes)
+
+    @app.exception_handler(Unauthorized)
+    def _unauthorized(_: Request, exc: Unauthorized) -> JSONResponse:
+        response = error(401, "unauthorized", str(exc))
+        response.headers["WWW-Authenticate"] = "Bearer"
+        return response
 
     @app.exception_handler(NotFound)
     def _not_found(_: Request, exc: NotFound) -> JSONResponse:

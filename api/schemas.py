@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from htrq.resources import ErrorInfo, JobResource, PageResource
+from htrq.resources import ErrorInfo, JobList, JobResource, PageResource
 
-__all__ = ["ErrorBody", "JobResource", "PageResource", "ReadyBody", "RetryBody"]
+__all__ = ["ErrorBody", "JobList", "JobResource", "PageResource", "ReadyBody", "RetryBody"]
 
 
 class ErrorBody(BaseModel):

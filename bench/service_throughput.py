@@ -45,6 +45,7 @@ from htrq.models import Line, Page
 from htrq.queue import CelerySender, make_celery
 from htrq.settings import Settings, load_settings
 from htrq.storage import DirectoryStore
+from htrq.tenants import default_tenant
 from worker.app import load_recognizer
 from worker.pipeline import PageInput, Pipeline
 from worker.reading import line_reader
@@ -256,6 +257,7 @@ class Service:
         uploads = [jobs.Upload(f"{i}.png", d) for i, d in enumerate(pages)]
         job, _ = jobs.submit(
             sessions=self.sessions,
+            tenant_id=default_tenant(self.sessions),
             storage=self.storage,
             send=self.sender,
             settings=self.settings,

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from sqlalchemy import and_, bindparam, delete, insert, update
+from sqlalchemy import and_, bindparam, delete, insert, select, update
 from sqlalchemy.orm import Session
 
+from htrq.completion import note_finished
 from htrq.models import Line, Page, utcnow
 
 NO_SYNC = {"synchronize_session": False}
@@ -30,9 +31,19 @@ class Claim:
     blob_key: str
     frame: int
     read_alone: bool = False  #: its last group ran out of time: read it in a group of its own
+    job_id: uuid.UUID | None = None
 
 
 Points = Sequence[tuple[int, int]]
+
+
+@dataclass(frozen=True)
+class ReadBy:
+    """The provenance a worker stores with each page it reads."""
+
+    model_sha256: str | None
+    decoding: dict[str, object]
+    htrq_version: str
 
 
 class LineLike(Protocol):
@@ -66,12 +77,19 @@ def claim_pages(
             started_at=now,
         )
         .returning(
-            Page.id, Page.attempts, Page.attempt_limit, Page.blob_key, Page.frame, Page.read_alone
+            Page.id,
+            Page.attempts,
+            Page.attempt_limit,
+            Page.blob_key,
+            Page.frame,
+            Page.read_alone,
+            Page.job_id,
         )
         .execution_options(**NO_SYNC)
     ).all()
     return [
-        Claim(r.id, r.attempts, r.attempt_limit, r.blob_key, r.frame, r.read_alone) for r in rows
+        Claim(r.id, r.attempts, r.attempt_limit, r.blob_key, r.frame, r.read_alone, r.job_id)
+        for r in rows
     ]
 
 
@@ -104,6 +122,9 @@ _STORE_RESULT = (
         text=bindparam("new_text"),
         confidence=bindparam("new_confidence"),
         model=bindparam("new_model"),
+        model_sha256=bindparam("new_model_sha256"),
+        decoding=bindparam("new_decoding"),
+        htrq_version=bindparam("new_htrq_version"),
         processing_ms=bindparam("new_processing_ms"),
         finished_at=bindparam("new_finished_at"),
         width=bindparam("new_width"),
@@ -124,6 +145,7 @@ def write_result(
     model: str,
     processing_ms: int,
     size: tuple[int, int] | None = None,
+    provenance: ReadBy | None = None,
 ) -> bool:
     """Store a page's result if the claim still holds; False means it was thrown away.
 
@@ -140,6 +162,9 @@ def write_result(
             "new_text": text,
             "new_confidence": confidence,
             "new_model": model,
+            "new_model_sha256": provenance.model_sha256 if provenance else None,
+            "new_decoding": json.dumps(provenance.decoding) if provenance else None,
+            "new_htrq_version": provenance.htrq_version if provenance else None,
             "new_processing_ms": processing_ms,
             "new_finished_at": utcnow(),
             "new_width": size[0] if size else None,
@@ -168,6 +193,7 @@ def write_result(
                 for i, ln in enumerate(lines)
             ],
         )
+    note_finished(session, [_job_of(session, claim)])
     return True
 
 
@@ -177,7 +203,7 @@ def _points_json(points: Points | None) -> str | None:
 
 def write_failure(session: Session, claim: Claim, *, code: str, message: str) -> bool:
     """Mark the page ``failed`` (no retry) if the claim still holds."""
-    return _fenced_update(
+    kept = _fenced_update(
         session,
         claim,
         status="failed",
@@ -185,6 +211,15 @@ def write_failure(session: Session, claim: Claim, *, code: str, message: str) ->
         error_message=message,
         finished_at=utcnow(),
     )
+    if kept:
+        note_finished(session, [_job_of(session, claim)])
+    return kept
+
+
+def _job_of(session: Session, claim: Claim) -> uuid.UUID:
+    if claim.job_id is not None:
+        return claim.job_id
+    return session.execute(select(Page.job_id).where(Page.id == claim.page_id)).scalar_one()
 
 
 def release_for_retry(session: Session, claim: Claim, *, code: str, message: str) -> str | None:
@@ -247,7 +282,7 @@ def sweep(
     now = now or utcnow()
     expired = and_(Page.status == "running", Page.lease_until < now)
     code, message = LEASE_EXPIRED
-    failed = session.scalars(
+    failed_rows = session.execute(
         update(Page)
         .where(expired, Page.attempts >= Page.attempt_limit)
         .values(
@@ -257,9 +292,11 @@ def sweep(
             lease_until=None,
             finished_at=now,
         )
-        .returning(Page.id)
+        .returning(Page.id, Page.job_id)
         .execution_options(**NO_SYNC)
     ).all()
+    failed = [r.id for r in failed_rows]
+    note_finished(session, [r.job_id for r in failed_rows])
     requeued = session.scalars(
         update(Page)
         .where(expired, Page.attempts < Page.attempt_limit)

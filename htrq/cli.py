@@ -10,8 +10,9 @@ import argparse
 import importlib
 import json
 import logging
+import os
+import signal
 import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,8 +28,6 @@ if TYPE_CHECKING:
 
 #: Modules with a ``register(subparsers)`` function that add commands when installed.
 EXTENSIONS = ("worker.training.cli",)
-#: Job states after which nothing more happens without a retry.
-FINISHED = ("succeeded", "failed", "partial")
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -94,16 +93,27 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
+    from sqlalchemy.exc import OperationalError
+
     from htrq.db import upgrade
 
     settings = load_settings()
     _need(settings, "database_url")
     assert settings.database_url
-    upgrade(settings.database_url, args.revision)
+    try:
+        upgrade(settings.database_url, args.revision)
+    except OperationalError as exc:
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        print(
+            f"htrq: cannot migrate the database at HTRQ_DATABASE_URL ({reason}); create it "
+            "first (createdb) and check that the server is running",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
-# -- submit, status ---------------------------------------------------------------------------
+# -- keys and tenants (on the database) -------------------------------------------------------
 
 
 @contextmanager
@@ -119,56 +129,103 @@ def _database(settings: Settings) -> Iterator[sessionmaker[Session]]:
         engine.dispose()
 
 
-def cmd_submit(args: argparse.Namespace) -> int:
-    from htrq import jobs
-    from htrq.queue import CelerySender, make_celery
-    from htrq.storage import DirectoryStore
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    from htrq.tenants import create_key
 
-    settings = load_settings()
-    _need(settings, "database_url", "broker_url")
-    with _database(settings) as sessions:
-        job, created = jobs.submit(
-            sessions=sessions,
-            storage=DirectoryStore(settings.storage_dir),
-            send=CelerySender(make_celery(settings)),
-            settings=settings,
-            uploads=[jobs.Upload(filename=p.name, data=p.read_bytes()) for p in args.files],
-            idempotency_key=args.idempotency_key,
-            external_id=args.external_id,
-            mode=args.mode,
-        )
-        if not created:
-            _progress(f"repeat submission: job {job.id} already exists")
-        while args.wait and job.status not in FINISHED:
-            time.sleep(args.poll)
-            job = jobs.get_job(sessions=sessions, job_id=job.id)
-            done = job.counts.succeeded + job.counts.failed
-            _progress(f"{done}/{len(job.pages)} pages finished")
-    _print_json(job.model_dump(mode="json"))
-    return 1 if args.wait and job.status != "succeeded" else 0
+    with _database(load_settings()) as sessions:
+        info, key = create_key(sessions, tenant=args.tenant, label=args.label)
+    _progress(f"key {info.id} for tenant {info.tenant!r}; it is shown once, keep it safe")
+    print(key)
+    return 0
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    from htrq.tenants import list_keys
+
+    with _database(load_settings()) as sessions:
+        keys = list_keys(sessions)
+    for k in keys:
+        state = f"revoked {k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "live"
+        print(f"{k.id}  {k.tenant}  {k.prefix}…  {state}  {k.label or ''}".rstrip())
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    from htrq.tenants import revoke_key
+
+    with _database(load_settings()) as sessions:
+        if not revoke_key(sessions, args.id):
+            print(f"htrq: no key {args.id}", file=sys.stderr)
+            return 1
+    _progress(f"key {args.id} revoked")
+    return 0
+
+
+def cmd_tenant_secret(args: argparse.Namespace) -> int:
+    from htrq.tenants import UnknownTenant, webhook_secret
+
+    with _database(load_settings()) as sessions:
+        try:
+            print(webhook_secret(sessions, args.name))
+        except UnknownTenant as exc:
+            print(f"htrq: {exc}", file=sys.stderr)
+            return 1
+    return 0
+
+
+# -- submit, status (over HTTP) ---------------------------------------------------------------
+
+
+def _client(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from htrq.client import Client
+
+    return Client(args.url, args.key)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from htrq.client import ApiError
+
+    try:
+        with _client(args) as client:
+            job = client.submit(
+                args.files,
+                mode=args.mode,
+                external_id=args.external_id,
+                callback_url=args.callback_url,
+                idempotency_key=args.idempotency_key,
+            )
+            _progress(f"job {job.id}: {len(job.pages)} pages")
+            if not args.wait:
+                _print_json(job.model_dump(mode="json"))
+                return 0
+            job = client.wait(job.id, interval=args.poll)
+            if args.format == "json":
+                _print_json(job.model_dump(mode="json"))
+            else:
+                body = client.export(job.id, args.format)
+                if args.output:
+                    args.output.write_bytes(body)
+                else:
+                    sys.stdout.write(body.decode() + ("" if body.endswith(b"\n") else "\n"))
+    except ApiError as exc:
+        print(f"htrq: {exc}", file=sys.stderr)
+        return 2
+    _progress(f"job {job.id} {job.status}")
+    return 0 if job.status == "succeeded" else 1
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from htrq import jobs
+    from htrq.client import ApiError
 
-    settings = load_settings()
-    with _database(settings) as sessions:
-        try:
-            job = jobs.get_job(sessions=sessions, job_id=args.job)
-        except jobs.NotFound as exc:
-            print(f"htrq: {exc}", file=sys.stderr)
-            return 1
-        out = job.model_dump(mode="json")
-        if args.pages:
-            out["pages"] = [
-                jobs.get_page(
-                    sessions=sessions,
-                    job_id=job.id,
-                    index=p.index,
-                    review_below=settings.review_below,
-                ).model_dump(mode="json")
-                for p in job.pages
-            ]
+    try:
+        with _client(args) as client:
+            job = client.get(args.job)
+            out = job.model_dump(mode="json")
+            if args.pages:
+                out["pages"] = [p.model_dump(mode="json") for p in client.pages(job.id)]
+    except ApiError as exc:
+        print(f"htrq: {exc}", file=sys.stderr)
+        return 1
     _print_json(out)
     return 0
 
@@ -246,19 +303,60 @@ def _register_core(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     p.add_argument("--revision", default="head")
     p.set_defaults(func=cmd_migrate)
 
-    p = sub.add_parser("submit", help="submit files as a job to the service")
+    def api_access(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--url",
+            default=os.environ.get("HTRQ_API_URL", "http://127.0.0.1:8000"),
+            help="the API's address (HTRQ_API_URL; default http://127.0.0.1:8000)",
+        )
+        p.add_argument(
+            "--key", default=os.environ.get("HTRQ_API_KEY"), help="API key (HTRQ_API_KEY)"
+        )
+
+    p = sub.add_parser("submit", help="submit files as a job to the API (over HTTP)")
     p.add_argument("files", nargs="+", type=Path)
-    p.add_argument("--wait", action="store_true", help="poll until the job has finished")
+    api_access(p)
+    p.add_argument(
+        "--wait", action="store_true", help="wait until the job has finished and print it"
+    )
+    p.add_argument(
+        "--format",
+        default="txt",
+        choices=["txt", "json", "alto", "page", "pdf"],
+        help="with --wait: what to print (txt: the text; json: the job; alto, page: zips and "
+        "pdf need -o)",
+    )
+    p.add_argument("-o", "--output", type=Path, help="with --wait: write the export here")
     p.add_argument("--poll", type=float, default=1.0, help="seconds between polls")
     p.add_argument("--external-id")
-    p.add_argument("--idempotency-key")
+    p.add_argument("--idempotency-key", help="default: a new one, reused by retries")
+    p.add_argument("--callback-url", help="where to POST a signed event when the job finishes")
     p.add_argument("--mode", default="page", choices=["page", "line"])
     p.set_defaults(func=cmd_submit)
 
-    p = sub.add_parser("status", help="print a job's status")
+    p = sub.add_parser("status", help="print a job's status (over HTTP)")
     p.add_argument("job")
+    api_access(p)
     p.add_argument("--pages", action="store_true", help="include each page's result")
     p.set_defaults(func=cmd_status)
+
+    keys = sub.add_parser("keys", help="API keys (on the database)")
+    ks = keys.add_subparsers(dest="keys_command", required=True)
+    p = ks.add_parser("create", help="make a key; prints it as the last line (shown once)")
+    p.add_argument("--tenant", required=True, help="its tenant (made if new)")
+    p.add_argument("--label", help="what the key is for")
+    p.set_defaults(func=cmd_keys_create)
+    p = ks.add_parser("list", help="every key: id, tenant, prefix, state, label")
+    p.set_defaults(func=cmd_keys_list)
+    p = ks.add_parser("revoke", help="revoke a key by its id")
+    p.add_argument("id")
+    p.set_defaults(func=cmd_keys_revoke)
+
+    tenants = sub.add_parser("tenants", help="tenants (on the database)")
+    ts = tenants.add_subparsers(dest="tenants_command", required=True)
+    p = ts.add_parser("secret", help="print the tenant's webhook signing secret")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_tenant_secret)
 
     p = sub.add_parser("transcribe", help="transcribe files in this process and print the text")
     p.add_argument("files", nargs="+", type=Path)
@@ -294,6 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # `htrq status JOB | head`: a closed pipe ends the command quietly, as for any Unix tool.
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     args = build_parser().parse_args(argv)
     level = logging.INFO if args.verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")

@@ -47,6 +47,26 @@ class LineResult:
     bbox: tuple[int, int, int, int]  #: x0, y0, x1, y1
     polygon: Sequence[Point] | None = None
     baseline: Sequence[Point] | None = None
+    needs_review: bool | None = None  #: below the review threshold (None: not judged)
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What read a page: the model, the digest of its weights, the decoding settings and
+    the htrq version (written into ALTO ``Processing`` and PAGE ``MetadataItem``)."""
+
+    model: str | None
+    model_sha256: str | None
+    decoding: Mapping[str, Any] | None
+    htrq_version: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "model_sha256": self.model_sha256,
+            "decoding": dict(self.decoding) if self.decoding else None,
+            "htrq_version": self.htrq_version,
+        }
 
 
 @dataclass(frozen=True)
@@ -59,6 +79,9 @@ class PageResult:
     confidence: float | None = None  #: page confidence, 0..1
     status: str = "succeeded"
     error: dict[str, str] | None = None  #: ``{"code", "message"}`` of a failed page
+    filename: str | None = None  #: the upload's name (``image_name`` adds the frame)
+    frame: int = 0
+    provenance: Provenance | None = None
 
     @property
     def text(self) -> str:
@@ -86,18 +109,24 @@ def render_job_export(pages: Sequence[PageResult], fmt: str) -> tuple[bytes, str
         body = {"pages": [page_json(p) for p in pages]}
         return json.dumps(body, ensure_ascii=False).encode(), FORMATS["json"], "json"
     if fmt in ("alto", "page"):
+        # A page that failed has no text and no size to describe: it is left out rather
+        # than written as a blank page (its index and error are in the json export).
         buf = io.BytesIO()
         with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
             for p in pages:
-                zf.writestr(f"page-{p.index + 1:04d}.xml", render_page_export(p, fmt))
+                if p.status == "succeeded":
+                    zf.writestr(f"page-{p.index + 1:04d}.xml", render_page_export(p, fmt))
         return buf.getvalue(), "application/zip", "zip"
     raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
 
 
 def page_json(page: PageResult) -> dict[str, Any]:
+    """The page as the API's page resource names things (``filename``, ``frame``, lines with
+    ``bbox``, ``polygon``, ``baseline``, ``needs_review``), plus its provenance."""
     return {
         "index": page.index,
-        "image": page.image_name,
+        "filename": page.filename,
+        "frame": page.frame,
         "width": page.width,
         "height": page.height,
         "status": page.status,
@@ -111,9 +140,11 @@ def page_json(page: PageResult) -> dict[str, Any]:
                 "bbox": list(ln.bbox),
                 "polygon": [list(p) for p in ln.polygon] if ln.polygon else None,
                 "baseline": [list(p) for p in ln.baseline] if ln.baseline else None,
+                "needs_review": ln.needs_review,
             }
             for ln in page.lines
         ],
+        "provenance": page.provenance.as_dict() if page.provenance else None,
     }
 
 
@@ -127,10 +158,14 @@ def alto(page: PageResult) -> bytes:
     ET.SubElement(desc, a("MeasurementUnit")).text = "pixel"
     src = ET.SubElement(desc, a("sourceImageInformation"))
     ET.SubElement(src, a("fileName")).text = page.image_name
-    proc = ET.SubElement(desc, a("OCRProcessing"), ID="OCR_0")
-    step = ET.SubElement(proc, a("ocrProcessingStep"))
-    sw = ET.SubElement(step, a("processingSoftware"))
+    proc = ET.SubElement(desc, a("Processing"), ID="htrq_0")
+    prov = page.provenance
+    if prov and prov.model:
+        ET.SubElement(proc, a("processingStepSettings")).text = _settings_text(prov)
+    sw = ET.SubElement(proc, a("processingSoftware"))
     ET.SubElement(sw, a("softwareName")).text = "htrq"
+    if prov and prov.htrq_version:
+        ET.SubElement(sw, a("softwareVersion")).text = prov.htrq_version
     layout = ET.SubElement(root, a("Layout"))
     pg = ET.SubElement(
         layout,
@@ -173,6 +208,18 @@ def page_xml(page: PageResult, *, created: datetime | None = None) -> bytes:
     ET.SubElement(meta, p("Creator")).text = "htrq"
     ET.SubElement(meta, p("Created")).text = stamp
     ET.SubElement(meta, p("LastChange")).text = stamp
+    prov = page.provenance
+    if prov and prov.model:
+        item = ET.SubElement(
+            meta,
+            p("MetadataItem"),
+            type="processingStep",
+            name="recognition",
+            value=f"htrq {prov.htrq_version or ''}".strip(),
+        )
+        labels = ET.SubElement(item, p("Labels"))
+        for key, value in _provenance_items(prov):
+            ET.SubElement(labels, p("Label"), value=value, type=key)
     pg = ET.SubElement(
         root,
         p("Page"),
@@ -197,14 +244,24 @@ def page_xml(page: PageResult, *, created: datetime | None = None) -> bytes:
     return _serialise(root)
 
 
-def from_rows(page: Any, lines: Sequence[Any]) -> PageResult:
+def from_rows(page: Any, lines: Sequence[Any], review_below: float | None = None) -> PageResult:
     """A stored page and its lines (``htrq.models.Page`` / ``Line`` rows) as export input.
 
     Page size and line outlines come from ``Page.width``/``height`` and ``Line.polygon``/
-    ``baseline`` (JSON point lists) where the schema has them.
+    ``baseline`` (JSON point lists) where the schema has them; with ``review_below`` each
+    line says whether it needs review.
     """
+    decoding = getattr(page, "decoding", None)
     return from_resource(
         {
+            "provenance": {
+                "model": page.model,
+                "model_sha256": getattr(page, "model_sha256", None),
+                "decoding": json.loads(decoding) if decoding else None,
+                "htrq_version": getattr(page, "htrq_version", None),
+            }
+            if getattr(page, "model", None)
+            else None,
             "index": page.index,
             "filename": page.filename,
             "frame": page.frame,
@@ -222,6 +279,7 @@ def from_rows(page: Any, lines: Sequence[Any]) -> PageResult:
                     "bbox": (ln.x0, ln.y0, ln.x1, ln.y1),
                     "polygon": getattr(ln, "polygon", None),
                     "baseline": getattr(ln, "baseline", None),
+                    "needs_review": ln.confidence < review_below if review_below else None,
                 }
                 for ln in lines
             ],
@@ -243,9 +301,11 @@ def from_resource(page: Mapping[str, Any]) -> PageResult:
             bbox=tuple(int(v) for v in ln["bbox"]),  # type: ignore[arg-type]
             polygon=_stored_points(ln.get("polygon")),
             baseline=_stored_points(ln.get("baseline")),
+            needs_review=ln.get("needs_review"),
         )
         for ln in page.get("lines") or []
     ]
+    prov = page.get("provenance")
     name = page.get("filename") or f"page-{page['index'] + 1}"
     frame = page.get("frame") or 0
     error = page.get("error")
@@ -258,6 +318,9 @@ def from_resource(page: Mapping[str, Any]) -> PageResult:
         confidence=page.get("confidence"),
         status=page.get("status", "succeeded"),
         error={"code": error["code"], "message": error.get("message", "")} if error else None,
+        filename=page.get("filename"),
+        frame=frame,
+        provenance=Provenance(**prov) if prov else None,
     )
 
 
@@ -267,6 +330,16 @@ def _stored_points(value: Any) -> list[tuple[int, int]] | None:
         return None
     pts = json.loads(value) if isinstance(value, str) else value
     return [(int(x), int(y)) for x, y in pts]
+
+
+def _provenance_items(prov: Provenance) -> list[tuple[str, str]]:
+    items = [("model", prov.model or ""), ("model_sha256", prov.model_sha256 or "")]
+    items += [(f"decoding.{k}", str(v)) for k, v in (prov.decoding or {}).items()]
+    return [(k, v) for k, v in items if v]
+
+
+def _settings_text(prov: Provenance) -> str:
+    return "; ".join(f"{k}={v}" for k, v in _provenance_items(prov))
 
 
 def _text_equiv(parent: ET.Element, p: Any, text: str, conf: float | None) -> None:

@@ -13,6 +13,7 @@ import io
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pypdfium2 as pdfium
 from PIL import Image
@@ -37,13 +38,21 @@ class UploadInfo:
     pages: int  #: how many page rows the file becomes
 
 
-def is_pdf(data: bytes) -> bool:
+#: What :func:`inspect_upload` reads: the bytes, or a file holding them (an upload spooled
+#: to disk, so that a large one is never held in memory whole).
+Source = bytes | Path
+
+
+def is_pdf(data: Source) -> bool:
     # The spec lets the header start anywhere in the first 1024 bytes.
+    if isinstance(data, Path):
+        with data.open("rb") as fh:
+            data = fh.read(1024)
     return b"%PDF-" in data[:1024]
 
 
 def inspect_upload(
-    data: bytes,
+    data: Source,
     *,
     max_pages: int = 500,
     max_pixels: int | None = None,
@@ -56,7 +65,7 @@ def inspect_upload(
     rendered, at the DPI the worker uses. TIFF frames are counted no further than
     ``max_pages`` (a file of 80,000 tiny frames is refused after 501 of them).
     """
-    if not data:
+    if (data.stat().st_size if isinstance(data, Path) else len(data)) == 0:
         raise PageError("empty_file", "the uploaded file is empty")
     if is_pdf(data):
         with _open_pdf(data) as pdf:
@@ -173,14 +182,14 @@ def _check_not_empty(size: tuple[int, int], frame: int) -> None:
 
 
 @contextlib.contextmanager
-def _open_image(data: bytes) -> Iterator[Image.Image]:
+def _open_image(data: Source) -> Iterator[Image.Image]:
     """Open (not decode) an image; Pillow's own bomb guard becomes ``too_large``."""
     try:
         with warnings.catch_warnings():
             # Our own bound (check_pixels) decides; Pillow's warning would only add noise,
             # and its error (over twice its limit) is mapped to too_large below.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
+            im = Image.open(data if isinstance(data, Path) else io.BytesIO(data))
     except Image.DecompressionBombError as exc:
         raise PageError("too_large", f"the image is too large to decode safely: {exc}") from exc
     except Exception as exc:  # Pillow raises several types for unreadable data
@@ -192,7 +201,7 @@ def _open_image(data: bytes) -> Iterator[Image.Image]:
 
 
 @contextlib.contextmanager
-def _open_pdf(data: bytes) -> Iterator[pdfium.PdfDocument]:
+def _open_pdf(data: Source) -> Iterator[pdfium.PdfDocument]:
     try:
         pdf = pdfium.PdfDocument(data)
     except pdfium.PdfiumError as exc:

@@ -1,17 +1,24 @@
-"""Job service functions shared by the API and the CLI: submit, read, retry."""
+"""Job service functions shared by the API and the CLI: submit, read, retry.
+
+Every function takes the tenant whose jobs it may touch (``tenant_id``), so that no query
+can forget it; another tenant's job is :class:`NotFound`, exactly like a job that does not
+exist.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from htrq.blobs import lock_blobs
+from htrq.completion import reopen
 from htrq.db import session_scope
 from htrq.errors import PERMANENT_CODES, PageError
 from htrq.inputs import inspect_upload
@@ -24,23 +31,20 @@ from htrq.resources import (
     LineResource,
     PageResource,
     PageSummary,
+    Provenance,
     StatusCounts,
     job_status,
 )
 from htrq.settings import Settings
 from htrq.storage import BlobStore
 from htrq.text import clean_filename
+from htrq.uploads import Upload
+from htrq.webhooks import check_callback_url, latest_webhook
 
 log = logging.getLogger(__name__)
 
 #: Page indexes are a 32-bit INTEGER column.
 _MAX_INDEX = 2**31 - 1
-
-
-@dataclass(frozen=True)
-class Upload:
-    filename: str | None
-    data: bytes
 
 
 class NotFound(LookupError):
@@ -51,7 +55,10 @@ class IdempotencyConflict(Exception):
     """The idempotency key belongs to a job with different content."""
 
     def __init__(self, job_id: uuid.UUID) -> None:
-        super().__init__(f"the idempotency key is already used by job {job_id} with other files")
+        super().__init__(
+            f"the idempotency key (or external_id) is already used by job {job_id}, submitted "
+            "with other content (files, mode or callback URL); use a new key for a new job"
+        )
         self.job_id = job_id
 
 
@@ -61,28 +68,36 @@ def submit(
     storage: BlobStore,
     send: Send,
     settings: Settings,
+    tenant_id: uuid.UUID,
     uploads: Sequence[Upload],
     idempotency_key: str | None = None,
     external_id: str | None = None,
     mode: str = "page",
+    callback_url: str | None = None,
 ) -> tuple[JobResource, bool]:
     """Store the files, create the job and its pages, then enqueue the pages.
 
-    Returns the job and whether it was created (False: a repeat under the same key).
+    Returns the job and whether it was created (False: a repeat under the same key, which
+    is the tenant's own: two tenants using one key get two jobs).
 
     A file that cannot be read (broken or encrypted PDF, unknown format, empty, too many
     pixels) does not sink the others: it becomes one page that is ``failed`` at once with
     its code and is never queued. Raises :class:`PageError` (and stores nothing) only for what
     concerns the whole request: no files, a file over the byte limit, too many pages in all,
-    or no readable file at all. Raises :class:`IdempotencyConflict` when the key was used for
-    other content.
+    a callback URL that is refused, or no readable file at all. Raises
+    :class:`IdempotencyConflict` when the key was used for other content.
     """
     if mode not in JOB_MODES:
         raise PageError("invalid_mode", f"mode must be one of {', '.join(JOB_MODES)}")
     if not uploads:
         raise PageError("no_files", "send at least one file in the `files` field")
+    if callback_url is not None:
+        check_callback_url(callback_url, allow_private=settings.webhook_allow_private)
     # Names are stored and written into exports: no control characters, no path, bounded.
-    uploads = [Upload(clean_filename(up.filename or "upload"), up.data) for up in uploads]
+    uploads = [
+        Upload(clean_filename(up.filename or "upload"), up.data, up.path, up.sha256)
+        for up in uploads
+    ]
     inspected = [_inspect(up, settings) for up in uploads]
     refused = [
         (up, i) for up, i in zip(uploads, inspected, strict=True) if isinstance(i, PageError)
@@ -99,23 +114,33 @@ def submit(
         )
 
     key = idempotency_key or (f"external_id:{external_id}" if external_id else None)
-    fingerprint = _fingerprint(mode, uploads)
-    if key and (existing := _find_repeat(sessions, key, fingerprint)):
+    fingerprint = _fingerprint(mode, callback_url, uploads)
+    if key and (existing := _find_repeat(sessions, tenant_id, key, fingerprint)):
         return existing, False
 
-    # Refused files are stored too: their page rows need a blob, and a retry re-reads it.
-    blob_keys = [storage.put(up.data) for up in uploads]
     try:
         with session_scope(sessions) as s:
+            # Stored under the same locks that deleting a job takes, so that a job deleted
+            # at this moment cannot remove a file this one is about to use (files are stored
+            # once per content). Refused files are stored too: their page rows need a blob.
+            lock_blobs(s, [up.digest for up in uploads])
+            for up in uploads:
+                with up.open() as fh:
+                    storage.put_from(up.digest, fh)
             job = Job(
-                idempotency_key=key, fingerprint=fingerprint, external_id=external_id, mode=mode
+                tenant_id=tenant_id,
+                idempotency_key=key,
+                fingerprint=fingerprint,
+                external_id=external_id,
+                mode=mode,
+                callback_url=callback_url,
             )
-            for up, blob_key, info in zip(uploads, blob_keys, inspected, strict=True):
+            for up, info in zip(uploads, inspected, strict=True):
                 frames = 1 if isinstance(info, PageError) else info
                 for frame in range(frames):
                     page = Page(
                         index=len(job.pages),
-                        blob_key=blob_key,
+                        blob_key=up.digest,
                         frame=frame,
                         filename=up.filename,
                         status="queued",
@@ -132,12 +157,12 @@ def submit(
             page_ids = [str(p.id) for p in job.pages if p.status == "queued"]
     except IntegrityError:
         # Another request with the same key committed first.
-        if key and (existing := _find_repeat(sessions, key, fingerprint)):
+        if key and (existing := _find_repeat(sessions, tenant_id, key, fingerprint)):
             return existing, False
         raise
     # After the commit: a worker must never receive an id whose row it cannot see.
     _send_or_leave_to_sweeper(send, page_ids)
-    return get_job(sessions=sessions, job_id=job_id), True
+    return get_job(sessions=sessions, tenant_id=tenant_id, job_id=job_id), True
 
 
 def _inspect(up: Upload, settings: Settings) -> int | PageError:
@@ -146,14 +171,14 @@ def _inspect(up: Upload, settings: Settings) -> int | PageError:
     Raises :class:`PageError` for what refuses the whole request (over the byte or page limit).
     """
     name = up.filename or "upload"
-    if len(up.data) > settings.max_upload_bytes:
+    if up.size > settings.max_upload_bytes:
         raise PageError(
             "too_large",
-            f"{name}: {len(up.data)} bytes, over the limit of {settings.max_upload_bytes}",
+            f"{name}: {up.size} bytes, over the limit of {settings.max_upload_bytes}",
         )
     try:
         info = inspect_upload(
-            up.data,
+            up.source,
             max_pages=settings.max_pages_per_job,
             max_pixels=settings.max_pixels,
             max_aspect=settings.max_aspect,
@@ -166,7 +191,12 @@ def _inspect(up: Upload, settings: Settings) -> int | PageError:
 
 
 def retry(
-    *, sessions: sessionmaker[Session], send: Send, settings: Settings, job_id: uuid.UUID | str
+    *,
+    sessions: sessionmaker[Session],
+    send: Send,
+    settings: Settings,
+    tenant_id: uuid.UUID,
+    job_id: uuid.UUID | str,
 ) -> int:
     """Re-queue the job's failed pages and return how many.
 
@@ -177,8 +207,7 @@ def retry(
     """
     jid = _parse_id(job_id)
     with session_scope(sessions) as s:
-        if s.get(Job, jid) is None:
-            raise NotFound(f"no job {job_id}")
+        _owned(s, tenant_id, jid, job_id, lock=True)
         ids = s.scalars(
             update(Page)
             .where(
@@ -197,16 +226,19 @@ def retry(
             )
             .returning(Page.id)
         ).all()
+        if ids:
+            reopen(s, jid)  # it completes again, with a new event, when they finish
     _send_or_leave_to_sweeper(send, [str(i) for i in ids])
     return len(ids)
 
 
-def get_job(*, sessions: sessionmaker[Session], job_id: uuid.UUID | str) -> JobResource:
+def get_job(
+    *, sessions: sessionmaker[Session], tenant_id: uuid.UUID, job_id: uuid.UUID | str
+) -> JobResource:
     jid = _parse_id(job_id)
     with sessions() as s:
-        job = s.get(Job, jid)
-        if job is None:
-            raise NotFound(f"no job {job_id}")
+        job = _owned(s, tenant_id, jid, job_id)
+        webhook = latest_webhook(s, jid)
         rows = s.execute(
             select(Page.id, Page.index, Page.status, Page.attempts)
             .where(Page.job_id == jid)
@@ -222,6 +254,9 @@ def get_job(*, sessions: sessionmaker[Session], job_id: uuid.UUID | str) -> JobR
         external_id=job.external_id,
         mode=job.mode,
         created_at=job.created_at,
+        finished_at=job.finished_at,
+        callback_url=job.callback_url,
+        webhook=webhook,
         counts=counts,
         pages=pages,
     )
@@ -230,6 +265,7 @@ def get_job(*, sessions: sessionmaker[Session], job_id: uuid.UUID | str) -> JobR
 def get_page(
     *,
     sessions: sessionmaker[Session],
+    tenant_id: uuid.UUID,
     job_id: uuid.UUID | str,
     index: int,
     review_below: float = REVIEW_BELOW,
@@ -238,6 +274,7 @@ def get_page(
     jid = _parse_id(job_id)
     check_page_index(job_id, index)
     with sessions() as s:
+        _owned(s, tenant_id, jid, job_id)
         page = s.scalars(select(Page).where(Page.job_id == jid, Page.index == index)).first()
         if page is None:
             raise NotFound(f"no page {index} in job {job_id}")
@@ -265,6 +302,8 @@ def page_resource(
                 text=ln.text,
                 confidence=ln.confidence,
                 bbox=(ln.x0, ln.y0, ln.x1, ln.y1),
+                polygon=json.loads(ln.polygon) if ln.polygon else None,
+                baseline=json.loads(ln.baseline) if ln.baseline else None,
                 needs_review=ln.confidence < review_below,
             )
             for ln in lines
@@ -274,6 +313,14 @@ def page_resource(
         else None,
         attempts=page.attempts,
         model=page.model,
+        provenance=Provenance(
+            model=page.model,
+            model_sha256=page.model_sha256,
+            decoding=json.loads(page.decoding) if page.decoding else None,
+            htrq_version=page.htrq_version,
+        )
+        if page.model
+        else None,
         started_at=page.started_at,
         finished_at=page.finished_at,
     )
@@ -295,21 +342,49 @@ def _parse_id(job_id: uuid.UUID | str) -> uuid.UUID:
         raise NotFound(f"no job {job_id}") from None
 
 
-def _fingerprint(mode: str, uploads: Sequence[Upload]) -> str:
+def owned_job(
+    session: Session, tenant_id: uuid.UUID, job_id: uuid.UUID | str, *, lock: bool = False
+) -> Job:
+    """The tenant's job, or :class:`NotFound`, the same for another tenant's job as for
+    none at all: a tenant never learns that someone else's job exists."""
+    return _owned(session, tenant_id, _parse_id(job_id), job_id, lock=lock)
+
+
+def _owned(
+    session: Session,
+    tenant_id: uuid.UUID,
+    jid: uuid.UUID,
+    shown: uuid.UUID | str,
+    *,
+    lock: bool = False,
+) -> Job:
+    q = select(Job).where(Job.id == jid, Job.tenant_id == tenant_id)
+    job = session.scalars(q.with_for_update() if lock else q).first()
+    if job is None:
+        raise NotFound(f"no job {shown}")
+    return job
+
+
+def _fingerprint(mode: str, callback_url: str | None, uploads: Sequence[Upload]) -> str:
     h = hashlib.sha256(mode.encode())
+    h.update(b"\0" + (callback_url or "").encode() + b"\0")
     for up in uploads:
-        h.update(hashlib.sha256(up.data).digest())
+        h.update(bytes.fromhex(up.digest))
     return h.hexdigest()
 
 
-def _find_repeat(sessions: sessionmaker[Session], key: str, fingerprint: str) -> JobResource | None:
+def _find_repeat(
+    sessions: sessionmaker[Session], tenant_id: uuid.UUID, key: str, fingerprint: str
+) -> JobResource | None:
     with sessions() as s:
-        job = s.scalars(select(Job).where(Job.idempotency_key == key)).first()
+        job = s.scalars(
+            select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == key)
+        ).first()
     if job is None:
         return None
     if job.fingerprint != fingerprint:
         raise IdempotencyConflict(job.id)
-    return get_job(sessions=sessions, job_id=job.id)
+    return get_job(sessions=sessions, tenant_id=tenant_id, job_id=job.id)
 
 
 def _send_or_leave_to_sweeper(send: Send, page_ids: list[str]) -> None:

@@ -74,19 +74,63 @@ def _in(column: str, values: tuple[str, ...]) -> str:
     return f"{column} IN ({', '.join(repr(v) for v in values)})"
 
 
-class Job(Base):
-    __tablename__ = "jobs"
-    __table_args__ = (CheckConstraint(_in("mode", JOB_MODES), name="mode"),)
+#: The tenant of every request while ``HTRQ_AUTH=off``, and of jobs made before tenants.
+DEFAULT_TENANT = "default"
+
+
+class Tenant(Base):
+    """Who owns jobs: each API key belongs to one, and sees only its jobs."""
+
+    __tablename__ = "tenants"
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    #: HMAC-SHA256 key that signs the tenant's webhooks (kept, not hashed: it must sign).
+    webhook_secret: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ApiKey(Base):
+    """A bearer key: only its SHA-256 is stored; the key itself is shown once, at creation."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    label: Mapped[str | None] = mapped_column(String(255))
+    #: The key's first characters, to tell keys apart in a list (not enough to guess it).
+    prefix: Mapped[str] = mapped_column(String(16))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        CheckConstraint(_in("mode", JOB_MODES), name="mode"),
+        UniqueConstraint("tenant_id", "idempotency_key"),
+        Index("ix_jobs_tenant_created", "tenant_id", "created_at", "id"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
     #: ``Idempotency-Key`` header, else ``external_id:<external_id>``; NULL: no dedup.
-    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    #: Unique per tenant: two tenants using the same key get two jobs.
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
     #: Digest of what was submitted, to tell a repeat from a different job under the same key.
     fingerprint: Mapped[str] = mapped_column(String(64))
     external_id: Mapped[str | None] = mapped_column(String(255), index=True)
     #: ``page`` (segment the page into lines) or ``line`` (each image is one line).
     mode: Mapped[str] = mapped_column(String(16), default="page")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    #: Where the completion webhook goes (checked at submit).
+    callback_url: Mapped[str | None] = mapped_column(Text)
+    #: When the last page finished (NULL while any page is queued or running).
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    #: How many times the job has finished (a retry that finishes it again counts again):
+    #: numbers its webhook events.
+    completions: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     pages: Mapped[list[Page]] = relationship(
         back_populates="job", order_by="Page.index", cascade="all, delete-orphan"
@@ -103,6 +147,7 @@ class Page(Base):
         # The sweeper's two scans: expired leases and long-queued pages.
         Index("ix_pages_status_lease_until", "status", "lease_until"),
         Index("ix_pages_status_queued_at", "status", "queued_at"),
+        Index("ix_pages_blob_key", "blob_key"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
@@ -127,6 +172,11 @@ class Page(Base):
     error_message: Mapped[str | None] = mapped_column(Text)
 
     model: Mapped[str | None] = mapped_column(String(255))
+    #: Provenance of the reading: SHA-256 of the model's weights, the decoding settings
+    #: (JSON: beams, CTC weight, dtype, device) and the htrq version that read the page.
+    model_sha256: Mapped[str | None] = mapped_column(String(64))
+    decoding: Mapped[str | None] = mapped_column(Text)
+    htrq_version: Mapped[str | None] = mapped_column(String(32))
     text: Mapped[str | None] = mapped_column(Text)
     confidence: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -173,3 +223,36 @@ class Line(Base):
     baseline: Mapped[str | None] = mapped_column(Text)
 
     page: Mapped[Page] = relationship(back_populates="lines")
+
+
+WEBHOOK_STATES = ("pending", "delivered", "failed")
+
+
+class WebhookEvent(Base):
+    """A completion event to POST to a job's callback URL (a transactional outbox).
+
+    Written in the transaction that finishes the job, so exactly one exists per completion;
+    a dispatcher in the workers sends it, again with backoff until a 2xx answer.
+    """
+
+    __tablename__ = "webhook_events"
+    __table_args__ = (
+        UniqueConstraint("job_id", "seq"),
+        CheckConstraint(_in("status", WEBHOOK_STATES), name="status"),
+        Index("ix_webhook_events_due", "status", "next_attempt_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    #: The job's completion this event reports (1 for the first, 2 after a retry, ...).
+    seq: Mapped[int] = mapped_column(Integer)
+    url: Mapped[str] = mapped_column(Text)
+    #: The exact JSON body sent (and signed).
+    payload: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_status: Mapped[int | None] = mapped_column(Integer)  #: HTTP status of the last try
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

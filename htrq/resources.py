@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, computed_field
 
@@ -30,14 +30,46 @@ class StatusCounts(BaseModel):
     failed: int = 0
 
 
-class JobResource(BaseModel):
+class WebhookState(BaseModel):
+    """The latest completion event of a job and how its delivery went."""
+
+    event_id: uuid.UUID
+    completion: int = Field(description="1 for the job's first completion, 2 after a retry, ...")
+    status: Literal["pending", "delivered", "failed"]
+    attempts: int
+    last_status: int | None = Field(description="HTTP status of the last attempt")
+    last_error: str | None
+    next_attempt_at: datetime | None
+    delivered_at: datetime | None
+
+
+class JobSummary(BaseModel):
+    """A job in a list: its state and counts, without its pages."""
+
     id: uuid.UUID
     status: JobStatus
     external_id: str | None
     mode: str
     created_at: datetime
+    finished_at: datetime | None = Field(
+        description="when its last page finished; null while any is queued or running"
+    )
     counts: StatusCounts
+
+
+class JobResource(JobSummary):
+    callback_url: str | None = None
+    webhook: WebhookState | None = Field(
+        None, description="the latest completion webhook, where the job has a callback_url"
+    )
     pages: list[PageSummary]
+
+
+class JobList(BaseModel):
+    jobs: list[JobSummary]
+    next_cursor: str | None = Field(
+        description="pass as `cursor` for the next page; null at the end"
+    )
 
 
 #: Default of ``HTRQ_REVIEW_BELOW``: lines with a confidence below it are flagged
@@ -58,10 +90,25 @@ class LineResource(BaseModel):
     text: str
     confidence: float = Field(ge=0, le=1)
     bbox: tuple[int, int, int, int] = Field(description="x0, y0, x1, y1 in page pixels")
+    polygon: list[tuple[int, int]] | None = Field(
+        None, description="the line's outline in page pixels, where the segmenter gives one"
+    )
+    baseline: list[tuple[int, int]] | None = Field(
+        None, description="the line's baseline in page pixels, where the segmenter gives one"
+    )
 
     needs_review: bool = Field(
         description="the confidence is below HTRQ_REVIEW_BELOW: a person should check the line"
     )
+
+
+class Provenance(BaseModel):
+    model: str | None
+    model_sha256: str | None = Field(description="SHA-256 of the model's weight files")
+    decoding: dict[str, Any] | None = Field(
+        description="num_beams, ctc_weight, dtype, device, max_new_tokens"
+    )
+    htrq_version: str | None
 
 
 class PageResource(BaseModel):
@@ -79,6 +126,9 @@ class PageResource(BaseModel):
     error: ErrorInfo | None
     attempts: int
     model: str | None
+    provenance: Provenance | None = Field(
+        None, description="what read the page: model, weights digest, decoding, htrq version"
+    )
     started_at: datetime | None
     finished_at: datetime | None
 

@@ -30,6 +30,29 @@ class Settings(BaseSettings):
     #: Directory of the blob store holding uploaded bytes.
     storage_dir: Path = Path("var/blobs")
 
+    #: ``required``: every ``/v1`` request needs ``Authorization: Bearer <key>`` (keys from
+    #: ``htrq keys create``). ``off``: no keys, every request is the ``default`` tenant's;
+    #: only for a trusted network (the API logs a warning at start).
+    auth: Literal["required", "off"] = "required"
+    #: Largest whole upload request in bytes (all files together), checked as it streams in.
+    max_request_bytes: int = Field(2 * 1024**3, ge=1)
+    #: First re-send delay of a completion webhook that was not answered 2xx; doubles.
+    webhook_backoff: float = Field(5.0, gt=0)
+    #: Cap on the webhook re-send delay.
+    webhook_backoff_max: float = Field(3600.0, gt=0)
+    #: Attempts per webhook event before it is marked ``failed``.
+    webhook_max_attempts: int = Field(12, ge=1)
+    #: Seconds one webhook POST may take.
+    webhook_timeout: float = Field(10.0, gt=0)
+    #: Allow callback URLs on loopback, private and link-local addresses (tests, a DMS on
+    #: the same private network). Off: such URLs are refused with 422.
+    webhook_allow_private: bool = False
+    #: Seconds between the workers' looks for webhook events to send.
+    webhook_poll: float = Field(1.0, gt=0)
+    #: Finished jobs older than this many days are deleted (rows and stored files) by the
+    #: sweeper. Unset: kept until deleted.
+    retention_days: float | None = Field(None, gt=0)
+
     #: Recognition model: ``builtin`` (shipped in the repo), a local directory or a hub id.
     model: str = "builtin"
     #: Torch device: ``cpu``, ``cuda`` or ``cuda:N``.

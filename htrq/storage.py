@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 
 class BlobMissing(LookupError):
@@ -16,6 +18,15 @@ class BlobMissing(LookupError):
 class BlobStore(Protocol):
     def put(self, data: bytes) -> str:
         """Store ``data`` and return its key."""
+        ...
+
+    def put_from(self, key: str, source: BinaryIO) -> str:
+        """Store what ``source`` holds under ``key`` (its SHA-256, computed by the caller
+        while the bytes streamed in), copying in chunks; return the key."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Remove the blob (nothing happens if there is none)."""
         ...
 
     def get(self, key: str) -> bytes:
@@ -40,7 +51,9 @@ class DirectoryStore:
         return self.root / key[:2] / key[2:4] / key
 
     def put(self, data: bytes) -> str:
-        key = hashlib.sha256(data).hexdigest()
+        return self.put_from(hashlib.sha256(data).hexdigest(), io.BytesIO(data))
+
+    def put_from(self, key: str, source: BinaryIO) -> str:
         path = self._path(key)
         if path.exists():
             return key
@@ -48,15 +61,18 @@ class DirectoryStore:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
         try:
             with os.fdopen(fd, "wb") as f:
-                f.write(data)
+                shutil.copyfileobj(source, f, 1024 * 1024)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
         return key
 
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
     def get(self, key: str) -> bytes:
         try:
             return self._path(key).read_bytes()
         except FileNotFoundError:
-            raise BlobMissing(f"no blob {key} under {self.root}") from None
+            raise BlobMissing(f"no blob {key}") from None

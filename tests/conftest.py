@@ -44,6 +44,18 @@ def pg_url() -> Iterator[str]:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.fixture
+def scratch_pg_url() -> Iterator[str]:
+    """An empty PostgreSQL database for one test (migrations up and down), then dropped."""
+    name = f"htrq_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
+    yield f"{base}/{name}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture(scope="session")
 def database_url(pg_url: str) -> str:
     """The run's database with every migration applied."""
@@ -132,4 +144,9 @@ def settings(database_url: str, tiny_model: Path, tmp_path: Path) -> Settings:
         max_attempts=2,
         retry_backoff=0,
         sweep_interval=0.5,
+        # Keys and tenants are tested on their own (test_tenancy.py); elsewhere every request
+        # is the default tenant's, and callbacks may go to the test's own receiver.
+        auth="off",
+        webhook_allow_private=True,
+        webhook_poll=0.2,
     )

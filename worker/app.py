@@ -19,8 +19,9 @@ from htrq.queue import CelerySender, Send, make_celery
 from htrq.settings import Settings, load_settings
 from htrq.storage import DirectoryStore
 from worker.batch import BatchContext
+from worker.provenance import read_by
 from worker.reading import CannotRead, build_pipeline, check_reads, line_reader
-from worker.sweeper import SweeperThread
+from worker.sweeper import SweeperThread, WebhookThread
 from worker.tasks import register_tasks
 
 if TYPE_CHECKING:
@@ -32,6 +33,7 @@ _app: Celery | None = None
 _settings: Settings | None = None
 _context: BatchContext | None = None
 _sweeper: SweeperThread | None = None
+_webhooks: WebhookThread | None = None
 #: The worker's main process, which pool processes inherit through the fork.
 _main_pid = os.getpid()
 #: Set by a child process that could not load the model, so the main process exits non-zero
@@ -65,6 +67,7 @@ def load_context(settings: Settings, *, database_url: str, send: Send) -> BatchC
         storage=DirectoryStore(settings.storage_dir),
         pipeline=build_pipeline(settings, recognizer),
         model_name=recognizer.name,
+        read_by=read_by(settings, recognizer.path, recognizer.ctc_weight),
         send=send,
     )
 
@@ -137,19 +140,24 @@ def _on_process_init(**_: Any) -> None:
 
 
 def _start_sweeper(**_: Any) -> None:
-    global _sweeper
+    global _sweeper, _webhooks
     assert _app is not None and _settings is not None and _settings.database_url
+    sessions = make_sessions(make_engine(_settings.database_url))
     _sweeper = SweeperThread(
-        sessions=make_sessions(make_engine(_settings.database_url)),
+        sessions=sessions,
         sender=CelerySender(_app),
         settings=_settings,
+        storage=DirectoryStore(_settings.storage_dir),
     )
     _sweeper.start()
+    _webhooks = WebhookThread(sessions=sessions, settings=_settings)
+    _webhooks.start()
 
 
 def _stop_sweeper(**_: Any) -> None:
-    if _sweeper is not None:
-        _sweeper.stop()
+    for thread in (_sweeper, _webhooks):
+        if thread is not None:
+            thread.stop()
 
 
 def __getattr__(name: str) -> Celery:

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from htrq.claims import (
     Claim,
+    ReadBy,
     claim_pages,
     release_for_retry,
     release_to_read_alone,
@@ -46,6 +47,8 @@ class BatchContext:
     pipeline: Pipeline
     model_name: str  #: stored on each page it reads
     send: Send  #: re-sends a page (with a countdown) after a transient error
+    #: Weights digest, decoding settings and htrq version, stored with each page read.
+    read_by: ReadBy | None = None
 
 
 @dataclass
@@ -203,6 +206,7 @@ def _finish(
                         confidence=outcome.confidence,
                         lines=outcome.lines,
                         model=ctx.model_name,
+                        provenance=ctx.read_by,
                         processing_ms=elapsed_ms,
                         size=outcome.size,
                     )

@@ -10,13 +10,18 @@ from __future__ import annotations
 import heapq
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from htrq import jobs
 from htrq.db import upgrade
-from htrq.resources import PageResource
+from htrq.errors import PageError
+from htrq.inputs import inspect_upload
+from htrq.resources import ErrorInfo, PageResource
 from htrq.settings import Settings
+from htrq.tenants import default_tenant
+from htrq.uploads import Upload
 from worker.app import load_context
 from worker.batch import process_batch
 
@@ -54,8 +59,14 @@ def transcribe(
     mode: str = "page",
     progress: Callable[[str], None] = lambda _: None,
 ) -> list[PageResource]:
-    """Submit ``files`` as one job, run every page through the batch code, return the pages."""
-    uploads = [jobs.Upload(filename=p.name, data=p.read_bytes()) for p in files]
+    """Submit ``files`` as jobs, run every page through the batch code, return the pages.
+
+    Files go in jobs of at most ``HTRQ_MAX_PAGES_PER_JOB`` pages each, in order (a folder of
+    more pages than one job may hold is read as several jobs); a file refused as a whole
+    (say, one PDF over the page limit by itself) comes back as one failed page. When no file
+    is readable at all, the first refusal is raised, as the API answers such a request.
+    """
+    uploads = [Upload(filename=p.name, path=p) for p in files]
     with tempfile.TemporaryDirectory(prefix="htrq-") as tmp:
         database_url = settings.database_url
         if database_url is None:
@@ -65,29 +76,81 @@ def transcribe(
         queue = LocalQueue()
         progress(f"loading model {settings.model}")
         ctx = load_context(settings, database_url=database_url, send=queue)
-        job, _ = jobs.submit(
-            sessions=ctx.sessions,
-            storage=ctx.storage,
-            send=queue,
-            settings=settings,
-            uploads=uploads,
-            mode=mode,
-        )
-        # Files refused at submit are pages already failed; they never reach the queue.
-        total, done, started = len(job.pages), job.counts.failed, time.monotonic()
-        while len(queue):
-            report = process_batch(queue.take(settings.flush_every), ctx)
-            done += report.succeeded + report.failed
-            rate = done / max(1e-9, time.monotonic() - started)
-            progress(f"{done}/{total} pages ({rate:.2f} pages/s)")
-        pages = [
-            jobs.get_page(
-                sessions=ctx.sessions,
-                job_id=job.id,
-                index=p.index,
-                review_below=settings.review_below,
-            )
-            for p in job.pages
-        ]
+        tenant = default_tenant(ctx.sessions)
+        pages: list[PageResource] = []
+        refusals: list[PageError] = []
+        for part in _parts(uploads, settings.max_pages_per_job):
+            try:
+                job, _ = jobs.submit(
+                    sessions=ctx.sessions,
+                    storage=ctx.storage,
+                    send=queue,
+                    settings=settings,
+                    tenant_id=tenant,
+                    uploads=part,
+                    mode=mode,
+                )
+            except PageError as exc:  # the whole part refused: one file on its own
+                pages.append(_refused(part[0], exc, len(pages)))
+                refusals.append(exc)
+                continue
+            # Files refused at submit are pages already failed; they never reach the queue.
+            total, done, started = len(job.pages), job.counts.failed, time.monotonic()
+            while len(queue):
+                report = process_batch(queue.take(settings.flush_every), ctx)
+                done += report.succeeded + report.failed
+                rate = done / max(1e-9, time.monotonic() - started)
+                progress(f"{done}/{total} pages ({rate:.2f} pages/s)")
+            pages += [
+                jobs.get_page(
+                    sessions=ctx.sessions,
+                    tenant_id=tenant,
+                    job_id=job.id,
+                    index=p.index,
+                    review_below=settings.review_below,
+                ).model_copy(update={"index": len(pages) + i})
+                for i, p in enumerate(job.pages)
+            ]
         ctx.sessions.kw["bind"].dispose()
+        if len(refusals) == len(pages):  # nothing readable at all: as the API, refuse
+            raise refusals[0]
         return pages
+
+
+def _parts(uploads: list[Upload], max_pages: int) -> list[list[Upload]]:
+    """Consecutive runs of files of at most ``max_pages`` pages each (a file's own pages are
+    counted from its header; one that cannot be read counts one)."""
+    parts: list[list[Upload]] = []
+    count = 0
+    for up in uploads:
+        try:
+            n = inspect_upload(up.source, max_pages=max_pages).pages
+        except PageError:
+            n = 1
+        if not parts or count + n > max_pages:
+            parts.append([])
+            count = 0
+        parts[-1].append(up)
+        count += n
+    return parts
+
+
+def _refused(up: Upload, exc: PageError, index: int) -> PageResource:
+    return PageResource(
+        id=uuid.uuid4(),
+        job_id=uuid.uuid4(),
+        index=index,
+        status="failed",
+        filename=up.filename,
+        frame=0,
+        width=None,
+        height=None,
+        text=None,
+        confidence=None,
+        lines=[],
+        error=ErrorInfo(code=exc.code, message=exc.message),
+        attempts=0,
+        model=None,
+        started_at=None,
+        finished_at=None,
+    )

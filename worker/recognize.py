@@ -66,6 +66,7 @@ class Recognizer:
         processor,
         *,
         name: str,
+        path: str | None = None,
         batch_size: int = 16,
         num_beams: int = 4,
         max_new_tokens: int = 96,
@@ -75,6 +76,8 @@ class Recognizer:
         self.model = model.eval()
         self.processor = processor
         self.name = name
+        #: Where the weights were loaded from (a folder, or a hub id).
+        self.path = path or name
         self.batch_size = batch_size
         self.num_beams = num_beams
         self.max_new_tokens = max_new_tokens
@@ -135,6 +138,7 @@ class Recognizer:
             net,
             processor,
             name=model or "builtin",
+            path=path,
             batch_size=batch_size,
             num_beams=num_beams,
             max_new_tokens=max_new_tokens,

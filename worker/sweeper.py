@@ -12,13 +12,17 @@ import logging
 import threading
 from datetime import timedelta
 
+import httpx
 from sqlalchemy.orm import Session, sessionmaker
 
 from htrq.claims import Swept, sweep
 from htrq.db import session_scope
+from htrq.deletion import purge_finished
 from htrq.models import utcnow
 from htrq.queue import CelerySender
 from htrq.settings import Settings
+from htrq.storage import BlobStore
+from htrq.webhooks import deliver_due
 
 log = logging.getLogger(__name__)
 
@@ -53,21 +57,68 @@ def sweep_once(
     return swept
 
 
+def purge_expired(
+    *, sessions: sessionmaker[Session], storage: BlobStore, settings: Settings
+) -> int:
+    """Delete the jobs that finished more than ``HTRQ_RETENTION_DAYS`` ago (none if unset)."""
+    if settings.retention_days is None:
+        return 0
+    cutoff = utcnow() - timedelta(days=settings.retention_days)
+    return len(purge_finished(sessions=sessions, storage=storage, finished_before=cutoff))
+
+
 class SweeperThread(threading.Thread):
     def __init__(
-        self, *, sessions: sessionmaker[Session], sender: CelerySender, settings: Settings
+        self,
+        *,
+        sessions: sessionmaker[Session],
+        sender: CelerySender,
+        settings: Settings,
+        storage: BlobStore,
     ) -> None:
         super().__init__(name="htrq-sweeper", daemon=True)
         self.sessions, self.sender, self.settings = sessions, sender, settings
+        self.storage = storage
         self.stopping = threading.Event()
 
     def run(self) -> None:
         while not self.stopping.wait(self.settings.sweep_interval):
             try:
                 sweep_once(sessions=self.sessions, sender=self.sender, settings=self.settings)
+                purge_expired(sessions=self.sessions, storage=self.storage, settings=self.settings)
             except Exception:
                 # Database or broker down: try again next round.
                 log.exception("sweeper: sweep failed")
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+
+class WebhookThread(threading.Thread):
+    """Sends due completion events from the outbox, in every worker's main process (any
+    number of them may run: each event is claimed by one at a time)."""
+
+    def __init__(self, *, sessions: sessionmaker[Session], settings: Settings) -> None:
+        super().__init__(name="htrq-webhooks", daemon=True)
+        self.sessions, self.settings = sessions, settings
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        s = self.settings
+        # No redirects: a public URL that redirects inward would get past the address check.
+        with httpx.Client(timeout=s.webhook_timeout, follow_redirects=False) as client:
+            while not self.stopping.wait(s.webhook_poll):
+                try:
+                    deliver_due(
+                        self.sessions,
+                        client,
+                        backoff=s.webhook_backoff,
+                        backoff_max=s.webhook_backoff_max,
+                        max_attempts=s.webhook_max_attempts,
+                        allow_private=s.webhook_allow_private,
+                    )
+                except Exception:
+                    log.exception("webhooks: delivery round failed")
 
     def stop(self) -> None:
         self.stopping.set()

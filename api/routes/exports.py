@@ -1,8 +1,9 @@
 """``/v1/jobs/{id}/export`` and ``/v1/jobs/{id}/pages/{index}/export``: txt, json, ALTO, PAGE.
 
 Rendering is :mod:`htrq.exports` (pure); this module only loads rows and picks the format.
-A page export answers 409 until the page has succeeded. A job export is available at any
-time: pages not (yet) succeeded are empty in txt and XML and carry their status in json.
+A page export answers 409 until the page has succeeded, a job export until every page has
+finished. In a finished job, failed pages are empty in txt (the form feeds keep the page
+positions), left out of the ALTO and PAGE zips, and carry their error in json.
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
-from api.deps import SessionsDep
+from api.deps import SessionsDep, SettingsDep, TenantDep
 from api.schemas import ErrorBody
 from htrq.exports import FORMATS, from_rows, render_job_export, render_page_export
-from htrq.jobs import NotFound, check_page_index
-from htrq.models import Job, Page
+from htrq.jobs import NotFound, check_page_index, owned_job
+from htrq.models import Page
 
 router = APIRouter(prefix="/v1/jobs", tags=["exports"])
 
@@ -29,19 +30,26 @@ FormatQuery = Annotated[
 ]
 EXTENSIONS = {"txt": "txt", "json": "json", "alto": "alto.xml", "page": "page.xml"}
 ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "no API key, or an unknown or revoked one"},
     404: {"model": ErrorBody, "description": "unknown job or page"},
-    409: {"model": ErrorBody, "description": "the page has not succeeded (yet)"},
+    409: {"model": ErrorBody, "description": "the page (or job) has not finished (yet)"},
 }
 
 
 @router.get("/{job_id}/pages/{index}/export", responses=ERRORS)
 def export_page(
-    job_id: str, index: int, sessions: SessionsDep, format: FormatQuery = "txt"
+    job_id: str,
+    index: int,
+    sessions: SessionsDep,
+    settings: SettingsDep,
+    tenant: TenantDep,
+    format: FormatQuery = "txt",
 ) -> Response:
     """One page's result as plain text, JSON, ALTO 4 or PAGE XML."""
     jid = _parse_id(job_id)
     check_page_index(job_id, index)
     with sessions() as s:
+        owned_job(s, tenant, jid)
         page = s.scalars(
             select(Page)
             .where(Page.job_id == jid, Page.index == index)
@@ -50,37 +58,46 @@ def export_page(
         if page is None:
             raise NotFound(f"no page {index} in job {job_id}")
         if page.status != "succeeded":
-            return JSONResponse(
-                {
-                    "error": {
-                        "code": "page_not_succeeded",
-                        "message": f"page {index} is {page.status}; export it once it succeeded",
-                    }
-                },
-                status_code=409,
+            return _conflict(
+                "page_not_succeeded", f"page {index} is {page.status}; export it once it succeeded"
             )
-        result = from_rows(page, page.lines)
+        result = from_rows(page, page.lines, settings.review_below)
     body = render_page_export(result, format)
     name = f"{jid}-page-{index + 1:04d}.{EXTENSIONS[format]}"
     return _download(body, FORMATS[format], name)
 
 
-@router.get("/{job_id}/export", responses={404: ERRORS[404]})
-def export_job(job_id: str, sessions: SessionsDep, format: FormatQuery = "txt") -> Response:
-    """The whole job, pages in order: txt (form feed between pages), JSON, or a zip of one
-    ALTO / PAGE XML file per page (``page-0001.xml`` ...)."""
+@router.get("/{job_id}/export", responses=ERRORS)
+def export_job(
+    job_id: str,
+    sessions: SessionsDep,
+    settings: SettingsDep,
+    tenant: TenantDep,
+    format: FormatQuery = "txt",
+) -> Response:
+    """The whole job, pages in order, once every page has finished: txt (form feed between
+    pages), JSON, or a zip of one ALTO / PAGE XML file per succeeded page
+    (``page-0001.xml`` ...)."""
     jid = _parse_id(job_id)
     with sessions() as s:
-        job = s.get(Job, jid)
-        if job is None:
-            raise NotFound(f"no job {job_id}")
+        owned_job(s, tenant, jid)
         pages = s.scalars(
             select(Page)
             .where(Page.job_id == jid)
             .order_by(Page.index)
             .options(selectinload(Page.lines))
         ).all()
-        results = [from_rows(p, p.lines if p.status == "succeeded" else []) for p in pages]
+        waiting = [p.index for p in pages if p.status not in ("succeeded", "failed")]
+        if waiting:
+            return _conflict(
+                "job_not_finished",
+                f"{len(waiting)} pages are still queued or running (the first is page "
+                f"{waiting[0]}); export the job once it has finished",
+            )
+        results = [
+            from_rows(p, p.lines if p.status == "succeeded" else [], settings.review_below)
+            for p in pages
+        ]
     body, media, ext = render_job_export(results, format)
     if format in ("alto", "page"):
         ext = f"{format}.zip"
@@ -92,6 +109,10 @@ def _parse_id(job_id: str) -> uuid.UUID:
         return uuid.UUID(job_id)
     except ValueError:
         raise NotFound(f"no job {job_id}") from None
+
+
+def _conflict(code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=409)
 
 
 def _download(body: bytes, media_type: str, filename: str) -> Response:

@@ -16,6 +16,7 @@ from htrq.models import Line, Page, utcnow
 from htrq.queue import PAGE_QUEUE, CelerySender, make_celery
 from htrq.settings import Settings
 from htrq.storage import DirectoryStore
+from htrq.tenants import default_tenant
 from tests.images import corrupt_png, multipage_tiff, page_png
 from worker.batch import BatchContext, process_batch
 from worker.embedded import LocalQueue
@@ -41,6 +42,7 @@ def _context(
 def _submit(ctx: BatchContext, files: list[bytes]) -> list[str]:
     job, _ = jobs.submit(
         sessions=ctx.sessions,
+        tenant_id=default_tenant(ctx.sessions),
         storage=ctx.storage,
         send=ctx.send,
         settings=ctx.settings,

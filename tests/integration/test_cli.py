@@ -102,27 +102,61 @@ def test_a_bad_setting_exits_2_naming_the_variable(
     assert "HTRQ_LEASE_SECONDS" in capsys.readouterr().err
 
 
-def test_migrate_submit_and_status_against_the_servers(
+def test_migrate_is_idempotent_and_explains_a_missing_database(
     monkeypatch: pytest.MonkeyPatch,
     database_url: str,
-    broker_url: str,
-    tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """migrate is idempotent; submit queues a job on Redis; status prints it and its pages."""
+    """migrate twice is fine; against a database that does not exist it says so in one
+    sentence (no traceback) and exits 1."""
     monkeypatch.setenv("HTRQ_DATABASE_URL", database_url)
-    monkeypatch.setenv("HTRQ_BROKER_URL", broker_url)
-    monkeypatch.setenv("HTRQ_STORAGE_DIR", str(tmp_path / "blobs"))
     assert main(["migrate"]) == 0
-    page = tmp_path / "p.png"
-    page.write_bytes(page_png())
-    assert main(["submit", str(page), "--external-id", "cli-1"]) == 0
-    job = json.loads(capsys.readouterr().out)
-    assert job["status"] == "queued" and job["external_id"] == "cli-1"
-    assert main(["status", job["id"], "--pages"]) == 0
-    status = json.loads(capsys.readouterr().out)
-    assert status["pages"][0]["filename"] == "p.png" and status["pages"][0]["attempts"] == 0
-    assert main(["status", "00000000-0000-0000-0000-000000000000"]) == 1
+    assert main(["migrate"]) == 0
+    capsys.readouterr()
+    monkeypatch.setenv("HTRQ_DATABASE_URL", database_url + "_nowhere")
+    assert main(["migrate"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot migrate the database" in err
+    assert "Traceback" not in err
+
+
+def test_a_closed_pipe_ends_the_command_quietly(database_url: str, engine: Engine) -> None:
+    """`htrq keys list | head -1` on a list far longer than a pipe holds ends without a
+    BrokenPipeError traceback."""
+    import os
+    import subprocess
+    import sys
+    import uuid
+
+    from sqlalchemy import delete, insert
+
+    from htrq.models import ApiKey, Tenant
+
+    tenant = uuid.uuid4()
+    with engine.begin() as conn:
+        conn.execute(insert(Tenant).values(id=tenant, name=f"pipe-{tenant}", webhook_secret="x"))
+        conn.execute(
+            insert(ApiKey),
+            [
+                {"id": uuid.uuid4(), "tenant_id": tenant, "prefix": "htrq_xxxxxxx",
+                 "key_hash": uuid.uuid4().hex * 2, "label": "a long label " * 4}
+                for _ in range(3000)
+            ],
+        )  # fmt: skip
+    try:
+        proc = subprocess.run(
+            f"{sys.executable} -m htrq.cli keys list | head -1",
+            shell=True,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "HTRQ_DATABASE_URL": database_url},
+        )
+    finally:
+        with engine.begin() as conn:
+            conn.execute(delete(Tenant).where(Tenant.id == tenant))
+    assert proc.stdout.count("\n") == 1
+    assert "BrokenPipeError" not in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_server_commands_say_which_variable_is_missing(

@@ -22,6 +22,7 @@ from htrq.inputs import render_page
 from htrq.models import Page
 from htrq.settings import Settings
 from htrq.storage import DirectoryStore
+from htrq.tenants import default_tenant
 from tests.hostile import png, saved_as
 from tests.images import page_png
 from tests.pdfs import pdf_of, text_pdf
@@ -87,6 +88,7 @@ def _context(sessions, settings: Settings, recognize, **pipeline) -> BatchContex
 def _submit(ctx: BatchContext, files: list[bytes], mode: str = "line") -> list[str]:
     job, _ = jobs.submit(
         sessions=ctx.sessions,
+        tenant_id=default_tenant(ctx.sessions),
         storage=ctx.storage,
         send=ctx.send,
         settings=ctx.settings,
@@ -200,6 +202,7 @@ def test_retry_leaves_pages_that_failed_for_their_input(
     ctx = _context(sessions, settings, Picky(poison={40}))
     job, _ = jobs.submit(
         sessions=sessions,
+        tenant_id=default_tenant(sessions),
         storage=ctx.storage,
         send=ctx.send,
         settings=settings.model_copy(update={"max_attempts": 1}),
@@ -209,7 +212,16 @@ def test_retry_leaves_pages_that_failed_for_their_input(
     process_batch([str(job.pages[1].id)], ctx)
     before = [(p.status, p.error_code) for p in _pages(sessions, [str(p.id) for p in job.pages])]
     assert before == [("failed", "unsupported_format"), ("failed", "model_error")]
-    assert jobs.retry(sessions=sessions, send=ctx.send, settings=settings, job_id=job.id) == 1
+    assert (
+        jobs.retry(
+            sessions=sessions,
+            tenant_id=default_tenant(sessions),
+            send=ctx.send,
+            settings=settings,
+            job_id=job.id,
+        )
+        == 1
+    )
 
 
 @pytest.mark.parametrize("fmt", ["GIF", "TGA", "PCX", "ICO", "PPM", "SGI", "IM", "DDS"])

@@ -10,15 +10,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
 from lxml import etree
+from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.routes import exports
-from htrq.jobs import NotFound
+from api.main import create_app
 from htrq.models import Job, Line, Page
+from htrq.settings import Settings
+from htrq.tenants import default_tenant
 
 SCHEMAS = Path(__file__).parents[1] / "resources" / "schemas"
 
@@ -31,16 +31,13 @@ def valid(xml: bytes, xsd: str) -> bool:
 
 
 @pytest.fixture
-def client(sessions: sessionmaker[Session]) -> Iterator[TestClient]:
-    """The export router on an app of its own, over the test's rolled-back session."""
-    app = FastAPI()
-    app.include_router(exports.router)
+def client(
+    settings: Settings, broker_url: str, sessions: sessionmaker[Session]
+) -> Iterator[TestClient]:
+    """The service's own app (``create_app``), reading through the test's rolled-back
+    session so that the rows below vanish with the test."""
+    app = create_app(settings)
     app.state.sessions = sessions
-
-    @app.exception_handler(NotFound)
-    def _not_found(_: Request, exc: NotFound) -> JSONResponse:
-        return JSONResponse({"error": {"code": "not_found", "message": str(exc)}}, 404)
-
     with TestClient(app) as c:
         yield c
 
@@ -48,8 +45,9 @@ def client(sessions: sessionmaker[Session]) -> Iterator[TestClient]:
 @pytest.fixture
 def job_id(sessions: sessionmaker[Session]) -> uuid.UUID:
     """A job of three pages from one PDF: succeeded (two lines), failed, queued."""
+    tenant = default_tenant(sessions)
     with sessions() as s:
-        job = Job(fingerprint="f" * 64, mode="page")
+        job = Job(tenant_id=tenant, fingerprint="f" * 64, mode="page")
         s.add(job)
         s.flush()
         common = {"job_id": job.id, "blob_key": "b", "filename": "letter.pdf", "attempt_limit": 3}
@@ -85,7 +83,8 @@ def test_page_exports_in_every_format(client: TestClient, job_id: uuid.UUID) -> 
     assert r.headers["content-type"].startswith("text/plain")
     body = client.get(base, params={"format": "json"}).json()
     assert [ln["bbox"] for ln in body["lines"]] == [[10, 20, 400, 60], [12, 80, 500, 130]]
-    assert body["image"] == "letter.pdf"
+    assert (body["filename"], body["frame"]) == ("letter.pdf", 0)
+    assert [ln["needs_review"] for ln in body["lines"]] == [False, True]  # 0.9, 0.7 vs 0.9
     r = client.get(base, params={"format": "alto"})
     assert r.headers["content-type"].startswith("application/xml")
     assert valid(r.content, "alto-4-4.local.xsd")
@@ -104,24 +103,45 @@ def test_page_export_of_unfinished_or_unknown_pages(client: TestClient, job_id: 
     assert client.get(f"/v1/jobs/{job_id}/export", params={"format": "hocr"}).status_code == 422
 
 
-def test_job_exports_hold_every_page_in_order(client: TestClient, job_id: uuid.UUID) -> None:
-    """txt has a form feed between pages; json carries states; XML is a zip of valid files."""
+def test_an_unfinished_job_has_no_export_yet(client: TestClient, job_id: uuid.UUID) -> None:
+    """While a page is queued the job export answers 409 job_not_finished, in every format."""
+    for fmt in ("txt", "json", "alto", "page"):
+        r = client.get(f"/v1/jobs/{job_id}/export", params={"format": fmt})
+        assert r.status_code == 409 and r.json()["error"]["code"] == "job_not_finished", fmt
+
+
+def test_job_exports_hold_every_page_in_order(
+    client: TestClient, job_id: uuid.UUID, sessions: sessionmaker[Session]
+) -> None:
+    """Once finished: txt has a form feed between pages (a failed page is empty); json
+    carries states and errors; XML is a zip of valid files of the succeeded pages only."""
+    with sessions() as s:
+        s.execute(
+            update(Page)
+            .where(Page.job_id == job_id, Page.index == 2)
+            .values(status="failed", error_code="invalid_pdf", error_message="x")
+        )
+        s.commit()
     r = client.get(f"/v1/jobs/{job_id}/export")
     assert r.text.split("\f") == ["Dear Sir,\nyours truly", "", ""]
     pages = client.get(f"/v1/jobs/{job_id}/export", params={"format": "json"}).json()["pages"]
     assert [(p["index"], p["status"]) for p in pages] == [
         (0, "succeeded"),
         (1, "failed"),
-        (2, "queued"),
+        (2, "failed"),
     ]
     assert pages[1]["error"]["code"] == "invalid_pdf"
-    assert [p["image"] for p in pages] == ["letter.pdf", "letter.pdf[1]", "letter.pdf[2]"]
+    assert [(p["filename"], p["frame"]) for p in pages] == [
+        ("letter.pdf", 0),
+        ("letter.pdf", 1),
+        ("letter.pdf", 2),
+    ]
     for fmt, xsd in (("alto", "alto-4-4.local.xsd"), ("page", "pagecontent-2019-07-15.xsd")):
         r = client.get(f"/v1/jobs/{job_id}/export", params={"format": fmt})
         assert r.headers["content-type"] == "application/zip"
         assert r.headers["content-disposition"].endswith(f'.{fmt}.zip"')
         with zipfile.ZipFile(io.BytesIO(r.content)) as zf:
-            assert zf.namelist() == ["page-0001.xml", "page-0002.xml", "page-0003.xml"]
+            assert zf.namelist() == ["page-0001.xml"]  # the failed pages are left out
             assert all(valid(zf.read(n), xsd) for n in zf.namelist())
     assert (
         json.loads(client.get(f"/v1/jobs/{job_id}/pages/0/export?format=json").text)["index"] == 0

@@ -15,6 +15,7 @@ from htrq.models import Page
 from htrq.resources import JobResource, StatusCounts, job_status
 from htrq.settings import Settings
 from htrq.storage import DirectoryStore
+from htrq.tenants import default_tenant
 from tests.images import corrupt_png, page_png
 from tests.pdfs import broken_pdf, encrypted_pdf, pdf_of
 from worker.pipeline import LineOutput
@@ -36,6 +37,7 @@ def _submit(
     kw.setdefault("uploads", [jobs.Upload(f"p{i}.png", page_png(f"page {i}")) for i in range(3)])
     return jobs.submit(
         sessions=sessions,
+        tenant_id=default_tenant(sessions),
         storage=DirectoryStore(settings.storage_dir),
         send=send,
         settings=settings,
@@ -70,8 +72,10 @@ def test_pages_are_sent_only_after_the_commit(engine: Engine, settings: Settings
                 q = text("SELECT count(*) FROM pages WHERE id = :id")
                 seen.append(other.execute(q, {"id": pid}).scalar_one())
 
+    sessions = sessionmaker(engine)
     jobs.submit(
-        sessions=sessionmaker(engine),
+        sessions=sessions,
+        tenant_id=default_tenant(sessions),
         storage=DirectoryStore(settings.storage_dir),
         send=send,
         settings=settings,
@@ -156,7 +160,9 @@ def test_an_unreadable_file_fails_only_its_own_page_at_once(
     assert job.counts == StatusCounts(queued=2, failed=1)
     assert job.status == "queued"  # no worker has started it
     assert sorted(send.sent) == sorted(str(job.pages[i].id) for i in (0, 2))
-    bad = jobs.get_page(sessions=sessions, job_id=job.id, index=1)
+    bad = jobs.get_page(
+        sessions=sessions, tenant_id=default_tenant(sessions), job_id=job.id, index=1
+    )
     assert bad.error is not None and bad.error.code == code and bad.error.message
     assert (bad.filename, bad.frame, bad.attempts, bad.started_at) == ("bad.pdf", 0, 0, None)
     assert bad.finished_at is not None
@@ -206,7 +212,13 @@ def test_retry_requeues_only_failed_pages_and_keeps_attempts(
         )
         s.execute(update(Page).where(Page.id == done).values(status="succeeded", attempts=1))
     send = Recorder()
-    n = jobs.retry(sessions=sessions, send=send, settings=settings, job_id=job.id)
+    n = jobs.retry(
+        sessions=sessions,
+        tenant_id=default_tenant(sessions),
+        send=send,
+        settings=settings,
+        job_id=job.id,
+    )
     assert n == 1 and send.sent == [str(failed)]
     with sessions() as s:
         page = s.get(Page, failed)
@@ -223,10 +235,24 @@ def test_unknown_ids_raise_not_found(sessions: sessionmaker[Session], settings: 
     """Unknown and malformed job ids, and missing page indexes, raise NotFound."""
     job, _ = _submit(sessions, settings, Recorder())
     for call in (
-        lambda: jobs.get_job(sessions=sessions, job_id="not-a-uuid"),
-        lambda: jobs.get_job(sessions=sessions, job_id="00000000-0000-0000-0000-000000000000"),
-        lambda: jobs.get_page(sessions=sessions, job_id=job.id, index=3),
-        lambda: jobs.retry(sessions=sessions, send=Recorder(), settings=settings, job_id="x"),
+        lambda: jobs.get_job(
+            sessions=sessions, tenant_id=default_tenant(sessions), job_id="not-a-uuid"
+        ),
+        lambda: jobs.get_job(
+            sessions=sessions,
+            tenant_id=default_tenant(sessions),
+            job_id="00000000-0000-0000-0000-000000000000",
+        ),
+        lambda: jobs.get_page(
+            sessions=sessions, tenant_id=default_tenant(sessions), job_id=job.id, index=3
+        ),
+        lambda: jobs.retry(
+            sessions=sessions,
+            tenant_id=default_tenant(sessions),
+            send=Recorder(),
+            settings=settings,
+            job_id="x",
+        ),
     ):
         with pytest.raises(jobs.NotFound):
             call()
@@ -269,9 +295,17 @@ def test_lines_under_the_review_threshold_say_needs_review(
         assert write_result(
             s, claim, text="x", confidence=0.8, lines=lines, model="m", processing_ms=1
         )
-    default = jobs.get_page(sessions=sessions, job_id=job.id, index=0)
+    default = jobs.get_page(
+        sessions=sessions, tenant_id=default_tenant(sessions), job_id=job.id, index=0
+    )
     assert [ln.needs_review for ln in default.lines] == [False, True, True]
     assert default.lines_to_review == 2
-    lenient = jobs.get_page(sessions=sessions, job_id=job.id, index=0, review_below=0.8)
+    lenient = jobs.get_page(
+        sessions=sessions,
+        tenant_id=default_tenant(sessions),
+        job_id=job.id,
+        index=0,
+        review_below=0.8,
+    )
     assert [ln.needs_review for ln in lenient.lines] == [False, True, False]
     assert lenient.model_dump()["lines_to_review"] == 1

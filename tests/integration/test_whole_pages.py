@@ -14,6 +14,7 @@ from htrq import jobs
 from htrq.models import Line, Page
 from htrq.settings import Settings
 from htrq.storage import DirectoryStore
+from htrq.tenants import default_tenant
 from tests.pdfs import broken_pdf, pdf_of, text_pdf
 from worker.batch import BatchContext, process_batch
 from worker.embedded import LocalQueue
@@ -39,6 +40,7 @@ def submit_and_process(
     )
     job, _ = jobs.submit(
         sessions=sessions,
+        tenant_id=default_tenant(sessions),
         storage=ctx.storage,
         send=ctx.send,
         settings=settings,
@@ -105,7 +107,12 @@ def test_a_broken_pdf_among_images_fails_at_once_and_the_images_are_read(
         ("failed", "invalid_pdf", 0),  # never claimed: it was not sent to the queue
         ("succeeded", None, 1),
     ]
-    assert jobs.get_job(sessions=sessions, job_id=pages[0].job_id).status == "partial"
+    assert (
+        jobs.get_job(
+            sessions=sessions, tenant_id=default_tenant(sessions), job_id=pages[0].job_id
+        ).status
+        == "partial"
+    )
 
 
 def test_page_size_and_line_outlines_are_stored(
@@ -115,7 +122,9 @@ def test_page_size_and_line_outlines_are_stored(
     synthetic = render_page(22, size=(1000, 1300))
     (page,) = submit_and_process(sessions, settings, recognizer, [("p.png", _png(synthetic))])
     assert (page.width, page.height) == (1000, 1300)
-    resource = jobs.get_page(sessions=sessions, job_id=page.job_id, index=0)
+    resource = jobs.get_page(
+        sessions=sessions, tenant_id=default_tenant(sessions), job_id=page.job_id, index=0
+    )
     assert (resource.width, resource.height) == (1000, 1300)
     with sessions() as s:
         lines = s.scalars(select(Line).where(Line.page_id == page.id).order_by(Line.index)).all()

@@ -51,6 +51,7 @@ def test_a_worker_whose_model_cannot_read_exits_without_claiming(
     from htrq.models import Job, Page
     from htrq.queue import CelerySender, make_celery
     from htrq.storage import DirectoryStore
+    from htrq.tenants import default_tenant
     from tests.images import page_png
 
     broken = tmp_path / "broken-model"
@@ -64,6 +65,7 @@ def test_a_worker_whose_model_cannot_read_exits_without_claiming(
     sessions = make_sessions(engine)
     job, _ = jobs.submit(
         sessions=sessions,
+        tenant_id=default_tenant(sessions),
         storage=DirectoryStore(tmp_path / "blobs"),
         send=CelerySender(make_celery(settings)),
         settings=settings,

@@ -1,0 +1,213 @@
+"""A Python client of the htrq HTTP API, for a DMS and for ``htrq submit``.
+
+    from htrq.client import Client
+
+    with Client("https://htrq.example.org", api_key="htrq_...") as htrq:
+        job = htrq.submit(["letter-p1.jpg", "letter-p2.jpg"], external_id="dms-4711")
+        job = htrq.wait(job.id)
+        text = htrq.export(job.id, "txt").decode()
+
+Requests that fail to connect, time out or are cut off, and answers 502/503/504, are sent
+again with backoff. A submit always carries an ``Idempotency-Key`` (a new UUID unless you
+give one) and sends the same key again, so a submit whose answer was lost makes one job,
+not two. The API's errors raise :class:`ApiError` with the error's code.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from htrq.resources import JobList, JobResource, JobSummary, PageResource
+
+#: Answers worth sending the request again for: the service is restarting or overloaded.
+RETRY_STATUS = frozenset({502, 503, 504})
+FINISHED = ("succeeded", "failed", "partial")
+
+FileSpec = str | Path | tuple[str, bytes]
+
+
+class ApiError(Exception):
+    """An error answer of the API: its HTTP status, code and message."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status, self.code, self.message = status, code, message
+
+
+class Client:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        *,
+        timeout: float = 120.0,
+        retries: int = 4,
+        backoff: float = 0.5,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.http = httpx.Client(
+            base_url=base_url.rstrip("/"), headers=headers, timeout=timeout, transport=transport
+        )
+        self.retries, self.backoff = retries, backoff
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.http.close()
+
+    # -- jobs ---------------------------------------------------------------------------------
+
+    def submit(
+        self,
+        files: Sequence[FileSpec],
+        *,
+        mode: str = "page",
+        external_id: str | None = None,
+        callback_url: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> JobResource:
+        """Upload files as one job (201 new, or 200 for a repeat of the same key)."""
+        key = idempotency_key or str(uuid.uuid4())
+        data = {"mode": mode}
+        if external_id is not None:
+            data["external_id"] = external_id
+        if callback_url is not None:
+            data["callback_url"] = callback_url
+
+        def send() -> httpx.Response:
+            opened = [_file_part(f) for f in files]  # fresh each attempt: streams are read
+            try:
+                return self.http.post(
+                    "/v1/jobs", files=opened, data=data, headers={"Idempotency-Key": key}
+                )
+            finally:
+                for _, (_, fh, _) in opened:
+                    if hasattr(fh, "close"):
+                        fh.close()
+
+        return JobResource.model_validate(self._call(send))
+
+    def get(self, job_id: uuid.UUID | str) -> JobResource:
+        return JobResource.model_validate(self._get(f"/v1/jobs/{job_id}"))
+
+    def wait(
+        self, job_id: uuid.UUID | str, *, timeout: float | None = None, interval: float = 1.0
+    ) -> JobResource:
+        """Poll until the job has finished (succeeded, failed or partial)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            job = self.get(job_id)
+            if job.status in FINISHED:
+                return job
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} has not finished after {timeout} s")
+            time.sleep(interval)
+
+    def page(self, job_id: uuid.UUID | str, index: int) -> PageResource:
+        return PageResource.model_validate(self._get(f"/v1/jobs/{job_id}/pages/{index}"))
+
+    def pages(self, job_id: uuid.UUID | str) -> list[PageResource]:
+        return [self.page(job_id, p.index) for p in self.get(job_id).pages]
+
+    def export(self, job_id: uuid.UUID | str, fmt: str = "txt") -> bytes:
+        """The finished job as ``txt``, ``json``, ``alto`` (zip), ``page`` (zip) or ``pdf``."""
+        r = self._request("GET", f"/v1/jobs/{job_id}/export", params={"format": fmt})
+        return r.content
+
+    def retry(self, job_id: uuid.UUID | str) -> int:
+        """Re-queue the job's failed pages; how many."""
+        return int(self._call(lambda: self.http.post(f"/v1/jobs/{job_id}/retry"))["requeued"])
+
+    def delete(self, job_id: uuid.UUID | str) -> None:
+        self._request("DELETE", f"/v1/jobs/{job_id}")
+
+    def list(
+        self,
+        *,
+        status: str | None = None,
+        external_id: str | None = None,
+        created_after: datetime | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> JobList:
+        """One page of the tenant's jobs, newest first."""
+        params: dict[str, Any] = {"limit": limit}
+        for name, value in (
+            ("status", status),
+            ("external_id", external_id),
+            ("created_after", created_after.isoformat() if created_after else None),
+            ("cursor", cursor),
+        ):
+            if value is not None:
+                params[name] = value
+        return JobList.model_validate(self._get("/v1/jobs", params=params))
+
+    def iter_jobs(self, **filters: Any) -> Iterator[JobSummary]:
+        """Every job that matches, following the cursors."""
+        cursor = None
+        while True:
+            page = self.list(cursor=cursor, **filters)
+            yield from page.jobs
+            if not page.next_cursor:
+                return
+            cursor = page.next_cursor
+
+    # -- transport ----------------------------------------------------------------------------
+
+    def _get(self, path: str, params: dict[str, Any] | None = None) -> Any:
+        return self._call(lambda: self.http.get(path, params=params))
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        return self._send(lambda: self.http.request(method, path, **kwargs))
+
+    def _call(self, send: Any) -> Any:
+        return self._send(send).json()
+
+    def _send(self, send: Any) -> httpx.Response:
+        for attempt in range(self.retries + 1):
+            last = attempt == self.retries
+            try:
+                r = send()
+            except httpx.TransportError:
+                if last:
+                    raise
+            else:
+                if r.status_code not in RETRY_STATUS or last:
+                    if r.status_code >= 400:
+                        raise _error(r)
+                    return r
+            time.sleep(self.backoff * 2**attempt)
+        raise AssertionError("unreachable")
+
+
+def _file_part(f: FileSpec) -> tuple[str, tuple[str, Any, str]]:
+    if isinstance(f, tuple):
+        name, data = f
+        return "files", (name, data, _mime(name))
+    path = Path(f)
+    return "files", (path.name, path.open("rb"), _mime(path.name))
+
+
+def _mime(name: str) -> str:
+    return mimetypes.guess_type(name)[0] or "application/octet-stream"
+
+
+def _error(r: httpx.Response) -> ApiError:
+    try:
+        err = r.json()["error"]
+        return ApiError(r.status_code, err["code"], err["message"])
+    except (ValueError, KeyError, TypeError):
+        return ApiError(r.status_code, "http_error", r.text[:500])
