@@ -16,7 +16,7 @@ from htrq.errors import PageError
 from htrq.jobs import IdempotencyConflict, NotFound
 from htrq.queue import CelerySender, make_celery
 from htrq.settings import Settings, load_settings
-from htrq.storage import DirectoryStore
+from htrq.storage import StorageUnavailable, open_store
 
 #: HTTP status for each refusal code; any other code is a 422.
 PAGE_ERROR_STATUS = {"too_large": 413, "too_many_pages": 413, "unsupported_format": 415}
@@ -45,7 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.sessions = make_sessions(engine)
-    app.state.storage = DirectoryStore(settings.storage_dir)
+    app.state.storage = open_store(settings)
     app.state.sender = CelerySender(make_celery(settings, name="htrq-api"))
     app.include_router(jobs.router)
     app.include_router(health.router)
@@ -59,6 +59,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(NotFound)
     def _not_found(_: Request, exc: NotFound) -> JSONResponse:
         return error(404, "not_found", str(exc))
+
+    @app.exception_handler(StorageUnavailable)
+    def _storage(_: Request, exc: StorageUnavailable) -> JSONResponse:
+        # Nothing was written to the database: the client may send the same request again.
+        return error(503, "storage_unavailable", f"{exc}; try again later")
 
     @app.exception_handler(IdempotencyConflict)
     def _conflict(_: Request, exc: IdempotencyConflict) -> JSONResponse:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from htrq.errors import PageError
 from htrq.settings import Settings, SettingsError, load_settings
+from htrq.storage import StorageUnavailable
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
@@ -122,14 +123,14 @@ def _database(settings: Settings) -> Iterator[sessionmaker[Session]]:
 def cmd_submit(args: argparse.Namespace) -> int:
     from htrq import jobs
     from htrq.queue import CelerySender, make_celery
-    from htrq.storage import DirectoryStore
+    from htrq.storage import open_store
 
     settings = load_settings()
     _need(settings, "database_url", "broker_url")
     with _database(settings) as sessions:
         job, created = jobs.submit(
             sessions=sessions,
-            storage=DirectoryStore(settings.storage_dir),
+            storage=open_store(settings),
             send=CelerySender(make_celery(settings)),
             settings=settings,
             uploads=[jobs.Upload(filename=p.name, data=p.read_bytes()) for p in args.files],
@@ -305,6 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     except PageError as exc:
         print(f"htrq: refused: {exc.code}: {exc.message}", file=sys.stderr)
         return 2
+    except StorageUnavailable as exc:
+        print(f"htrq: {exc}; see HTRQ_STORAGE_URL", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -221,3 +221,16 @@ def s3_settings(settings: Settings, s3_url: str, s3_server: S3Server) -> Setting
     return settings.model_copy(
         update={"storage_url": s3_url, "s3_endpoint_url": s3_server.endpoint_url}
     )
+
+
+@pytest.fixture
+def unreachable_s3_settings(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """``settings`` with blobs on an S3 endpoint where nothing listens (a store that is down)."""
+    for name, value in S3_CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    return settings.model_copy(
+        update={
+            "storage_url": "s3://htrq-test/blobs",
+            "s3_endpoint_url": f"http://127.0.0.1:{free_port()}",
+        }
+    )

@@ -17,7 +17,7 @@ from celery import Celery, signals
 from htrq.db import make_engine, make_sessions
 from htrq.queue import CelerySender, Send, make_celery
 from htrq.settings import Settings, load_settings
-from htrq.storage import DirectoryStore
+from htrq.storage import open_store
 from worker.batch import BatchContext
 from worker.reading import CannotRead, build_pipeline, check_reads, line_reader
 from worker.sweeper import SweeperThread
@@ -62,7 +62,7 @@ def load_context(settings: Settings, *, database_url: str, send: Send) -> BatchC
     return BatchContext(
         settings=settings,
         sessions=make_sessions(make_engine(database_url)),
-        storage=DirectoryStore(settings.storage_dir),
+        storage=open_store(settings),
         pipeline=build_pipeline(settings, recognizer),
         model_name=recognizer.name,
         send=send,
