@@ -20,7 +20,7 @@ from htrq.jobs import IdempotencyConflict, NotFound
 from htrq.models import DEFAULT_TENANT
 from htrq.queue import CelerySender, make_celery
 from htrq.settings import Settings, load_settings
-from htrq.storage import DirectoryStore
+from htrq.storage import StorageUnavailable, open_store
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "only on a network you trust",
             DEFAULT_TENANT,
         )
-    app.state.storage = DirectoryStore(settings.storage_dir)
+    app.state.storage = open_store(settings)
     app.state.sender = CelerySender(make_celery(settings, name="htrq-api"))
     app.include_router(jobs.router)
     app.include_router(health.router)
@@ -85,6 +85,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(NotFound)
     def _not_found(_: Request, exc: NotFound) -> JSONResponse:
         return error(404, "not_found", str(exc))
+
+    @app.exception_handler(StorageUnavailable)
+    def _storage(_: Request, exc: StorageUnavailable) -> JSONResponse:
+        # Nothing was written to the database: the client may send the same request again.
+        return error(503, "storage_unavailable", f"{exc}; try again later")
 
     @app.exception_handler(IdempotencyConflict)
     def _conflict(_: Request, exc: IdempotencyConflict) -> JSONResponse:

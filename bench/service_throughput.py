@@ -44,7 +44,7 @@ from htrq.db import make_engine, make_sessions, upgrade
 from htrq.models import Line, Page
 from htrq.queue import CelerySender, make_celery
 from htrq.settings import Settings, load_settings
-from htrq.storage import DirectoryStore
+from htrq.storage import open_store
 from htrq.tenants import default_tenant
 from worker.app import load_recognizer
 from worker.pipeline import PageInput, Pipeline
@@ -249,7 +249,7 @@ class Service:
         self.engine = make_engine(settings.database_url)
         self.sessions = make_sessions(self.engine)
         self.sender = CelerySender(make_celery(settings))
-        self.storage = DirectoryStore(settings.storage_dir)
+        self.storage = open_store(settings)
 
     def run(self, pages: list[bytes]) -> tuple[float, float]:
         """Submit ``pages`` as one job; pages per second (wall, and worker CPU) until stored."""

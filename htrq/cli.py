@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from htrq.errors import PageError
 from htrq.settings import Settings, SettingsError, load_settings
+from htrq.storage import StorageUnavailable
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
@@ -405,6 +406,9 @@ def main(argv: list[str] | None = None) -> int:
     except PageError as exc:
         print(f"htrq: refused: {exc.code}: {exc.message}", file=sys.stderr)
         return 2
+    except StorageUnavailable as exc:
+        print(f"htrq: {exc}; see HTRQ_STORAGE_URL", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -6,11 +6,13 @@ import math
 import re
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from htrq.resources import CTC_WEIGHT, REVIEW_BELOW
+from htrq.storage import parse_storage_url
 
 ENV_PREFIX = "HTRQ_"
 
@@ -27,8 +29,15 @@ class Settings(BaseSettings):
     database_url: str | None = None
     #: Celery broker URL (Redis). Unset: ``htrq transcribe`` uses an in-process queue.
     broker_url: str | None = None
-    #: Directory of the blob store holding uploaded bytes.
+    #: Where uploaded bytes are stored: ``file:///path`` (a directory every process can read,
+    #: such as NFS) or ``s3://bucket/prefix`` (any S3-compatible store). Unset: the directory
+    #: ``storage_dir``.
+    storage_url: str | None = None
+    #: Directory of the blob store when ``storage_url`` is unset (kept for older setups).
     storage_dir: Path = Path("var/blobs")
+    #: Endpoint of an S3-compatible store that is not AWS (MinIO, Ceph RGW), such as
+    #: ``http://minio:9000``. Unset: AWS S3 in the region boto3 finds (``AWS_DEFAULT_REGION``).
+    s3_endpoint_url: str | None = None
 
     #: ``required``: every ``/v1`` request needs ``Authorization: Bearer <key>`` (keys from
     #: ``htrq keys create``). ``off``: no keys, every request is the ``default`` tenant's;
@@ -140,10 +149,31 @@ class Settings(BaseSettings):
             )
         return self
 
-    @field_validator("database_url", "broker_url", mode="before")
+    @field_validator("database_url", "broker_url", "storage_url", "s3_endpoint_url", mode="before")
     @classmethod
     def _blank_is_unset(cls, v: object) -> object:
         return None if isinstance(v, str) and not v.strip() else v
+
+    @field_validator("storage_url")
+    @classmethod
+    def _storage_url(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_storage_url(v)  # raises ValueError saying what is expected
+        return v
+
+    @field_validator("s3_endpoint_url")
+    @classmethod
+    def _endpoint_url(cls, v: str | None) -> str | None:
+        if v is not None:
+            parts = urlsplit(v)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError("expected http(s)://host[:port], such as http://minio:9000")
+            if "@" in parts.netloc:
+                raise ValueError(
+                    "credentials do not go in the URL: use AWS_ACCESS_KEY_ID and "
+                    "AWS_SECRET_ACCESS_KEY"
+                )
+        return v
 
     @property
     def visibility_timeout(self) -> int:
@@ -182,5 +212,13 @@ def load_settings(**overrides: object) -> Settings:
         problems = []
         for err in exc.errors():
             name = ENV_PREFIX + "_".join(str(p) for p in err["loc"]).upper()
-            problems.append(f"{name}={err.get('input')!r}: {err['msg']}")
+            problems.append(f"{name}={_redacted(err.get('input'))!r}: {err['msg']}")
         raise SettingsError("invalid configuration: " + "; ".join(problems)) from None
+
+
+def _redacted(value: object) -> object:
+    """``value`` with the user and password of a URL (``scheme://user:secret@host``) hidden."""
+    return _USERINFO.sub(r"\1***@", value) if isinstance(value, str) else value
+
+
+_USERINFO = re.compile(r"^([a-z][a-z0-9+.-]*://)[^/@]*@", re.IGNORECASE)

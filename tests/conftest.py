@@ -6,11 +6,15 @@ Nothing here is mocked: tests run against the real database, broker and model co
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import httpx
 import psycopg
 import pytest
 import redis
@@ -19,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from htrq.db import make_engine, upgrade
 from htrq.settings import Settings
-from tests.services import Processes
+from tests.services import Processes, free_port, stop_group, wait_for
 
 if TYPE_CHECKING:
     from worker.recognize import Recognizer
@@ -30,6 +34,13 @@ PG_ADMIN_URL = os.environ.get(
 ).replace("postgresql+psycopg://", "postgresql://", 1)
 #: A Redis database the tests may flush.
 REDIS_URL = os.environ.get("HTRQ_TEST_BROKER_URL", "redis://127.0.0.1:6379/13")
+#: Credentials for the test S3 server, which accepts any. ``s3_url`` puts them in the
+#: environment, where boto3's standard chain finds them (in service processes too).
+S3_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "htrq-test-key",
+    "AWS_SECRET_ACCESS_KEY": "htrq-test-secret",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
 
 
 @pytest.fixture(scope="session")
@@ -149,4 +160,94 @@ def settings(database_url: str, tiny_model: Path, tmp_path: Path) -> Settings:
         auth="off",
         webhook_allow_private=True,
         webhook_poll=0.2,
+    )
+
+
+@dataclass(frozen=True)
+class S3Server:
+    """A running S3-protocol server and the bucket the tests use on it."""
+
+    endpoint_url: str
+    bucket: str
+
+    def client(self) -> Any:
+        """A boto3 client on the server, to look at the bucket from outside the code."""
+        import boto3
+
+        return boto3.session.Session(
+            aws_access_key_id=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+            region_name=S3_CREDENTIALS["AWS_DEFAULT_REGION"],
+        ).client("s3", endpoint_url=self.endpoint_url)
+
+    def objects(self, prefix: str) -> dict[str, bytes]:
+        """Every object under ``prefix``, by name."""
+        client = self.client()
+        listing = client.list_objects_v2(Bucket=self.bucket, Prefix=prefix)
+        return {
+            o["Key"]: client.get_object(Bucket=self.bucket, Key=o["Key"])["Body"].read()
+            for o in listing.get("Contents", [])
+        }
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """moto's standalone S3 server, a real process on a free port, with one bucket."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("s3") / "moto.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "--host", "127.0.0.1", "--port", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    server = S3Server(f"http://127.0.0.1:{port}", "htrq-test")
+
+    def up() -> bool:
+        try:
+            httpx.get(server.endpoint_url, timeout=1)
+        except httpx.HTTPError:
+            return False
+        return True
+
+    try:
+        wait_for(up, "the S3 server to answer", proc, log)
+        server.client().create_bucket(Bucket=server.bucket)
+        yield server
+    finally:
+        stop_group(proc)  # SIGTERM, SIGKILL if it is still there 30 s later
+
+
+@pytest.fixture
+def s3_url(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> str:
+    """``s3://`` URL of a prefix of its own in the test bucket; the server's credentials in
+    the environment, and nothing of the developer's AWS setup."""
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+    for name, value in S3_CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    return f"s3://{s3_server.bucket}/test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def s3_settings(settings: Settings, s3_url: str, s3_server: S3Server) -> Settings:
+    """``settings`` with blobs in the test bucket instead of a directory."""
+    return settings.model_copy(
+        update={"storage_url": s3_url, "s3_endpoint_url": s3_server.endpoint_url}
+    )
+
+
+@pytest.fixture
+def unreachable_s3_settings(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """``settings`` with blobs on an S3 endpoint where nothing listens (a store that is down)."""
+    for name, value in S3_CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    return settings.model_copy(
+        update={
+            "storage_url": "s3://htrq-test/blobs",
+            "s3_endpoint_url": f"http://127.0.0.1:{free_port()}",
+        }
     )

@@ -17,7 +17,7 @@ from celery import Celery, signals
 from htrq.db import make_engine, make_sessions
 from htrq.queue import CelerySender, Send, make_celery
 from htrq.settings import Settings, load_settings
-from htrq.storage import DirectoryStore
+from htrq.storage import open_store
 from worker.batch import BatchContext
 from worker.provenance import read_by
 from worker.reading import CannotRead, build_pipeline, check_reads, line_reader
@@ -64,7 +64,7 @@ def load_context(settings: Settings, *, database_url: str, send: Send) -> BatchC
     return BatchContext(
         settings=settings,
         sessions=make_sessions(make_engine(database_url)),
-        storage=DirectoryStore(settings.storage_dir),
+        storage=open_store(settings),
         pipeline=build_pipeline(settings, recognizer),
         model_name=recognizer.name,
         read_by=read_by(settings, recognizer.path, recognizer.ctc_weight),
@@ -147,7 +147,7 @@ def _start_sweeper(**_: Any) -> None:
         sessions=sessions,
         sender=CelerySender(_app),
         settings=_settings,
-        storage=DirectoryStore(_settings.storage_dir),
+        storage=open_store(_settings),
     )
     _sweeper.start()
     _webhooks = WebhookThread(sessions=sessions, settings=_settings)

@@ -30,7 +30,7 @@ from htrq.errors import PageError, public_message
 from htrq.models import Job, Page
 from htrq.queue import Send
 from htrq.settings import Settings
-from htrq.storage import BlobMissing, BlobStore
+from htrq.storage import BlobMissing, BlobStore, StorageUnavailable
 from worker.pipeline import PageInput, PageOutput, Pipeline
 from worker.timelimit import TimeLimitExceeded, time_limit
 
@@ -95,22 +95,22 @@ def process_batch(page_ids: Sequence[str], ctx: BatchContext) -> BatchReport:
 
     outcomes: dict[object, PageOutput | PageError] = {}
     # Each stored file is read once per group, however many of its pages (PDF pages, TIFF
-    # frames) the group holds.
-    blobs: dict[str, bytes] = {}
+    # frames) the group holds; so is a file that could not be read.
+    blobs: dict[str, bytes | PageError | StorageUnavailable] = {}
     inputs: dict[uuid.UUID, PageInput] = {}
     for c in claims:
-        try:
-            data = blobs.get(c.blob_key) or blobs.setdefault(
-                c.blob_key, ctx.storage.get(c.blob_key)
+        if c.blob_key not in blobs:
+            blobs[c.blob_key] = _load(ctx, c.blob_key)
+        data = blobs[c.blob_key]
+        if isinstance(data, PageError):
+            outcomes[c.page_id] = data
+        elif isinstance(data, StorageUnavailable):
+            # Not the page's fault: it goes back to the queue like a model error.
+            _release(ctx, c, "storage_unavailable", f"{data}; it will be tried again", report)
+        else:
+            inputs[c.page_id] = PageInput(
+                key=c.page_id, data=data, frame=c.frame, mode=modes[c.page_id]
             )
-        except BlobMissing:
-            outcomes[c.page_id] = PageError(
-                "blob_missing", "the uploaded file is no longer stored; upload it again"
-            )
-            continue
-        inputs[c.page_id] = PageInput(
-            key=c.page_id, data=data, frame=c.frame, mode=modes[c.page_id]
-        )
 
     together = [c for c in claims if c.page_id in inputs and not c.read_alone]
     alone = [c for c in claims if c.page_id in inputs and c.read_alone]
@@ -119,6 +119,17 @@ def process_batch(page_ids: Sequence[str], ctx: BatchContext) -> BatchReport:
         _read_group(ctx, group, [inputs[c.page_id] for c in group], outcomes, report)
     report.pipeline_ms = round((time.perf_counter() - started) * 1000)
     return _finish(ctx, claims, outcomes, report, report.pipeline_ms)
+
+
+def _load(ctx: BatchContext, key: str) -> bytes | PageError | StorageUnavailable:
+    """The stored file, or why it cannot be read: gone for good, or for now."""
+    try:
+        return ctx.storage.get(key)
+    except BlobMissing:
+        return PageError("blob_missing", "the uploaded file is no longer stored; upload it again")
+    except StorageUnavailable as exc:
+        log.warning("blob %s could not be read", key, exc_info=True)
+        return exc
 
 
 def _read_group(

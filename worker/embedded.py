@@ -71,7 +71,10 @@ def transcribe(
         database_url = settings.database_url
         if database_url is None:
             database_url = f"sqlite:///{Path(tmp) / 'htrq.sqlite'}"
-            settings = settings.model_copy(update={"storage_dir": Path(tmp) / "blobs"})
+            # A throwaway database refers to throwaway blobs, wherever HTRQ_STORAGE_URL points.
+            settings = settings.model_copy(
+                update={"storage_dir": Path(tmp) / "blobs", "storage_url": None}
+            )
             upgrade(database_url)  # a configured database is migrated by `htrq migrate`
         queue = LocalQueue()
         progress(f"loading model {settings.model}")

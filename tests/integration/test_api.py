@@ -5,8 +5,10 @@ from collections.abc import Iterator
 import pytest
 import redis
 from fastapi.testclient import TestClient
+from sqlalchemy import Engine, func, select
 
 from api.main import create_app
+from htrq.models import Job
 from htrq.queue import PAGE_QUEUE
 from htrq.settings import Settings
 from tests.images import page_png
@@ -179,6 +181,22 @@ def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         for family in text_string_to_metric_families(text)
         for s in family.samples
     }
+
+
+def test_uploads_the_store_cannot_take_get_503_and_no_job(
+    unreachable_s3_settings: Settings, broker_url: str, engine: Engine
+) -> None:
+    """A store that is down answers 503 storage_unavailable, naming no endpoint; nothing is
+    written or queued, so the client can send the same request again."""
+    with TestClient(create_app(unreachable_s3_settings), raise_server_exceptions=False) as c:
+        r = c.post("/v1/jobs", files=_files("a.png"), data={"external_id": "store-down"})
+    assert r.status_code == 503, r.text
+    assert r.json()["error"]["code"] == "storage_unavailable"
+    endpoint = unreachable_s3_settings.s3_endpoint_url
+    assert endpoint and endpoint.split("//")[1] not in r.text and "htrq-test" not in r.text
+    with engine.connect() as conn:
+        assert conn.scalar(select(func.count()).where(Job.external_id == "store-down")) == 0
+    assert redis.Redis.from_url(broker_url).llen(PAGE_QUEUE) == 0
 
 
 def test_metrics_show_the_work_waiting_and_in_flight(client: TestClient, engine) -> None:  # type: ignore[no-untyped-def]

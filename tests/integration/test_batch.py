@@ -15,7 +15,7 @@ from htrq.claims import claim_pages, sweep, write_result
 from htrq.models import Line, Page, utcnow
 from htrq.queue import PAGE_QUEUE, CelerySender, make_celery
 from htrq.settings import Settings
-from htrq.storage import DirectoryStore
+from htrq.storage import DirectoryStore, open_store
 from htrq.tenants import default_tenant
 from tests.images import corrupt_png, multipage_tiff, page_png
 from worker.batch import BatchContext, process_batch
@@ -163,6 +163,29 @@ def test_a_missing_blob_fails_the_page(
     ctx.storage = DirectoryStore(tmp_path / "empty")
     process_batch([pid], ctx)
     assert _pages(sessions, [pid])[0].error_code == "blob_missing"
+
+
+def test_a_store_that_does_not_answer_puts_the_pages_back(
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    unreachable_s3_settings: Settings,
+    recognizer: Recognizer,
+) -> None:
+    """Pages whose store is down go back to the queue (storage_unavailable), not to failed;
+    they are read once it answers again."""
+    ctx = _context(sessions, settings, recognizer)
+    ids = _submit(ctx, [multipage_tiff(2), page_png()])
+    queue = ctx.send
+    assert isinstance(queue, LocalQueue)
+    queue.take(10)
+    ctx.storage = open_store(unreachable_s3_settings)
+    report = process_batch(ids, ctx)
+    assert (report.claimed, report.failed, sorted(report.requeued_ids)) == (3, 0, sorted(ids))
+    for page in _pages(sessions, ids):
+        assert (page.status, page.error_code, page.attempts) == ("queued", "storage_unavailable", 1)
+        assert "127.0.0.1" not in (page.error_message or "")
+    ctx.storage = open_store(settings)
+    assert process_batch(queue.take(10), ctx).succeeded == 3
 
 
 def test_sweeper_requeues_expired_leases_and_fails_spent_ones(

@@ -12,12 +12,19 @@ from htrq.cli import main
 from htrq.exports import ALTO_NS, PAGE_NS
 from htrq.models import Page
 from tests.images import corrupt_png, page_png
+from tests.services import free_port
 
 
 @pytest.fixture
 def embedded_env(monkeypatch: pytest.MonkeyPatch, tiny_model: Path) -> None:
     """No server configured: transcribe must fall back to SQLite and an in-process queue."""
-    for name in ("HTRQ_DATABASE_URL", "HTRQ_BROKER_URL", "HTRQ_STORAGE_DIR"):
+    for name in (
+        "HTRQ_DATABASE_URL",
+        "HTRQ_BROKER_URL",
+        "HTRQ_STORAGE_DIR",
+        "HTRQ_STORAGE_URL",
+        "HTRQ_S3_ENDPOINT_URL",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HTRQ_MODEL", str(tiny_model))
     monkeypatch.setenv("HTRQ_NUM_BEAMS", "1")
@@ -43,6 +50,20 @@ def test_transcribe_prints_page_resources_as_json(
     assert pages[2]["error"]["code"] == "invalid_image"
     assert all(len(p["lines"]) == 1 and 0 <= p["confidence"] <= 1 for p in pages[:2])
     assert "3/3 pages" in out.err  # progress goes to stderr
+
+
+@pytest.mark.usefixtures("embedded_env")
+def test_transcribe_without_a_database_keeps_blobs_to_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With its throwaway database, transcribe stores blobs in a throwaway directory too,
+    not in the store HTRQ_STORAGE_URL names (here one that is down)."""
+    monkeypatch.setenv("HTRQ_STORAGE_URL", "s3://htrq-test/blobs")
+    monkeypatch.setenv("HTRQ_S3_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    page = tmp_path / "page.png"
+    page.write_bytes(page_png())
+    assert main(["transcribe", str(page)]) == 0
+    assert "## page.png (confidence " in capsys.readouterr().out
 
 
 @pytest.mark.usefixtures("embedded_env")

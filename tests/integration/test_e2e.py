@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from sqlalchemy import Engine, func, select
 
 from htrq.models import Job, Line, Page
 from htrq.settings import Settings
+from tests.conftest import S3Server
 from tests.images import corrupt_png, page_png
 from tests.pdfs import broken_pdf
 from tests.services import Processes, poll_job, service_env, wait_for
@@ -140,3 +142,29 @@ def test_a_worker_killed_mid_batch_loses_no_page_and_duplicates_none(
     # The pages the dead worker held were claimed again once; no page ran more than twice.
     assert sum(p.attempts == 2 for p in pages) >= stranded
     assert max(p.attempts for p in pages) <= 2
+
+
+def test_api_and_worker_without_a_shared_disk_meet_in_the_bucket(
+    processes: Processes, s3_settings: Settings, s3_server: S3Server, tmp_path: Path
+) -> None:
+    """API and worker with different local directories and one s3:// URL: the worker reads
+    what the API stored, the job succeeds, and the bucket holds the uploaded bytes."""
+    assert s3_settings.storage_url
+    worker_disk, api_disk = tmp_path / "worker-disk", tmp_path / "api-disk"
+    processes.worker("w1", service_env(s3_settings.model_copy(update={"storage_dir": worker_disk})))
+    url = processes.api(service_env(s3_settings.model_copy(update={"storage_dir": api_disk})))
+
+    pages = [page_png("first page"), page_png("second page")]
+    files = [("files", (f"p{i}.png", data, "image/png")) for i, data in enumerate(pages)]
+    r = httpx.post(f"{url}/v1/jobs", files=files, timeout=30)
+    assert r.status_code == 201, r.text
+    job = poll_job(url, r.json()["id"])
+    assert job["status"] == "succeeded"
+    assert job["counts"] == {"queued": 0, "running": 0, "succeeded": 2, "failed": 0}
+
+    prefix = s3_settings.storage_url.split("/", 3)[3]
+    keys = [hashlib.sha256(data).hexdigest() for data in pages]
+    assert s3_server.objects(prefix) == {
+        f"{prefix}/{k[:2]}/{k[2:4]}/{k}": data for k, data in zip(keys, pages, strict=True)
+    }
+    assert not worker_disk.exists() and not api_disk.exists()  # nothing went through a disk

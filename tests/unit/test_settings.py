@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from htrq.settings import Settings, SettingsError, load_settings
+from htrq.storage import DirectoryStore, S3Store, open_store
 
 
 def test_environment_values_are_read_with_the_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -46,3 +49,72 @@ def test_torch_threads_share_the_cores_among_worker_processes() -> None:
     assert load_settings(worker_concurrency=2).threads_per_process(8) == 4
     assert load_settings(worker_concurrency=3).threads_per_process(2) == 1
     assert load_settings(worker_concurrency=2, torch_threads=6).threads_per_process(8) == 6
+
+
+def test_storage_url_picks_the_store(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """file:///path is a directory store there; s3://bucket/prefix an S3 store on that bucket."""
+    monkeypatch.setenv("HTRQ_STORAGE_URL", f"file://{tmp_path}/blobs")
+    store = open_store(load_settings())
+    assert isinstance(store, DirectoryStore) and store.root == tmp_path / "blobs"
+
+    monkeypatch.setenv("HTRQ_STORAGE_URL", "s3://htrq/blobs/v1/")
+    monkeypatch.setenv("HTRQ_S3_ENDPOINT_URL", "http://minio:9000")
+    s = load_settings()
+    assert s.s3_endpoint_url == "http://minio:9000"
+    store = open_store(s)
+    assert isinstance(store, S3Store) and (store.bucket, store.prefix) == ("htrq", "blobs/v1")
+    assert store.object_name("ab" * 32) == f"blobs/v1/ab/ab/{'ab' * 32}"
+
+
+def test_without_a_storage_url_the_storage_dir_is_the_store(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Setups that only set HTRQ_STORAGE_DIR keep their directory."""
+    monkeypatch.delenv("HTRQ_STORAGE_URL", raising=False)
+    monkeypatch.setenv("HTRQ_STORAGE_DIR", str(tmp_path))
+    store = open_store(load_settings())
+    assert isinstance(store, DirectoryStore) and store.root == tmp_path
+    assert isinstance(open_store(load_settings(storage_url=" ")), DirectoryStore)
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("ftp://host/blobs", "expected file:///absolute/path or s3://bucket/prefix"),
+        ("/srv/htrq/blobs", "expected file:///absolute/path or s3://bucket/prefix"),
+        ("file://relative/blobs", "absolute path"),
+        ("s3:///blobs", "names its bucket"),
+        ("s3://bucket/blobs?region=eu", "no query"),
+    ],
+)
+def test_a_bad_storage_url_is_refused_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, url: str, says: str
+) -> None:
+    """A storage URL that is not file:// or s3://bucket stops the start, naming the variable."""
+    monkeypatch.setenv("HTRQ_STORAGE_URL", url)
+    with pytest.raises(SettingsError, match="HTRQ_STORAGE_URL") as err:
+        load_settings()
+    assert says in str(err.value)
+
+
+def test_credentials_in_a_url_are_refused_without_repeating_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Keys written into the storage or endpoint URL are refused, and not echoed back."""
+    monkeypatch.setenv("HTRQ_STORAGE_URL", "s3://AKIAEXAMPLE:s3cr3t@htrq/blobs")
+    monkeypatch.setenv("HTRQ_S3_ENDPOINT_URL", "http://AKIAEXAMPLE:s3cr3t@minio:9000")
+    with pytest.raises(SettingsError) as err:
+        load_settings()
+    message = str(err.value)
+    assert "HTRQ_STORAGE_URL" in message and "HTRQ_S3_ENDPOINT_URL" in message
+    assert "AWS_ACCESS_KEY_ID" in message
+    assert "s3cr3t" not in message and "AKIAEXAMPLE" not in message
+
+
+def test_a_bad_s3_endpoint_is_refused_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """HTRQ_S3_ENDPOINT_URL must be an http(s) URL with a host."""
+    monkeypatch.setenv("HTRQ_S3_ENDPOINT_URL", "minio:9000")
+    with pytest.raises(SettingsError, match="HTRQ_S3_ENDPOINT_URL='minio:9000'"):
+        load_settings()
