@@ -30,6 +30,7 @@ class Claim:
     blob_key: str
     frame: int
     read_alone: bool = False  #: its last group ran out of time: read it in a group of its own
+    created_at: datetime | None = None  #: when the page was submitted
 
 
 Points = Sequence[tuple[int, int]]
@@ -66,12 +67,19 @@ def claim_pages(
             started_at=now,
         )
         .returning(
-            Page.id, Page.attempts, Page.attempt_limit, Page.blob_key, Page.frame, Page.read_alone
+            Page.id,
+            Page.attempts,
+            Page.attempt_limit,
+            Page.blob_key,
+            Page.frame,
+            Page.read_alone,
+            Page.created_at,
         )
         .execution_options(**NO_SYNC)
     ).all()
     return [
-        Claim(r.id, r.attempts, r.attempt_limit, r.blob_key, r.frame, r.read_alone) for r in rows
+        Claim(r.id, r.attempts, r.attempt_limit, r.blob_key, r.frame, r.read_alone, r.created_at)
+        for r in rows
     ]
 
 
