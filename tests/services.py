@@ -62,9 +62,7 @@ class Processes:
         return proc, log
 
     def api(self, env: dict[str, str]) -> str:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
         proc, log = self.start("api", ["api", "--port", str(port), "--loglevel=warning"], env)
         url = f"http://127.0.0.1:{port}"
 
@@ -92,6 +90,13 @@ class Processes:
         for proc in self.procs:
             if proc.poll() is None:
                 self.kill(proc, signal.SIGTERM)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (now)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def wait_for(
