@@ -50,7 +50,9 @@ def test_a_job_is_counted_once_across_both_pool_processes(
             "worker_concurrency": 2,
             "worker_metrics_port": port,
             "worker_metrics_addr": "127.0.0.1",
-            "flush_every": 2,  # several groups at once, so that both processes take some
+            # Groups of 2 out of 13 pages: the next group is ready while one process still
+            # reads the last, so both processes read some.
+            "flush_every": 2,
         }
     )
     env = service_env(settings)
@@ -69,13 +71,13 @@ def test_a_job_is_counted_once_across_both_pool_processes(
         worker_log,
     )
 
-    files = [("files", (f"p{i}.png", page_png(f"page {i}"), "image/png")) for i in range(6)]
-    files.insert(3, ("files", ("broken.png", corrupt_png(), "image/png")))
+    files = [("files", (f"p{i}.png", page_png(f"page {i}"), "image/png")) for i in range(12)]
+    files.insert(5, ("files", ("broken.png", corrupt_png(), "image/png")))
     r = httpx.post(f"{url}/v1/jobs", files=files, timeout=30)
     assert r.status_code == 201, r.text
     job_id = r.json()["id"]
     job = poll_job(url, job_id)
-    assert job["counts"] == {"queued": 0, "running": 0, "succeeded": 6, "failed": 1}
+    assert job["counts"] == {"queued": 0, "running": 0, "succeeded": 12, "failed": 1}
 
     m = scrape(metrics_url)
     assert value(m, "htrq_worker_processes", model=model) == 2
@@ -84,7 +86,7 @@ def test_a_job_is_counted_once_across_both_pool_processes(
         o: value(m, "htrq_worker_pages_total", model=model, outcome=o)
         for o in ("succeeded", "failed", "requeued", "discarded")
     }
-    assert pages == {"succeeded": 6, "failed": 1, "requeued": 0, "discarded": 0}
+    assert pages == {"succeeded": 12, "failed": 1, "requeued": 0, "discarded": 0}
     errors = {s.labels["code"]: s.value for s in m if s.name == "htrq_worker_errors_total"}
     assert errors == {"invalid_image": 1}
 
@@ -96,21 +98,21 @@ def test_a_job_is_counted_once_across_both_pool_processes(
             .join(Page, Line.page_id == Page.id)
             .where(Page.job_id == job_id)
         ).scalar_one()
-    assert value(m, "htrq_worker_lines_total", model=model) == lines == 6
+    assert value(m, "htrq_worker_lines_total", model=model) == lines == 12
 
-    # One latency per finished page, from its submission: what the database says, give or
-    # take the moments between the worker's write and its clock reading.
+    # One latency per finished page, from its submission: what the database says, plus the
+    # moments between the worker's write and its clock reading (under a second each).
     latency = "htrq_worker_page_latency_seconds"
-    assert value(m, f"{latency}_count", model=model) == 7
-    assert value(m, f"{latency}_bucket", model=model, le="3600.0") == 7
+    assert value(m, f"{latency}_count", model=model) == len(rows) == 13
+    assert value(m, f"{latency}_bucket", model=model, le="3600.0") == 13
     stored = sum((p.finished_at - p.created_at).total_seconds() for p in rows)
-    assert stored <= value(m, f"{latency}_sum", model=model) < stored + 2
+    assert stored <= value(m, f"{latency}_sum", model=model) < stored + 13
 
     # Every page went through a pipeline run; the corrupt one has no lines to read.
     groups = value(m, "htrq_worker_group_pages_count", model=model)
-    assert value(m, "htrq_worker_group_pages_sum", model=model) == 7
-    assert value(m, "htrq_worker_group_lines_sum", model=model) == 6
-    assert value(m, "htrq_worker_group_seconds_count", model=model) == groups >= 4
+    assert value(m, "htrq_worker_group_pages_sum", model=model) == 13
+    assert value(m, "htrq_worker_group_lines_sum", model=model) == 12
+    assert value(m, "htrq_worker_group_seconds_count", model=model) == groups >= 7
     assert value(m, "htrq_worker_generate_seconds_count", model=model) >= 1
     assert value(m, "htrq_worker_generate_seconds_sum", model=model) > 0
 
