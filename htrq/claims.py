@@ -32,6 +32,7 @@ class Claim:
     frame: int
     read_alone: bool = False  #: its last group ran out of time: read it in a group of its own
     job_id: uuid.UUID | None = None
+    created_at: datetime | None = None  #: when the page was submitted
 
 
 Points = Sequence[tuple[int, int]]
@@ -84,11 +85,21 @@ def claim_pages(
             Page.frame,
             Page.read_alone,
             Page.job_id,
+            Page.created_at,
         )
         .execution_options(**NO_SYNC)
     ).all()
     return [
-        Claim(r.id, r.attempts, r.attempt_limit, r.blob_key, r.frame, r.read_alone, r.job_id)
+        Claim(
+            r.id,
+            r.attempts,
+            r.attempt_limit,
+            r.blob_key,
+            r.frame,
+            r.read_alone,
+            job_id=r.job_id,
+            created_at=r.created_at,
+        )
         for r in rows
     ]
 

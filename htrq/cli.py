@@ -75,17 +75,20 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from htrq.queue import PAGE_QUEUE
-    from worker.app import create_app
+    from worker.metrics_server import serve_worker_metrics
 
     overrides = {"worker_concurrency": args.concurrency} if args.concurrency else {}
     settings = load_settings(**overrides)
     _need(settings, "database_url", "broker_url")
-    app = create_app(settings)
     argv = ["worker", f"--loglevel={args.loglevel}", f"--queues={PAGE_QUEUE}"]
     argv += [f"--pool={args.pool}", f"--concurrency={settings.worker_concurrency}"]
     if args.hostname:
         argv.append(f"--hostname={args.hostname}")
-    app.worker_main(argv)
+    with serve_worker_metrics(settings):
+        # Imported only now: prometheus_client must find its multiprocess directory set.
+        from worker.app import create_app
+
+        create_app(settings).worker_main(argv)
     from worker.app import model_failed
 
     # A worker that stopped because its model would not load must not look like a clean exit

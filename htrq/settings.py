@@ -95,6 +95,11 @@ class Settings(BaseSettings):
     #: Torch CPU threads per worker process; 0 divides the machine's cores among the
     #: ``worker_concurrency`` processes, so that they do not oversubscribe the CPU.
     torch_threads: int = Field(0, ge=0, le=1024)
+    #: Port on which ``htrq worker`` serves Prometheus metrics (``htrq_worker_*``, merged over
+    #: its pool processes); 0 serves none.
+    worker_metrics_port: int = Field(0, ge=0, le=65535)
+    #: Address the worker's metrics port listens on.
+    worker_metrics_addr: str = "0.0.0.0"
     #: Seconds between sweeps for expired leases and lost messages.
     sweep_interval: float = Field(30.0, gt=0)
     #: A page ``queued`` this long while the broker queue is empty lost its message.

@@ -18,6 +18,7 @@ from htrq.db import make_engine, make_sessions
 from htrq.queue import CelerySender, Send, make_celery
 from htrq.settings import Settings, load_settings
 from htrq.storage import open_store
+from worker import metrics
 from worker.batch import BatchContext
 from worker.provenance import read_by
 from worker.reading import CannotRead, build_pipeline, check_reads, line_reader
@@ -56,11 +57,23 @@ def load_recognizer(settings: Settings) -> Recognizer:
     )
 
 
-def load_context(settings: Settings, *, database_url: str, send: Send) -> BatchContext:
+def load_context(
+    settings: Settings,
+    *,
+    database_url: str,
+    send: Send,
+    record_metrics: bool = False,
+) -> BatchContext:
     """Load the model, check that it reads, open the database: everything a process needs
-    to run batches (raises ``CannotRead`` for a model that loads but cannot read)."""
+    to run batches (raises ``CannotRead`` for a model that loads but cannot read).
+
+    With ``record_metrics`` the recognizer's calls after the check are timed
+    (``htrq_worker_generate_seconds``).
+    """
     recognizer = load_recognizer(settings)
     check_reads(line_reader(recognizer))
+    if record_metrics:
+        recognizer.on_generate = metrics.generate_timer(recognizer.name)
     return BatchContext(
         settings=settings,
         sessions=make_sessions(make_engine(database_url)),
@@ -89,8 +102,12 @@ def get_context() -> BatchContext:
 
         torch.set_num_threads(_settings.threads_per_process(available_cpus()))
         _context = load_context(
-            _settings, database_url=_settings.database_url, send=CelerySender(_app)
+            _settings,
+            database_url=_settings.database_url,
+            send=CelerySender(_app),
+            record_metrics=True,
         )
+        metrics.process_ready(_context.model_name)
         log.info(
             "worker process ready: model %s, %d torch threads",
             _context.model_name,
@@ -119,6 +136,9 @@ def create_app(settings: Settings) -> Celery:
     signals.worker_process_init.connect(_on_process_init, weak=False, dispatch_uid="htrq-init")
     signals.worker_ready.connect(_start_sweeper, weak=False, dispatch_uid="htrq-sweeper")
     signals.worker_shutdown.connect(_stop_sweeper, weak=False, dispatch_uid="htrq-stop")
+    signals.worker_process_shutdown.connect(
+        _on_process_shutdown, weak=False, dispatch_uid="htrq-process-exit"
+    )
     return app
 
 
@@ -137,6 +157,10 @@ def _on_process_init(**_: Any) -> None:
         log.debug("model failure", exc_info=True)
         model_failed.value = 1
         os.kill(_main_pid, signal.SIGTERM)
+
+
+def _on_process_shutdown(**_: Any) -> None:
+    metrics.process_exiting()
 
 
 def _start_sweeper(**_: Any) -> None:

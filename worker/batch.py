@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -27,7 +28,7 @@ from htrq.claims import (
 )
 from htrq.db import session_scope
 from htrq.errors import PageError, public_message
-from htrq.models import Job, Page
+from htrq.models import Job, Page, utcnow
 from htrq.queue import Send
 from htrq.settings import Settings
 from htrq.storage import BlobMissing, BlobStore, StorageUnavailable
@@ -51,8 +52,19 @@ class BatchContext:
     read_by: ReadBy | None = None
 
 
+@dataclass(frozen=True)
+class GroupRead:
+    """One run of the pipeline: a group of pages, or a page read alone."""
+
+    pages: int
+    lines: int  #: lines read on the run's pages (0 when the run failed as a whole)
+    seconds: float
+
+
 @dataclass
 class BatchReport:
+    """What happened to a batch: what the worker logs and its metrics count."""
+
     received: int = 0
     claimed: int = 0
     succeeded: int = 0
@@ -62,6 +74,12 @@ class BatchReport:
     pipeline_ms: int = 0  #: decoding, segmentation and recognition of the whole group
     write_ms: int = 0  #: storing the results, one transaction per page
     requeued_ids: list[str] = field(default_factory=list)
+    lines: int = 0  #: lines of the pages stored as succeeded
+    groups: list[GroupRead] = field(default_factory=list)
+    #: Error codes given to pages, whether they failed or were put back to be tried again.
+    errors: Counter[str] = field(default_factory=Counter)
+    #: Seconds from submission to result of each page that finished (succeeded or failed).
+    latencies: list[float] = field(default_factory=list)
 
 
 def backoff(settings: Settings, attempt: int) -> float:
@@ -142,8 +160,7 @@ def _read_group(
     """Run the pipeline on one group under the time limit; record or release each page."""
     limit = ctx.settings.group_seconds
     try:
-        with time_limit(limit):
-            outcomes.update(ctx.pipeline(inputs))
+        _run_pipeline(ctx, inputs, outcomes, report)
     except TimeLimitExceeded:
         if len(group) == 1:
             outcomes[group[0].page_id] = PageError(
@@ -165,6 +182,28 @@ def _read_group(
                 _release(
                     ctx, c, "model_error", f"recognition failed: {public_message(exc)}", report
                 )
+
+
+def _run_pipeline(
+    ctx: BatchContext,
+    inputs: list[PageInput],
+    outcomes: dict[object, PageOutput | PageError],
+    report: BatchReport,
+) -> None:
+    """The pipeline over ``inputs`` under the group time limit, timed whatever the result."""
+    started = time.perf_counter()
+    try:
+        with time_limit(ctx.settings.group_seconds):
+            outcomes.update(ctx.pipeline(inputs))
+    finally:
+        read = [outcomes.get(i.key) for i in inputs]
+        report.groups.append(
+            GroupRead(
+                pages=len(inputs),
+                lines=sum(len(o.lines) for o in read if isinstance(o, PageOutput)),
+                seconds=time.perf_counter() - started,
+            )
+        )
 
 
 def _one_alone(ctx: BatchContext, claims: list[Claim], report: BatchReport) -> list[Claim]:
@@ -208,7 +247,6 @@ def _finish(
             with session_scope(ctx.sessions) as s:
                 if isinstance(outcome, PageError):
                     kept = write_failure(s, c, code=outcome.code, message=outcome.message)
-                    report.failed += kept
                 else:
                     kept = write_result(
                         s,
@@ -221,7 +259,6 @@ def _finish(
                         processing_ms=elapsed_ms,
                         size=outcome.size,
                     )
-                    report.succeeded += kept
         except SQLAlchemyError:
             # The page stays `running`; when its lease expires the sweeper re-queues it.
             log.exception("could not store page %s; its lease will expire", c.page_id)
@@ -229,6 +266,14 @@ def _finish(
         if not kept:
             report.discarded += 1
             log.info("page %s: claim %d lost, result discarded", c.page_id, c.token)
+        elif isinstance(outcome, PageError):
+            report.failed += 1
+            report.errors[outcome.code] += 1
+            _finished(report, c)
+        else:
+            report.succeeded += 1
+            report.lines += len(outcome.lines)
+            _finished(report, c)
     report.write_ms = round((time.perf_counter() - started) * 1000)
     return report
 
@@ -240,6 +285,8 @@ def _release(ctx: BatchContext, c: Claim, code: str, message: str, report: Batch
     except SQLAlchemyError:
         log.exception("could not release page %s; its lease will expire", c.page_id)
         return
+    if status is not None:
+        report.errors[code] += 1
     if status == "queued":
         report.requeued += 1
         report.requeued_ids.append(str(c.page_id))
@@ -249,6 +296,13 @@ def _release(ctx: BatchContext, c: Claim, code: str, message: str, report: Batch
             log.exception("could not re-send page %s; the sweeper will", c.page_id)
     elif status == "failed":
         report.failed += 1
+        _finished(report, c)
+
+
+def _finished(report: BatchReport, c: Claim) -> None:
+    """Count the page's time from submission to its result."""
+    if c.created_at is not None:
+        report.latencies.append(max(0.0, (utcnow() - c.created_at).total_seconds()))
 
 
 def _modes(s: Session, page_ids: list[uuid.UUID]) -> dict[uuid.UUID, str]:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,6 +93,9 @@ class Recognizer:
         self.ctc_head = ctc_head.to(self.device, self.dtype).eval() if self.ctc_weight else None
         #: Characters per token, for the length limit (None: one per token).
         self.token_chars = token_chars(processor.tokenizer)
+        #: Called with the seconds of each batched generate() call that returned (the worker
+        #: times them for its metrics; this module knows nothing of Prometheus).
+        self.on_generate: Callable[[float], None] | None = None
 
     @classmethod
     def load(
@@ -167,6 +171,7 @@ class Recognizer:
         start, size = 0, self.batch_size
         while start < len(order):
             chunk = order[start : start + balanced_chunk(len(order) - start, size)]
+            started = time.perf_counter()
             try:
                 out = self._generate([crops[i] for i in chunk])
             except torch.OutOfMemoryError:
@@ -177,6 +182,8 @@ class Recognizer:
                 size = max(1, size // 2)
                 log.warning("CUDA out of memory; retrying with batch size %d", size)
                 continue
+            if self.on_generate is not None:
+                self.on_generate(time.perf_counter() - started)
             for i, r in zip(chunk, out, strict=True):
                 results[i] = r
             start += len(chunk)

@@ -11,6 +11,7 @@ from celery_batches import Batches, SimpleRequest
 from htrq.queue import PROCESS_PAGE
 from htrq.settings import Settings
 from worker.batch import BatchContext, process_batch
+from worker.metrics import record_batch
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,9 @@ def register_tasks(app: Celery, settings: Settings, context: Callable[[], BatchC
     def process_pages(requests: list[SimpleRequest]) -> None:
         # Task.retry does not work per request in a batch; batch.py re-sends pages instead.
         ids = [str(r.args[0]) if r.args else str(r.kwargs.get("page_id")) for r in requests]
-        report = process_batch(ids, context())
+        ctx = context()
+        report = process_batch(ids, ctx)
+        record_batch(report, model=ctx.model_name)
         log.info(
             "batch of %d: claimed %d, succeeded %d, failed %d, requeued %d, discarded %d "
             "(pipeline %d ms, writes %d ms)",

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import redis
 from PIL import Image
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from htrq import jobs
@@ -88,6 +88,30 @@ def test_a_group_is_read_and_stored_with_the_corrupt_page_failed(
     assert _line_counts(sessions, ids) == [1, 0, 1]
 
 
+def test_the_report_counts_lines_error_codes_latencies_and_pipeline_runs(
+    sessions: sessionmaker[Session], settings: Settings, recognizer: Recognizer
+) -> None:
+    """What the worker's metrics count: lines stored, each page's code and time from
+    submission to result, and one pipeline run of the group's three pages."""
+    ctx = _context(sessions, settings, recognizer)
+    ids = _submit(ctx, [page_png("one"), corrupt_png(), page_png("three")])
+    with sessions() as s, s.begin():  # submitted 100 s ago (and queued just now)
+        ago = utcnow() - timedelta(seconds=100)
+        s.execute(
+            update(Page)
+            .where(Page.id.in_([p.id for p in _pages(sessions, ids)]))
+            .values(created_at=ago)
+        )
+    report = process_batch(ids, ctx)
+    assert report.lines == 2 and report.errors == {"invalid_image": 1}
+    stored = sorted((p.finished_at - p.created_at).total_seconds() for p in _pages(sessions, ids))
+    assert len(report.latencies) == 3 and min(stored) > 100
+    for counted, kept in zip(sorted(report.latencies), stored, strict=True):
+        assert kept <= counted < kept + 1  # read just after the page's row was written
+    (run,) = report.groups
+    assert (run.pages, run.lines) == (3, 2) and 0 < run.seconds < 60
+
+
 def test_a_multipage_file_becomes_consecutive_pages_read_by_frame(
     sessions: sessionmaker[Session], settings: Settings, recognizer: Recognizer
 ) -> None:
@@ -145,10 +169,14 @@ def test_transient_errors_requeue_then_fail_with_the_last_error(
     queue.take(10)
     first = process_batch([pid], ctx)
     assert first.requeued_ids == [pid] and len(queue) == 1
+    # The error is counted though the page goes back; it has not finished yet.
+    assert first.errors == {"model_error": 1} and first.latencies == []
+    assert [(g.pages, g.lines) for g in first.groups] == [(1, 0)]
     (page,) = _pages(sessions, [pid])
     assert (page.status, page.error_code, page.attempts) == ("queued", "model_error", 1)
     second = process_batch(queue.take(10), ctx)
     assert second.failed == 1 and len(queue) == 0
+    assert second.errors == {"model_error": 1} and len(second.latencies) == 1
     (page,) = _pages(sessions, [pid])
     assert (page.status, page.error_code, page.attempts) == ("failed", "model_error", 2)
     assert "device-side assert" in (page.error_message or "")
