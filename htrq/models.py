@@ -131,6 +131,8 @@ class Job(Base):
     #: How many times the job has finished (a retry that finishes it again counts again):
     #: numbers its webhook events.
     completions: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    #: The model the job asked for (one of ``HTRQ_MODELS``); NULL: the deployment's default.
+    model: Mapped[str | None] = mapped_column(String(255))
 
     pages: Mapped[list[Page]] = relationship(
         back_populates="job", order_by="Page.index", cascade="all, delete-orphan"
@@ -221,6 +223,11 @@ class Line(Base):
     #: gives them (text, not a JSON type: the same on PostgreSQL and SQLite, never queried).
     polygon: Mapped[str | None] = mapped_column(Text)
     baseline: Mapped[str | None] = mapped_column(Text)
+    #: A person's correction of ``text`` (the model's reading, which is kept), and when it
+    #: was made; ``reviewed_at``: when a person confirmed the line (corrected or not).
+    correction: Mapped[str | None] = mapped_column(Text)
+    corrected_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    reviewed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     page: Mapped[Page] = relationship(back_populates="lines")
 
