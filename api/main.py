@@ -5,10 +5,13 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
 from api.deps import Unauthorized
@@ -23,6 +26,9 @@ from htrq.settings import Settings, load_settings
 from htrq.storage import StorageUnavailable, open_store
 
 log = logging.getLogger(__name__)
+
+#: Files the API serves itself (Swagger UI's assets).
+STATIC = Path(__file__).parent / "static"
 
 #: HTTP status for each refusal code; any other code is a 422.
 PAGE_ERROR_STATUS = {
@@ -53,7 +59,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1",
         summary="Handwritten pages in, text with confidences out.",
         lifespan=lifespan,
+        # Served below from files in the package: FastAPI's defaults load Swagger UI and
+        # ReDoc from a CDN, which leaves /docs blank on a network without internet.
+        docs_url=None,
+        redoc_url=None,
     )
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="htrq API",
+            swagger_js_url="/static/swagger/swagger-ui-bundle.js",
+            swagger_css_url="/static/swagger/swagger-ui.css",
+            swagger_favicon_url="/static/swagger/favicon-32x32.png",
+        )
+
     app.state.settings = settings
     app.state.sessions = make_sessions(engine)
     app.state.default_tenant = None  # looked up on the first request while auth is off

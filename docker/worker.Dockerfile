@@ -3,18 +3,22 @@
 #   docker build -f docker/worker.Dockerfile -t htrq-worker .
 FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
 
+# The torch build, pinned as everywhere else (scripts/setup): the CUDA wheels by default;
+# docker/compose.cpu.yml builds the CPU ones (TORCH_INDEX=https://download.pytorch.org/whl/cpu).
+ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cu128
+# No HF_HUB_OFFLINE: HTRQ_MODEL=microsoft/trocr-base-handwritten downloads on first start
+# (mount a volume on /home/htrq/.cache/huggingface to keep it).
 ENV DEBIAN_FRONTEND=noninteractive PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 PATH=/opt/venv/bin:$PATH \
-    HTRQ_DEVICE=cuda HTRQ_DTYPE=float16 HTRQ_STORAGE_DIR=/data/blobs \
-    HF_HUB_OFFLINE=1
+    HTRQ_DEVICE=cuda HTRQ_DTYPE=float16 HTRQ_STORAGE_DIR=/data/blobs
 
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv libglib2.0-0 \
     && rm -rf /var/lib/apt/lists/* \
     && python3 -m venv /opt/venv
 # torch first, from the CUDA wheel index, so the worker extra finds it satisfied.
-RUN pip install torch --index-url "$TORCH_INDEX"
+RUN pip install "torch==${TORCH_VERSION}" --index-url "$TORCH_INDEX"
 
 WORKDIR /app
 COPY pyproject.toml README.md ./

@@ -13,22 +13,31 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import JSONResponse
+from PIL import Image, ImageOps
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
-from api.deps import SessionsDep, SettingsDep, TenantDep
+from api.deps import SessionsDep, SettingsDep, StorageDep, TenantDep
 from api.schemas import ErrorBody
 from htrq.exports import FORMATS, from_rows, render_job_export, render_page_export
+from htrq.inputs import render_page
 from htrq.jobs import NotFound, check_page_index, owned_job
 from htrq.models import Page
+from htrq.pdfexport import searchable_pdf
+from htrq.settings import Settings
+from htrq.storage import BlobStore
 
 router = APIRouter(prefix="/v1/jobs", tags=["exports"])
 
-Format = Literal["txt", "json", "alto", "page"]
+Format = Literal["txt", "json", "alto", "page", "pdf"]
 FormatQuery = Annotated[
-    Format, Query(description="txt, json, alto (ALTO 4.4) or page (PAGE XML 2019)")
+    Format,
+    Query(
+        description="txt, json, alto (ALTO 4.4), page (PAGE XML 2019) or pdf (the page images "
+        "with an invisible, searchable text layer)"
+    ),
 ]
-EXTENSIONS = {"txt": "txt", "json": "json", "alto": "alto.xml", "page": "page.xml"}
+EXTENSIONS = {"txt": "txt", "json": "json", "alto": "alto.xml", "page": "page.xml", "pdf": "pdf"}
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "no API key, or an unknown or revoked one"},
     404: {"model": ErrorBody, "description": "unknown job or page"},
@@ -42,6 +51,7 @@ def export_page(
     index: int,
     sessions: SessionsDep,
     settings: SettingsDep,
+    storage: StorageDep,
     tenant: TenantDep,
     format: FormatQuery = "txt",
 ) -> Response:
@@ -62,7 +72,13 @@ def export_page(
                 "page_not_succeeded", f"page {index} is {page.status}; export it once it succeeded"
             )
         result = from_rows(page, page.lines, settings.review_below)
-    body = render_page_export(result, format)
+        source = (page.blob_key, page.frame)
+    if format == "pdf":
+        body = searchable_pdf(
+            [(result, page_image(storage, settings, *source))], title=f"{jid} page {index + 1}"
+        )
+    else:
+        body = render_page_export(result, format)
     name = f"{jid}-page-{index + 1:04d}.{EXTENSIONS[format]}"
     return _download(body, FORMATS[format], name)
 
@@ -72,6 +88,7 @@ def export_job(
     job_id: str,
     sessions: SessionsDep,
     settings: SettingsDep,
+    storage: StorageDep,
     tenant: TenantDep,
     format: FormatQuery = "txt",
 ) -> Response:
@@ -98,10 +115,33 @@ def export_job(
             from_rows(p, p.lines if p.status == "succeeded" else [], settings.review_below)
             for p in pages
         ]
+        sources = [(p.blob_key, p.frame) for p in pages]
+    if format == "pdf":
+        # The pages that succeeded, in order; a failed page has no text to search.
+        readable = [
+            (r, src) for r, src in zip(results, sources, strict=True) if r.status == "succeeded"
+        ]
+        body = searchable_pdf(
+            ((r, page_image(storage, settings, *src)) for r, src in readable), title=str(jid)
+        )
+        return _download(body, "application/pdf", f"{jid}.pdf")
     body, media, ext = render_job_export(results, format)
     if format in ("alto", "page"):
         ext = f"{format}.zip"
     return _download(body, media, f"{jid}.{ext}")
+
+
+def page_image(storage: BlobStore, settings: Settings, blob_key: str, frame: int) -> Image.Image:
+    """The page as the worker saw it before normalising: upright, at the DPI it was read."""
+    im = render_page(
+        storage.get(blob_key),
+        frame,
+        dpi=settings.pdf_dpi,
+        max_pixels=settings.max_pixels,
+        max_aspect=settings.max_aspect,
+    )
+    im.info.setdefault("dpi", (settings.pdf_dpi, settings.pdf_dpi))
+    return ImageOps.exif_transpose(im)
 
 
 def _parse_id(job_id: str) -> uuid.UUID:

@@ -248,3 +248,15 @@ def test_metrics_report_an_unreachable_database_instead_of_failing(
     assert m[("htrq_up", (("component", "database"),))] == 0
     assert m[("htrq_up", (("component", "broker"),))] == 1
     assert not any(name == "htrq_pages" for name, _ in m)
+
+
+def test_docs_load_without_internet(client: TestClient) -> None:
+    """/docs names only assets the API serves itself, and each of them answers 200."""
+    import re
+
+    html = client.get("/docs").text
+    assets = re.findall(r"""(?:src|href)=['"]([^'"]+)['"]""", html)
+    assert assets and all(a.startswith("/static/") for a in assets), assets
+    for a in assets:
+        assert client.get(a).status_code == 200, a
+    assert client.get("/redoc").status_code == 404

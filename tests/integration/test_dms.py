@@ -32,7 +32,7 @@ def api(settings: Settings, broker_url: str, engine: Engine) -> Iterator[tuple]:
     name = f"dms-{uuid.uuid4().hex[:8]}"
     _, key = create_key(sessions, tenant=name)
     app = create_app(settings.model_copy(update={"auth": "required"}))
-    with TestClient(app, raise_server_exceptions=False) as client:
+    with TestClient(app, raise_server_exceptions=True) as client:
         client.headers["Authorization"] = f"Bearer {key}"
         yield client, settings
     with sessions.begin() as s:
@@ -194,3 +194,39 @@ def test_the_client_submits_waits_exports_and_retries_without_duplicates(
     finally:
         with sessions.begin() as s:
             s.delete(s.scalars(select(Tenant).where(Tenant.name == tenant)).one())
+
+
+def test_the_pdf_export_is_searchable(api: tuple, engine: Engine) -> None:
+    """The job's pdf export holds one page per succeeded page, the page image drawn, and a
+    text extractor (PDFium) gets each line's text back, in order; the page export too."""
+    import json as json_
+
+    import pypdfium2 as pdfium
+
+    from htrq.claims import claim_pages, write_result
+    from worker.pipeline import LineOutput
+
+    client, _ = api
+    job = _post(client, "Dear Mrs. Stanford")
+    lines = [
+        LineOutput("Dear Mrs. Stanford,", 0.95, (4, 2, 150, 14)),
+        LineOutput("Grüße aus Köln — 1905", 0.6, (4, 16, 150, 30)),
+    ]
+    with make_sessions(engine).begin() as s:
+        (claim,) = claim_pages(s, [uuid.UUID(job["pages"][0]["id"])], lease_seconds=60)
+        write_result(
+            s, claim, text="\n".join(ln.text for ln in lines), confidence=0.8, lines=lines,
+            model="m", processing_ms=1, size=(160, 32),
+        )  # fmt: skip
+    for path in (f"/v1/jobs/{job['id']}/export", f"/v1/jobs/{job['id']}/pages/0/export"):
+        r = client.get(path, params={"format": "pdf"})
+        assert r.status_code == 200 and r.headers["content-type"] == "application/pdf"
+        pdf = pdfium.PdfDocument(r.content)
+        assert len(pdf) == 1
+        page = pdf[0]
+        text = page.get_textpage().get_text_range()
+        words = " ".join(text.split())
+        assert "Dear Mrs. Stanford," in words and "Grüße aus Köln — 1905" in words
+        assert words.index("Dear") < words.index("Grüße")
+        assert len(list(page.get_objects())) >= 2  # the image and the text
+    assert json_.loads(client.get(f"/v1/jobs/{job['id']}/export?format=json").text)
