@@ -54,6 +54,7 @@ def load_recognizer(settings: Settings) -> Recognizer:
         num_beams=settings.num_beams,
         max_new_tokens=settings.max_new_tokens,
         ctc_weight=settings.ctc_weight,
+        quantize=settings.quantize,
     )
 
 

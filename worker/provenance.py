@@ -65,6 +65,7 @@ def read_by(settings: Settings, model_dir: str, ctc_weight: float) -> ReadBy:
             "device": settings.device,
             "max_new_tokens": settings.max_new_tokens,
             "batch_size": settings.batch_size,
+            "quantize": settings.quantize,
         },
         htrq_version=htrq_version(),
     )

@@ -108,6 +108,7 @@ class Recognizer:
         num_beams: int = 4,
         max_new_tokens: int = 96,
         ctc_weight: float = CTC_WEIGHT,
+        quantize: str = "none",
     ) -> Recognizer:
         path = resolve_model(model)
         dev = resolve_device(device)
@@ -135,6 +136,10 @@ class Recognizer:
                 limit,
             )
             max_new_tokens = limit
+        if quantize == "int8":
+            net = quantize_int8(net, dev)
+        elif quantize != "none":
+            raise ValueError(f"quantize must be none or int8, not {quantize!r}")
         head = load_ctc_head(path) if ctc_weight else None
         if ctc_weight and head is None:
             log.info("%s has no %s; decoding with the decoder alone", path, CTC_HEAD_FILE)
@@ -264,6 +269,23 @@ class Recognizer:
         logits = self.model(encoder_outputs=encoded, decoder_input_ids=sequences[:, :-1]).logits
         logp = logits.float().log_softmax(-1)
         return logp.gather(2, sequences[:, 1:, None]).squeeze(2)
+
+
+def quantize_int8(
+    net: VisionEncoderDecoderModel, device: torch.device
+) -> VisionEncoderDecoderModel:
+    """The model with its linear layers in int8 (dynamic quantization: weights int8, each
+    activation quantized as it comes), for CPU workers. ``quantize_dynamic`` still ships with
+    torch 2.13 and needs nothing more; it warns that torchao is its successor, which would be
+    one more dependency for the same kernels on CPU. Embeddings, layer norms and the CTC head
+    stay in fp32."""
+    import warnings
+
+    if device.type != "cpu":
+        raise ValueError("int8 quantization is for CPU workers (HTRQ_DEVICE=cpu)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return torch.ao.quantization.quantize_dynamic(net, {torch.nn.Linear}, dtype=torch.qint8)
 
 
 def balanced_chunk(remaining: int, batch_size: int) -> int:

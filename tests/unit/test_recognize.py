@@ -85,3 +85,19 @@ def test_a_model_without_a_head_decodes_alone(tiny_path):
     assert not (tiny_path / CTC_HEAD_FILE).exists()
     rec = Recognizer.load(model=str(tiny_path), ctc_weight=0.4)
     assert rec.ctc_head is None and rec.ctc_weight == 0.0
+
+
+def test_int8_quantization_swaps_the_linear_layers_and_still_reads(tiny_path) -> None:
+    """HTRQ_QUANTIZE=int8: every nn.Linear becomes a dynamically quantized one, the model
+    reads the same crops (text and a confidence), and a GPU device is refused."""
+    import torch
+    from PIL import Image
+
+    rec = Recognizer.load(model=str(tiny_path), num_beams=1, max_new_tokens=6, quantize="int8")
+    kinds = {type(m).__module__ for m in rec.model.modules() if "Linear" in type(m).__name__}
+    assert kinds and all("quantized" in k for k in kinds)
+    assert not any(type(m) is torch.nn.Linear for m in rec.model.modules())
+    (read,) = rec([Image.new("L", (120, 16), 255)])
+    assert isinstance(read.text, str) and 0.0 <= read.confidence <= 1.0
+    with pytest.raises(ValueError, match="int8"):
+        Recognizer.load(model=str(tiny_path), quantize="int4")

@@ -95,6 +95,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             num_beams=beams,
             max_new_tokens=args.max_new_tokens,
             ctc_weight=weight,
+            quantize=args.quantize,
         )
         res = evaluate(rec, samples, review_below=args.review_below, groups=groups)
         rows.append({"ctc_weight": rec.ctc_weight, "beams": beams, "batch": batch, **asdict(res)})
@@ -271,6 +272,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--by",
         metavar="COLUMN",
         help="also report CER for each value of this lines.tsv column (htrq synth writes 'font')",
+    )
+    p.add_argument(
+        "--quantize",
+        choices=["none", "int8"],
+        default="none",
+        help="int8: dynamic int8 quantization of the linear layers (CPU)",
     )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
