@@ -43,11 +43,38 @@ S3_CREDENTIALS = {
 }
 
 
+def _test_database_name() -> str:
+    """``htrq_test_<pid>_<random>``: the pid tells a later run whether its owner is gone."""
+    return f"htrq_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+
+
+def _drop_abandoned(conn: psycopg.Connection) -> None:
+    """Drop test databases whose run was interrupted (its process is gone); those of runs
+    still going, beside this one, stay."""
+    names = conn.execute(
+        "SELECT datname FROM pg_database WHERE datname LIKE 'htrq\\_test\\_%'"
+    ).fetchall()
+    for (name,) in names:
+        parts = name.split("_")
+        if len(parts) == 4 and parts[2].isdigit() and not Path(f"/proc/{parts[2]}").exists():
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No HTRQ_* variable of the developer's shell reaches a test (HTRQ_TEST_* excepted):
+    settings are what each test builds."""
+    for name in list(os.environ):
+        if name.startswith("HTRQ_") and not name.startswith("HTRQ_TEST_"):
+            monkeypatch.delenv(name)
+
+
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
     """A PostgreSQL database created for this test run and dropped after it."""
-    name = f"htrq_test_{uuid.uuid4().hex[:12]}"
+    name = _test_database_name()
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        _drop_abandoned(conn)
         conn.execute(f'CREATE DATABASE "{name}"')
     base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
     yield f"{base}/{name}"
@@ -58,7 +85,7 @@ def pg_url() -> Iterator[str]:
 @pytest.fixture
 def scratch_pg_url() -> Iterator[str]:
     """An empty PostgreSQL database for one test (migrations up and down), then dropped."""
-    name = f"htrq_test_{uuid.uuid4().hex[:12]}"
+    name = _test_database_name()
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
@@ -116,8 +143,12 @@ def processes(tmp_path: Path, broker_url: str) -> Iterator[Processes]:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random TrOCR-architecture model: right mechanics, meaningless words."""
+    import torch
+
     from worker.training.build import build_tiny_model
 
+    # Seeded: its weights (and so what it reads) must not depend on which tests ran first.
+    torch.manual_seed(1234)
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
 
 
@@ -139,11 +170,12 @@ def recognizer(tiny_model: Path) -> Recognizer:
 
 
 @pytest.fixture
-def settings(database_url: str, tiny_model: Path, tmp_path: Path) -> Settings:
-    """Settings for one test: the run's database, a private blob dir, the tiny model."""
+def settings(database_url: str, broker_url: str, tiny_model: Path, tmp_path: Path) -> Settings:
+    """Settings for one test: the run's database, a Redis db flushed for it, a private blob
+    dir, the tiny model."""
     return Settings(
         database_url=database_url,
-        broker_url=REDIS_URL,
+        broker_url=broker_url,
         storage_dir=tmp_path / "blobs",
         model=str(tiny_model),
         batch_size=8,
