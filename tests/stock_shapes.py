@@ -43,6 +43,22 @@ SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]
 #: The stock checkpoints' ids: <s>=0, <pad>=1, </s>=2 (the decoder's start and end), <unk>=3.
 BOS, PAD, EOS = 0, 1, 2
 IMAGE = 384
+#: Both stock processors stretch any crop to 384 x 384 RGB, mean and std 0.5.
+IMAGE_PROCESSING = {
+    "size": {"height": IMAGE, "width": IMAGE},
+    "image_mean": [0.5, 0.5, 0.5],
+    "image_std": [0.5, 0.5, 0.5],
+}
+#: The stock encoders' input (384 x 384 RGB, patches of 16), at a tiny width and depth.
+ENCODER = {
+    "image_size": IMAGE,
+    "patch_size": 16,
+    "num_channels": 3,
+    "hidden_size": 32,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+}
 
 
 def _decoder(vocab: int, *, learned_positions: bool) -> TrOCRConfig:
@@ -85,22 +101,8 @@ def build_trocr_base_like(out: Path) -> Path:
     learned = json.loads(bpe.to_str())["model"]
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in learned["merges"]]
     tokenizer = RobertaTokenizerFast(vocab=learned["vocab"], merges=merges)
-    image = ViTImageProcessor(
-        size={"height": IMAGE, "width": IMAGE},
-        resample=2,
-        image_mean=[0.5, 0.5, 0.5],
-        image_std=[0.5, 0.5, 0.5],
-    )
-    encoder = ViTConfig(
-        image_size=IMAGE,
-        patch_size=16,
-        num_channels=3,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        qkv_bias=False,
-    )
+    image = ViTImageProcessor(resample=2, **IMAGE_PROCESSING)
+    encoder = ViTConfig(qkv_bias=False, **ENCODER)
     processor = TrOCRProcessor(image_processor=image, tokenizer=tokenizer)
     return _finish(encoder, _decoder(len(tokenizer), learned_positions=True), processor, out)
 
@@ -112,22 +114,7 @@ def build_trocr_small_like(out: Path) -> Path:
     unigram.train_from_iterator(CORPUS, vocab_size=300, special_tokens=SPECIALS, unk_token="<unk>")
     pieces = [(piece, score) for piece, score in json.loads(unigram.to_str())["model"]["vocab"]]
     tokenizer = XLMRobertaTokenizerFast(vocab=[*pieces, ("<mask>", 0.0)])
-    image = DeiTImageProcessor(
-        size={"height": IMAGE, "width": IMAGE},
-        do_center_crop=False,
-        resample=3,
-        image_mean=[0.5, 0.5, 0.5],
-        image_std=[0.5, 0.5, 0.5],
-    )
-    encoder = DeiTConfig(
-        image_size=IMAGE,
-        patch_size=16,
-        num_channels=3,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        qkv_bias=True,
-    )
+    image = DeiTImageProcessor(do_center_crop=False, resample=3, **IMAGE_PROCESSING)
+    encoder = DeiTConfig(qkv_bias=True, **ENCODER)
     processor = TrOCRProcessor(image_processor=image, tokenizer=tokenizer)
     return _finish(encoder, _decoder(len(tokenizer), learned_positions=False), processor, out)
