@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException
 
 from api.deps import Unauthorized
 from api.limits import RequestSizeLimit
-from api.routes import exports, health, jobs, lines, metrics
+from api.routes import exports, health, images, jobs, lines, metrics, review
 from htrq.corrections import InvalidCorrection, PageNotSucceeded
 from htrq.db import make_engine, make_sessions
 from htrq.errors import PageError
@@ -71,6 +71,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(exports.router)
     app.include_router(metrics.router)
     app.include_router(lines.router)
+    app.include_router(images.router)
+    app.include_router(review.router)
+    app.mount("/review/static", review.static_files(), name="review-static")
 
     @app.exception_handler(PageError)
     def _page_error(_: Request, exc: PageError) -> JSONResponse:

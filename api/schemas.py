@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from htrq.resources import ErrorInfo, JobList, JobResource, LineResource, PageResource
+from htrq.review_links import MAX_LINK_SECONDS
 from htrq.text import MAX_LINE_CHARS, clean_correction
 
 __all__ = [
@@ -16,6 +19,8 @@ __all__ = [
     "PageResource",
     "ReadyBody",
     "RetryBody",
+    "ReviewLink",
+    "ReviewLinkRequest",
 ]
 
 
@@ -57,3 +62,19 @@ class LineCorrection(BaseModel):
     @classmethod
     def _one_line(cls, v: str | None) -> str | None:
         return clean_correction(v) if v is not None else None
+
+
+class ReviewLinkRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    expires_in: int | None = Field(
+        None,
+        ge=60,
+        le=MAX_LINK_SECONDS,
+        description="seconds the link stays valid (default HTRQ_REVIEW_LINK_SECONDS)",
+    )
+
+
+class ReviewLink(BaseModel):
+    url: str = Field(description="the review page of the job, for a person's browser")
+    expires_at: datetime

@@ -113,3 +113,31 @@ def finished_letter(
     job_id = submit(sessions, storage, settings, tenant_id, files)
     finish(sessions, job_id, 0, LETTER_LINES, (480, 200))
     return job_id
+
+
+def handwritten_letter(
+    seed: int = 7, size: tuple[int, int] = (1400, 1000)
+) -> tuple[bytes, list[Read]]:
+    """A synthetic handwritten page and a plausible reading of it: most lines right and
+    confident, every third with a few letters wrong and a low confidence, odd lines with an
+    outline (as the classical segmenter gives), even ones with a box only."""
+    import random
+
+    from worker.training.synth_pages import render_page
+
+    page = render_page(seed, size=size, max_skew=0.0)
+    rng = random.Random(seed)
+    lines = []
+    for i, ln in enumerate(page.lines):
+        text, confidence = ln.text, rng.uniform(0.92, 0.99)
+        if i % 3 == 1:
+            chars = list(text)
+            for at in rng.sample(range(len(chars)), k=min(2, len(chars))):
+                chars[at] = rng.choice("aeinrstuv")
+            text, confidence = "".join(chars), rng.uniform(0.45, 0.85)
+        x0, y0, x1, y1 = ln.bbox
+        outline = [(x0, y0), (x1, y0 + 2), (x1, y1), (x0, y1 - 2)] if i % 2 else None
+        lines.append(Read(text, round(confidence, 3), ln.bbox, outline))
+    buf = io.BytesIO()
+    page.image.save(buf, "PNG")
+    return buf.getvalue(), lines

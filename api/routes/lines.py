@@ -1,20 +1,21 @@
 """``PATCH /v1/jobs/{id}/pages/{index}/lines/{line}``: a person corrects or confirms a line.
 
-Another tenant's job answers 404.
+The review page calls it with a review link's token, a DMS with its API key; either way
+another tenant's job answers 404.
 """
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
-from api.deps import SessionsDep, SettingsDep, TenantDep
+from api.deps import ReviewerDep, SessionsDep, SettingsDep
 from api.schemas import ErrorBody, LineCorrection, LineResource
 from htrq.corrections import correct_line
 
 router = APIRouter(prefix="/v1/jobs", tags=["review"])
 
 ERRORS = {
-    401: {"model": ErrorBody, "description": "no API key, or an unknown or revoked one"},
+    401: {"model": ErrorBody, "description": "no API key or review token, or a bad one"},
     404: {"model": ErrorBody, "description": "unknown job, page or line"},
     409: {"model": ErrorBody, "description": "the page has not succeeded: nothing to correct"},
     422: {"model": ErrorBody, "description": "not one line of text, or neither field given"},
@@ -29,7 +30,7 @@ def patch_line(
     body: LineCorrection,
     sessions: SessionsDep,
     settings: SettingsDep,
-    tenant: TenantDep,
+    tenant: ReviewerDep,
 ) -> LineResource:
     """Correct a line (``{"text": "..."}``) or confirm it as read (``{"reviewed": true}``).
 

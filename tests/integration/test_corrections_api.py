@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 from lxml import etree
+from PIL import Image
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -20,7 +21,8 @@ from htrq.models import Line, Page
 from htrq.settings import Settings
 from htrq.storage import open_store
 from htrq.tenants import default_tenant
-from tests.finished import Read, finish, finished_letter
+from tests.finished import Read, finish, finished_letter, letter_png, submit
+from tests.pdfs import text_pdf
 
 SCHEMAS = Path(__file__).parents[1] / "resources" / "schemas"
 ALTO = "{http://www.loc.gov/standards/alto/ns-v4#}"
@@ -215,3 +217,29 @@ def test_control_characters_are_removed_and_text_is_nfc(
     )
     assert r.status_code == 200
     assert r.json()["text"] == "CherMonsieur R\u00e9mi"
+
+
+def test_the_page_image_is_served_at_the_stored_size(
+    client: TestClient, job_id: uuid.UUID, settings: Settings, sessions: sessionmaker[Session]
+) -> None:
+    """A succeeded image page comes back as the PNG it was; a PDF page is rendered at its
+    stored size; a queued page answers 409."""
+    r = client.get(f"/v1/jobs/{job_id}/pages/0/image")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    with Image.open(io.BytesIO(r.content)) as im, Image.open(io.BytesIO(letter_png())) as up:
+        assert im.size == (480, 200) and im.tobytes() == up.tobytes()
+    r = client.get(f"/v1/jobs/{job_id}/pages/1/image")
+    assert r.status_code == 409 and r.json()["error"]["code"] == "page_not_succeeded"
+    assert client.get(f"/v1/jobs/{job_id}/pages/4/image").status_code == 404
+
+    tenant = default_tenant(sessions)
+    pdf = text_pdf([(200, 100)] * 2)
+    pdf_job = submit(sessions, open_store(settings), settings, tenant, [("l.pdf", pdf)])
+    # Read when HTRQ_PDF_DPI was 150 (417 x 208 pixels); rendered now at 300, the image is
+    # brought to the size the line coordinates refer to.
+    finish(sessions, pdf_job, 1, [Read("Dear Sir", 0.9, (15, 20, 300, 45))], (417, 208))
+    r = client.get(f"/v1/jobs/{pdf_job}/pages/1/image")
+    assert r.status_code == 200
+    with Image.open(io.BytesIO(r.content)) as im:
+        assert im.size == (417, 208)
+        assert im.convert("L").getextrema()[0] < 100  # the PDF's text is on it
