@@ -88,6 +88,13 @@ def review_page(
         with sessions() as s:
             owned_job(s, tenant, job_id)
     except Unauthorized as exc:
+        if t is None:
+            return _refusal(
+                401,
+                "Open this page from a review link",
+                "The review page opens from the link your document system makes for you "
+                "(POST /v1/jobs/{id}/review-link with its API key); this address has none.",
+            )
         return _refusal(401, "This review link cannot be used", str(exc))
     except NotFound:
         return _refusal(404, "No such job", "There is no job at this address (any more).")

@@ -96,7 +96,8 @@ def test_an_archivist_corrects_a_line_in_the_browser(
     """Through a review link: the page image and one outline per line appear, doubtful lines
     listed first; clicking line 0, typing and Enter stores the correction (the API and the
     txt export carry it) and opens the next doubtful line; Tab skips to the one after, Esc
-    closes the editor; no JavaScript error on the way."""
+    closes the editor onto the line's button, whose focus shows and which Enter opens again;
+    no JavaScript error on the way."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
@@ -159,6 +160,13 @@ def test_an_archivist_corrects_a_line_in_the_browser(
     wait_for(lambda: not field.is_displayed(), "Esc to close the editor")
     focused = browser.switch_to.active_element
     assert focused.get_attribute("data-line-index") == str(doubtful[1])  # back on its button
+    # From there, the keyboard alone: the focus shows, Enter on the button opens the line.
+    outline = browser.execute_script("return getComputedStyle(document.activeElement).outlineStyle")
+    assert outline not in ("none", "")
+    focused.send_keys(Keys.ENTER)
+    wait_for(lambda: field.is_displayed(), "Enter on a line's button to open it")
+    assert title.text == f"Line {doubtful[1] + 1} of {len(lines)}"
+    assert browser.switch_to.active_element == field
 
     errors = browser.execute_script("return window.__errors")
     console = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]

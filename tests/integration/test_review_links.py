@@ -184,11 +184,17 @@ def test_review_routes_keep_tenants_apart_with_keys(keyed: Keyed) -> None:
     assert r.status_code == 200
 
 
-def test_the_review_page_needs_a_link_when_keys_are_required(keyed: Keyed) -> None:
-    """Without a token the page answers 401 (as a short HTML page saying so)."""
-    r = keyed.client.get(f"/review/{keyed.job_a}")
+def test_without_a_key_or_a_link_nothing_opens(keyed: Keyed) -> None:
+    """Without a key or a token the review routes answer 401 as JSON, and the page 401 as a
+    short HTML page saying what to send."""
+    k = keyed
+    for method, path in [*_reviewer_routes(k.job_a), ("POST", f"/v1/jobs/{k.job_a}/review-link")]:
+        r = k.client.request(method, path)
+        assert r.status_code == 401, (method, path, r.text)
+        assert r.json()["error"]["code"] == "unauthorized"
+    r = k.client.get(f"/review/{k.job_a}")
     assert r.status_code == 401 and "text/html" in r.headers["content-type"]
-    assert "review link" in r.text.lower() or "API key" in r.text
+    assert "review link" in r.text and "review-link" in r.text
 
 
 def test_a_server_secret_signs_links_and_changing_it_ends_them(keyed: Keyed) -> None:

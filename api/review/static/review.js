@@ -311,7 +311,9 @@
     return [...candidates].reverse().find((i) => i < from) ?? candidates[candidates.length - 1];
   }
 
-  async function save(body) {
+  // Save the open line's change, then open the next line to review (or, with ``stay``, the
+  // same line again, as it now reads).
+  async function save(body, stay = false) {
     if (state.busy || state.current === null) return;
     const index = state.current;
     state.busy = true;
@@ -321,7 +323,7 @@
       const line = await call(`/pages/${state.pageIndex}/lines/${index}`, { method: "PATCH", body });
       const lines_ = state.page.lines;
       lines_[lines_.findIndex((ln) => ln.index === index)] = line;
-      const next = neighbour(1);
+      const next = stay ? index : neighbour(1);
       if (next === null) {
         closeEditor(false);
         el.counter.textContent = `All lines of this page are checked (${lines_.length} lines)`;
@@ -369,7 +371,7 @@
   });
 
   el.markReviewed.addEventListener("click", () => save({ reviewed: true }));
-  el.undo.addEventListener("click", () => save({ reviewed: false }));
+  el.undo.addEventListener("click", () => save({ reviewed: false }, true));
   el.cancel.addEventListener("click", () => closeEditor());
   el.overlay.addEventListener("click", (event) => {
     const shape = event.target.closest("[data-line-index]");
