@@ -20,7 +20,7 @@ from htrq.models import Tenant
 from htrq.settings import Settings
 from htrq.storage import open_store
 from htrq.tenants import create_key
-from tests.finished import finish, handwritten_letter, submit
+from tests.finished import finish, handwritten_letter, letter_png, submit
 from tests.services import Processes, service_env, wait_for
 
 pytestmark = pytest.mark.slow
@@ -68,9 +68,9 @@ def browser() -> Iterator[Any]:
 def reviewed_job(
     processes: Processes, settings: Settings, engine: Engine
 ) -> Iterator[tuple[str, dict[str, str], uuid.UUID, list]]:
-    """An API process with keys required, a tenant's key and a finished handwritten page
-    (stored through the job service, its result written as a worker writes it); the job
-    and the tenant are deleted afterwards."""
+    """An API process with keys required, a tenant's key and a job of two pages: a finished
+    handwritten page (stored through the job service, its result written as a worker writes
+    it) and a queued one; the job and the tenant are deleted afterwards."""
     settings = settings.model_copy(update={"auth": "required"})
     sessions = make_sessions(engine)
     _, key = create_key(sessions, tenant=TENANT)
@@ -79,7 +79,8 @@ def reviewed_job(
         with sessions() as s:
             tenant = s.scalars(select(Tenant.id).where(Tenant.name == TENANT)).one()
         png, lines = handwritten_letter()
-        job = submit(sessions, open_store(settings), settings, tenant, [("letter.png", png)])
+        files = [("letter.png", png), ("back.png", letter_png())]  # page 2 stays queued
+        job = submit(sessions, open_store(settings), settings, tenant, files)
         finish(sessions, job, 0, lines, (1400, 1000))
         url = processes.api(service_env(settings))
         yield url, headers, job, lines
@@ -97,7 +98,8 @@ def test_an_archivist_corrects_a_line_in_the_browser(
     listed first; clicking line 0, typing and Enter stores the correction (the API and the
     txt export carry it) and opens the next doubtful line; Tab skips to the one after, Esc
     closes the editor onto the line's button, whose focus shows and which Enter opens again;
-    no JavaScript error on the way."""
+    the next page (still queued) says so, and the previous one comes back; no JavaScript
+    error on the way."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
@@ -167,6 +169,16 @@ def test_an_archivist_corrects_a_line_in_the_browser(
     wait_for(lambda: field.is_displayed(), "Enter on a line's button to open it")
     assert title.text == f"Line {doubtful[1] + 1} of {len(lines)}"
     assert browser.switch_to.active_element == field
+
+    # The next page has no reading yet: the page says so; back on page 1, its lines again.
+    field.send_keys(Keys.ESCAPE)
+    browser.find_element(By.ID, "next-page").click()
+    message = browser.find_element(By.ID, "message")
+    wait_for(lambda: "Page 2 is queued" in message.text, "page 2 to say it is queued")
+    assert not browser.find_elements(By.CSS_SELECTOR, "#overlay [data-line-index]")
+    browser.find_element(By.ID, "prev-page").click()
+    wait_for(ready, "page 1 to come back")
+    assert browser.execute_script("return location.hash") == "#page=1"
 
     errors = browser.execute_script("return window.__errors")
     console = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]

@@ -168,7 +168,10 @@
       el.counter.textContent = "";
       return;
     }
-    el.overlay.setAttribute("viewBox", `0 0 ${page.width} ${page.height}`);
+    // Pages read before sizes were stored have none: their image is that size.
+    const width = page.width || el.image.naturalWidth;
+    const height = page.height || el.image.naturalHeight;
+    el.overlay.setAttribute("viewBox", `0 0 ${width} ${height}`);
     el.overlay.setAttribute("preserveAspectRatio", "none");
     for (const line of lines()) el.overlay.appendChild(outlineOf(line));
     const toReview = doubtful();
