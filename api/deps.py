@@ -5,11 +5,12 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import Depends, Request, Security
+from fastapi import Depends, Header, Query, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
 from htrq.queue import CelerySender
+from htrq.review_links import TOKEN_HEADER, TOKEN_QUERY, InvalidLink, check_token
 from htrq.settings import Settings
 from htrq.storage import BlobStore
 from htrq.tenants import default_tenant, tenant_for_key
@@ -60,8 +61,44 @@ def get_tenant(
     return tenant
 
 
+def get_reviewer(
+    request: Request,
+    job_id: str,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
+    t: Annotated[
+        str | None,
+        Query(
+            alias=TOKEN_QUERY,
+            max_length=100,
+            description="a review link's token, in place of an API key (this job only)",
+        ),
+    ] = None,
+    x_review_token: Annotated[
+        str | None,
+        Header(
+            alias=TOKEN_HEADER,
+            max_length=100,
+            description="a review link's token, in place of an API key (this job only)",
+        ),
+    ] = None,
+) -> uuid.UUID:
+    """The tenant of a route the review page calls: the API key's, or, without a key, that
+    of a review link's token for the job in the path (401 when it is altered, expired or
+    for another job)."""
+    token = x_review_token or t
+    if credentials is None and token is not None:
+        state = request.app.state
+        try:
+            return check_token(state.sessions, state.settings, job_id=job_id, token=token)
+        except InvalidLink as exc:
+            raise Unauthorized(str(exc)) from None
+    return get_tenant(request, credentials)
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 TenantDep = Annotated[uuid.UUID, Depends(get_tenant)]
+#: The tenant by API key or, for the job in the path only, by a review link's token.
+ReviewerDep = Annotated[uuid.UUID, Depends(get_reviewer)]
 SessionsDep = Annotated[sessionmaker[Session], Depends(get_sessions)]
 StorageDep = Annotated[BlobStore, Depends(get_storage)]
 SenderDep = Annotated[CelerySender, Depends(get_sender)]

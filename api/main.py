@@ -16,7 +16,8 @@ from starlette.exceptions import HTTPException
 
 from api.deps import Unauthorized
 from api.limits import RequestSizeLimit
-from api.routes import exports, health, jobs, metrics
+from api.routes import exports, health, images, jobs, lines, metrics, review
+from htrq.corrections import InvalidCorrection, PageNotSucceeded
 from htrq.db import make_engine, make_sessions
 from htrq.errors import PageError
 from htrq.jobs import IdempotencyConflict, NotFound
@@ -91,6 +92,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(exports.router)
     app.include_router(metrics.router)
+    app.include_router(lines.router)
+    app.include_router(images.router)
+    app.include_router(review.router)
+    app.mount("/review/static", review.static_files(), name="review-static")
 
     @app.exception_handler(PageError)
     def _page_error(_: Request, exc: PageError) -> JSONResponse:
@@ -112,6 +117,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def _storage(_: Request, exc: StorageUnavailable) -> JSONResponse:
         # Nothing was written to the database: the client may send the same request again.
         return error(503, "storage_unavailable", f"{exc}; try again later")
+
+    @app.exception_handler(PageNotSucceeded)
+    def _not_succeeded(_: Request, exc: PageNotSucceeded) -> JSONResponse:
+        return error(409, "page_not_succeeded", str(exc))
+
+    @app.exception_handler(InvalidCorrection)
+    def _invalid_correction(_: Request, exc: InvalidCorrection) -> JSONResponse:
+        return error(422, "invalid_request", str(exc))
 
     @app.exception_handler(IdempotencyConflict)
     def _conflict(_: Request, exc: IdempotencyConflict) -> JSONResponse:

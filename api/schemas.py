@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+from datetime import datetime
 
-from htrq.resources import ErrorInfo, JobList, JobResource, PageResource
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-__all__ = ["ErrorBody", "JobList", "JobResource", "PageResource", "ReadyBody", "RetryBody"]
+from htrq.resources import ErrorInfo, JobList, JobResource, LineResource, PageResource
+from htrq.review_links import MAX_LINK_SECONDS
+from htrq.text import MAX_LINE_CHARS, clean_correction
+
+__all__ = [
+    "ErrorBody",
+    "JobList",
+    "JobResource",
+    "LineCorrection",
+    "LineResource",
+    "PageResource",
+    "ReadyBody",
+    "RetryBody",
+    "ReviewLink",
+    "ReviewLinkRequest",
+]
 
 
 class ErrorBody(BaseModel):
@@ -23,3 +38,43 @@ class RetryBody(BaseModel):
 class ReadyBody(BaseModel):
     database: bool
     broker: bool
+
+
+class LineCorrection(BaseModel):
+    """A person's judgement of one line: its reading (``text``), or ``reviewed`` alone."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str | None = Field(
+        None,
+        max_length=MAX_LINE_CHARS,
+        description="what the line reads: one line, no line breaks; control characters are "
+        "removed. The model's own reading takes back an earlier correction",
+        examples=["Dear Mrs. Stanford,"],
+    )
+    reviewed: bool | None = Field(
+        None,
+        description="true: the line reads right as it is; false: take back a correction "
+        "and the review mark",
+    )
+
+    @field_validator("text")
+    @classmethod
+    def _one_line(cls, v: str | None) -> str | None:
+        return clean_correction(v) if v is not None else None
+
+
+class ReviewLinkRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    expires_in: int | None = Field(
+        None,
+        ge=60,
+        le=MAX_LINK_SECONDS,
+        description="seconds the link stays valid (default HTRQ_REVIEW_LINK_SECONDS)",
+    )
+
+
+class ReviewLink(BaseModel):
+    url: str = Field(description="the review page of the job, for a person's browser")
+    expires_at: datetime

@@ -15,6 +15,7 @@ import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -175,6 +176,46 @@ def cmd_tenant_secret(args: argparse.Namespace) -> int:
             print(f"htrq: {exc}", file=sys.stderr)
             return 1
     return 0
+
+
+def cmd_corrections_export(args: argparse.Namespace) -> int:
+    from htrq.storage import open_store
+    from htrq.tenants import UnknownTenant
+
+    # The worker's image code (OpenCV): crops are cut exactly as the worker cut them.
+    from worker.corrections import export_corrections
+
+    settings = load_settings()
+    with _database(settings) as sessions:
+        try:
+            report = export_corrections(
+                sessions=sessions,
+                storage=open_store(settings),
+                settings=settings,
+                out=args.out,
+                tenant=args.tenant,
+                since=args.since,
+            )
+        except UnknownTenant as exc:
+            print(f"htrq: {exc}", file=sys.stderr)
+            return 1
+    for problem in report.skipped:
+        _progress(f"skipped {problem}")
+    empty = f", {report.empty} empty left out" if report.empty else ""
+    _progress(f"{report.lines} lines of {report.pages} pages in {report.jobs} jobs{empty}")
+    print(report.path)
+    return 0
+
+
+def _since(text: str) -> datetime:
+    """An ISO date or time (UTC unless it says otherwise)."""
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a date such as 2026-12-01 or 2026-12-01T14:00: {text!r}"
+        ) from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 # -- submit, status (over HTTP) ---------------------------------------------------------------
@@ -361,6 +402,20 @@ def _register_core(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     p = ts.add_parser("secret", help="print the tenant's webhook signing secret")
     p.add_argument("name")
     p.set_defaults(func=cmd_tenant_secret)
+
+    corrections = sub.add_parser("corrections", help="people's corrections (on the database)")
+    cs = corrections.add_subparsers(dest="corrections_command", required=True)
+    p = cs.add_parser(
+        "export",
+        help="write the corrected and reviewed lines as crops and lines.tsv, for htrq train "
+        "--lines OUT (needs the worker extra); prints the lines.tsv path",
+    )
+    p.add_argument("out", type=Path, help="folder for the crops and lines.tsv (made if new)")
+    p.add_argument("--tenant", help="only this tenant's jobs (default: every tenant's)")
+    p.add_argument(
+        "--since", type=_since, help="only lines checked at or after this date or time (UTC)"
+    )
+    p.set_defaults(func=cmd_corrections_export)
 
     p = sub.add_parser("transcribe", help="transcribe files in this process and print the text")
     p.add_argument("files", nargs="+", type=Path)

@@ -1,7 +1,8 @@
 """Page results as plain text, JSON, ALTO 4 and PAGE XML 2019 (pure functions, no ORM).
 
 Coordinates are page-image pixels, origin top left. A line's confidence (0..1) goes into ALTO
-``String/@WC`` and PAGE ``TextEquiv/@conf``.
+``String/@WC`` and PAGE ``TextEquiv/@conf``. A line a person corrected is written with their
+text, and without the model's confidence, which was the model's in another text.
 
 Whole jobs: ``txt`` is every page's text with a form feed (U+000C) between pages, the plain
 text convention for page breaks (pdftotext, lpr); ``json`` is ``{"pages": [...]}``; ``alto``
@@ -43,12 +44,20 @@ Point = tuple[int, int]
 
 @dataclass(frozen=True)
 class LineResult:
-    text: str
+    text: str  #: what the line says: a person's correction where there is one
     confidence: float | None  #: 0..1, None when the recognizer gave none
     bbox: tuple[int, int, int, int]  #: x0, y0, x1, y1
     polygon: Sequence[Point] | None = None
     baseline: Sequence[Point] | None = None
     needs_review: bool | None = None  #: below the review threshold (None: not judged)
+    model_text: str | None = None  #: the model's reading (None: the same as ``text``)
+    corrected: bool = False  #: a person corrected the model's reading
+    reviewed: bool = False  #: a person checked the line
+
+    @property
+    def model_confidence(self) -> float | None:
+        """The confidence to write beside ``text``: none once a person changed the text."""
+        return None if self.corrected else self.confidence
 
 
 @dataclass(frozen=True)
@@ -123,7 +132,8 @@ def render_job_export(pages: Sequence[PageResult], fmt: str) -> tuple[bytes, str
 
 def page_json(page: PageResult) -> dict[str, Any]:
     """The page as the API's page resource names things (``filename``, ``frame``, lines with
-    ``bbox``, ``polygon``, ``baseline``, ``needs_review``), plus its provenance."""
+    ``bbox``, ``polygon``, ``baseline``, ``needs_review``, ``model_text``, ``corrected``,
+    ``reviewed``), plus its provenance."""
     return {
         "index": page.index,
         "filename": page.filename,
@@ -142,6 +152,9 @@ def page_json(page: PageResult) -> dict[str, Any]:
                 "polygon": [list(p) for p in ln.polygon] if ln.polygon else None,
                 "baseline": [list(p) for p in ln.baseline] if ln.baseline else None,
                 "needs_review": ln.needs_review,
+                "model_text": ln.model_text if ln.model_text is not None else ln.text,
+                "corrected": ln.corrected,
+                "reviewed": ln.reviewed,
             }
             for ln in page.lines
         ],
@@ -192,8 +205,8 @@ def alto(page: PageResult) -> bytes:
                 shape = ET.SubElement(line, a("Shape"))
                 ET.SubElement(shape, a("Polygon"), POINTS=_points(ln.polygon, page))
             s_attrs = {"ID": f"p{page.index}_l{i}_s0", "CONTENT": ln.text, **_alto_box(ln.bbox)}
-            if ln.confidence is not None:
-                s_attrs["WC"] = _conf(ln.confidence)
+            if ln.model_confidence is not None:
+                s_attrs["WC"] = _conf(ln.model_confidence)
             ET.SubElement(line, a("String"), s_attrs)
     return _serialise(root)
 
@@ -240,8 +253,9 @@ def page_xml(page: PageResult, *, created: datetime | None = None) -> bytes:
             ET.SubElement(line, p("Coords"), points=_points(outline, page))
             if ln.baseline and len(ln.baseline) >= 2:
                 ET.SubElement(line, p("Baseline"), points=_points(ln.baseline, page))
-            _text_equiv(line, p, ln.text, ln.confidence)
-        _text_equiv(region, p, page.text, page.confidence)
+            _text_equiv(line, p, ln.text, ln.model_confidence)
+        corrected = any(ln.corrected for ln in page.lines)
+        _text_equiv(region, p, page.text, None if corrected else page.confidence)
     return _serialise(root)
 
 
@@ -250,7 +264,8 @@ def from_rows(page: Any, lines: Sequence[Any], review_below: float | None = None
 
     Page size and line outlines come from ``Page.width``/``height`` and ``Line.polygon``/
     ``baseline`` (JSON point lists) where the schema has them; with ``review_below`` each
-    line says whether it needs review.
+    line says whether it needs review. A line's text is its ``correction`` where a person
+    made one (``corrected``); the model's reading stays in ``model_text``.
     """
     decoding = getattr(page, "decoding", None)
     return from_resource(
@@ -273,19 +288,28 @@ def from_rows(page: Any, lines: Sequence[Any], review_below: float | None = None
             "error": {"code": page.error_code, "message": page.error_message or ""}
             if page.error_code
             else None,
-            "lines": [
-                {
-                    "text": ln.text,
-                    "confidence": ln.confidence,
-                    "bbox": (ln.x0, ln.y0, ln.x1, ln.y1),
-                    "polygon": getattr(ln, "polygon", None),
-                    "baseline": getattr(ln, "baseline", None),
-                    "needs_review": ln.confidence < review_below if review_below else None,
-                }
-                for ln in lines
-            ],
+            "lines": [_row_line(ln, review_below) for ln in lines],
         }
     )
+
+
+def _row_line(ln: Any, review_below: float | None) -> dict[str, Any]:
+    correction = getattr(ln, "correction", None)
+    corrected = correction is not None
+    reviewed = getattr(ln, "reviewed_at", None) is not None
+    return {
+        "text": correction if corrected else ln.text,
+        "model_text": ln.text,
+        "corrected": corrected,
+        "reviewed": reviewed,
+        "confidence": ln.confidence,
+        "bbox": (ln.x0, ln.y0, ln.x1, ln.y1),
+        "polygon": getattr(ln, "polygon", None),
+        "baseline": getattr(ln, "baseline", None),
+        "needs_review": ln.confidence < review_below and not (corrected or reviewed)
+        if review_below
+        else None,
+    }
 
 
 def from_resource(page: Mapping[str, Any]) -> PageResult:
@@ -303,6 +327,9 @@ def from_resource(page: Mapping[str, Any]) -> PageResult:
             polygon=_stored_points(ln.get("polygon")),
             baseline=_stored_points(ln.get("baseline")),
             needs_review=ln.get("needs_review"),
+            model_text=ln.get("model_text"),
+            corrected=bool(ln.get("corrected")),
+            reviewed=bool(ln.get("reviewed")),
         )
         for ln in page.get("lines") or []
     ]

@@ -285,6 +285,8 @@ def get_page(
 def page_resource(
     page: Page, lines: Sequence[Line], *, review_below: float = REVIEW_BELOW
 ) -> PageResource:
+    """The page as the API shows it: its text and lines as corrected where a person did."""
+    shown = [line_resource(ln, review_below=review_below) for ln in lines]
     return PageResource(
         id=page.id,
         job_id=page.job_id,
@@ -294,20 +296,10 @@ def page_resource(
         frame=page.frame,
         width=page.width,
         height=page.height,
-        text=page.text,
+        # The stored text is the model's; with a correction, the page reads as its lines do.
+        text="\n".join(ln.text for ln in shown) if any(ln.corrected for ln in shown) else page.text,
         confidence=page.confidence,
-        lines=[
-            LineResource(
-                index=ln.index,
-                text=ln.text,
-                confidence=ln.confidence,
-                bbox=(ln.x0, ln.y0, ln.x1, ln.y1),
-                polygon=json.loads(ln.polygon) if ln.polygon else None,
-                baseline=json.loads(ln.baseline) if ln.baseline else None,
-                needs_review=ln.confidence < review_below,
-            )
-            for ln in lines
-        ],
+        lines=shown,
         error=ErrorInfo(code=page.error_code, message=page.error_message or "")
         if page.error_code
         else None,
@@ -323,6 +315,29 @@ def page_resource(
         else None,
         started_at=page.started_at,
         finished_at=page.finished_at,
+    )
+
+
+def line_resource(ln: Line, *, review_below: float = REVIEW_BELOW) -> LineResource:
+    """A stored line: its corrected text where a person corrected it, the model's beside it.
+
+    A line a person corrected or reviewed no longer ``needs_review``, whatever the model's
+    confidence was.
+    """
+    corrected, reviewed = ln.correction is not None, ln.reviewed_at is not None
+    return LineResource(
+        index=ln.index,
+        text=ln.correction if ln.correction is not None else ln.text,
+        model_text=ln.text,
+        confidence=ln.confidence,
+        bbox=(ln.x0, ln.y0, ln.x1, ln.y1),
+        polygon=json.loads(ln.polygon) if ln.polygon else None,
+        baseline=json.loads(ln.baseline) if ln.baseline else None,
+        needs_review=ln.confidence < review_below and not (corrected or reviewed),
+        corrected=corrected,
+        reviewed=reviewed,
+        corrected_at=ln.corrected_at,
+        reviewed_at=ln.reviewed_at,
     )
 
 

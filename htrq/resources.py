@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, computed_field
+from pydantic import BaseModel, Field, computed_field, model_validator
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "partial"]
 PageStatus = Literal["queued", "running", "succeeded", "failed"]
@@ -87,8 +87,12 @@ CTC_WEIGHT = 0.4
 
 class LineResource(BaseModel):
     index: int
-    text: str
-    confidence: float = Field(ge=0, le=1)
+    text: str = Field(
+        description="what the line says: a person's correction where there is one, else the "
+        "model's reading"
+    )
+    model_text: str = Field(description="the model's reading, kept when a person corrects it")
+    confidence: float = Field(ge=0, le=1, description="the model's confidence in model_text")
     bbox: tuple[int, int, int, int] = Field(description="x0, y0, x1, y1 in page pixels")
     polygon: list[tuple[int, int]] | None = Field(
         None, description="the line's outline in page pixels, where the segmenter gives one"
@@ -98,8 +102,24 @@ class LineResource(BaseModel):
     )
 
     needs_review: bool = Field(
-        description="the confidence is below HTRQ_REVIEW_BELOW: a person should check the line"
+        description="the confidence is below HTRQ_REVIEW_BELOW and no person has corrected or "
+        "reviewed the line yet: a person should check it"
     )
+    corrected: bool = Field(False, description="a person corrected the model's reading")
+    reviewed: bool = Field(
+        False, description="a person checked the line (corrected it, or confirmed its reading)"
+    )
+    corrected_at: datetime | None = None
+    reviewed_at: datetime | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _model_text_defaults_to_text(cls, data: Any) -> Any:
+        # A line nobody corrected reads as the model read it (and so does a line resource
+        # written before corrections existed).
+        if isinstance(data, dict) and data.get("model_text") is None and "text" in data:
+            data = {**data, "model_text": data["text"]}
+        return data
 
 
 class Provenance(BaseModel):
@@ -120,7 +140,7 @@ class PageResource(BaseModel):
     frame: int
     width: int | None = Field(description="page image width in pixels, once read")
     height: int | None = Field(description="page image height in pixels, once read")
-    text: str | None
+    text: str | None = Field(description="the lines' text, corrected where a person corrected it")
     confidence: float | None = Field(ge=0, le=1)
     lines: list[LineResource]
     error: ErrorInfo | None
@@ -135,7 +155,8 @@ class PageResource(BaseModel):
     @computed_field  # type: ignore[prop-decorator]
     @property
     def lines_to_review(self) -> int:
-        """How many of the page's lines say ``needs_review``: where a person should look first."""
+        """How many of the page's lines say ``needs_review``: where a person should look first
+        (a line a person corrected or reviewed no longer counts)."""
         return sum(ln.needs_review for ln in self.lines)
 
 

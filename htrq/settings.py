@@ -58,6 +58,17 @@ class Settings(BaseSettings):
     webhook_allow_private: bool = False
     #: Seconds between the workers' looks for webhook events to send.
     webhook_poll: float = Field(1.0, gt=0)
+    #: Key that signs review links (``POST /v1/jobs/{id}/review-link``), at least 32
+    #: characters; changing it ends every link given out. Unset: each link is signed with a
+    #: key derived from its job's tenant's webhook secret (``htrq.review_links`` says why
+    #: that is safe).
+    review_secret: str | None = Field(None, min_length=32)
+    #: Seconds a review link stays valid unless its request asks for less or more (at most
+    #: a week).
+    review_link_seconds: int = Field(8 * 3600, ge=60, le=7 * 86400)
+    #: The API's address as people's browsers reach it (``https://htr.example.org``), for the
+    #: review links it gives out. Unset: the address the request came to.
+    public_url: str | None = None
     #: Finished jobs older than this many days are deleted (rows and stored files) by the
     #: sweeper. Unset: kept until deleted.
     retention_days: float | None = Field(None, gt=0)
@@ -157,7 +168,15 @@ class Settings(BaseSettings):
             )
         return self
 
-    @field_validator("database_url", "broker_url", "storage_url", "s3_endpoint_url", mode="before")
+    @field_validator(
+        "database_url",
+        "broker_url",
+        "storage_url",
+        "s3_endpoint_url",
+        "review_secret",
+        "public_url",
+        mode="before",
+    )
     @classmethod
     def _blank_is_unset(cls, v: object) -> object:
         return None if isinstance(v, str) and not v.strip() else v
@@ -181,6 +200,16 @@ class Settings(BaseSettings):
                     "credentials do not go in the URL: use AWS_ACCESS_KEY_ID and "
                     "AWS_SECRET_ACCESS_KEY"
                 )
+        return v
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, v: str | None) -> str | None:
+        if v is not None:
+            parts = urlsplit(v)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError("expected http(s)://host[:port][/prefix]")
+            v = v.rstrip("/")
         return v
 
     @property
@@ -220,7 +249,8 @@ def load_settings(**overrides: object) -> Settings:
         problems = []
         for err in exc.errors():
             name = ENV_PREFIX + "_".join(str(p) for p in err["loc"]).upper()
-            problems.append(f"{name}={_redacted(err.get('input'))!r}: {err['msg']}")
+            shown = "***" if err["loc"][:1] in _SECRETS else _redacted(err.get("input"))
+            problems.append(f"{name}={shown!r}: {err['msg']}")
         raise SettingsError("invalid configuration: " + "; ".join(problems)) from None
 
 
@@ -228,5 +258,8 @@ def _redacted(value: object) -> object:
     """``value`` with the user and password of a URL (``scheme://user:secret@host``) hidden."""
     return _USERINFO.sub(r"\1***@", value) if isinstance(value, str) else value
 
+
+#: Settings whose value an error message never shows.
+_SECRETS = {("review_secret",)}
 
 _USERINFO = re.compile(r"^([a-z][a-z0-9+.-]*://)[^/@]*@", re.IGNORECASE)

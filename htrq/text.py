@@ -10,6 +10,11 @@ import unicodedata
 XML_FORBIDDEN = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 #: Controls of any kind (C0, DEL, C1) and line or paragraph separators: never part of a name.
 _CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+#: What ends a line in some convention: a correction holding one is two lines, not one.
+_LINE_BREAKS = re.compile("[\n\r\v\f\x1c-\x1e\x85\u2028\u2029]")
+#: Longest correction of one line, in characters: far beyond any written line (the decoder
+#: writes 96 tokens at most), short enough that a line stays a line.
+MAX_LINE_CHARS = 1000
 
 
 def xml_safe(text: str) -> str:
@@ -21,6 +26,23 @@ def clean_line_text(text: str) -> str:
     """A recognised line as stored: no control characters (a model may write them), one
     line, no surrounding spaces."""
     return _CONTROLS.sub("", text).strip()
+
+
+def clean_correction(text: str) -> str:
+    """A person's reading of one line as stored: NFC, no control characters (a tab pasted
+    from a spreadsheet), no surrounding spaces.
+
+    Raises :class:`ValueError` for text of several lines or longer than
+    :data:`MAX_LINE_CHARS`: a correction belongs to one line of the page, and becomes one
+    row of a ``lines.tsv`` training folder.
+    """
+    if _LINE_BREAKS.search(text):
+        raise ValueError("a correction is one line: it may not hold a line break")
+    # NFC: "é" typed as e + combining accent and as one character must train the same label.
+    cleaned = clean_line_text(unicodedata.normalize("NFC", text))
+    if len(cleaned) > MAX_LINE_CHARS:
+        raise ValueError(f"a correction is at most {MAX_LINE_CHARS} characters")
+    return cleaned
 
 
 def clean_filename(name: str, max_chars: int = 255) -> str:

@@ -85,6 +85,32 @@ def to_source_frame(lines: list[LineBox], angle: float, size: tuple[int, int]) -
     return out
 
 
+def from_source_frame(lines: list[LineBox], angle: float, size: tuple[int, int]) -> list[LineBox]:
+    """Map lines stored on the uploaded image onto the page deskewed by ``angle``: the
+    inverse of :func:`to_source_frame`, to cut a stored line as the pipeline cut it.
+
+    Every mapped line gets an outline: a box without one becomes its four corners turned,
+    so that :func:`crop_lines` masks what the turned box's corners would add.
+    """
+    if not angle:
+        return list(lines)
+    from worker.preprocess import rotate_points
+
+    w, h = size
+    out = []
+    for line in lines:
+        x0, y0, x1, y1 = line.bbox
+        outline = line.polygon or [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
+        # rotate_points maps the page turned by ``angle`` back; by ``-angle`` it maps forward.
+        poly = [
+            (min(w, max(0, x)), min(h, max(0, y))) for x, y in rotate_points(outline, -angle, size)
+        ]
+        base = rotate_points(line.baseline, -angle, size) if line.baseline else None
+        xs, ys = [p[0] for p in poly], [p[1] for p in poly]
+        out.append(LineBox(bbox=(min(xs), min(ys), max(xs), max(ys)), polygon=poly, baseline=base))
+    return out
+
+
 def crop_lines(
     page: Image.Image, boxes: list[LineBox], *, margin: int = 4, mask: bool = True
 ) -> list[Image.Image]:

@@ -13,16 +13,16 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import JSONResponse
-from PIL import Image, ImageOps
+from PIL import Image
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
 from api.deps import SessionsDep, SettingsDep, StorageDep, TenantDep
 from api.schemas import ErrorBody
 from htrq.exports import FORMATS, from_rows, render_job_export, render_page_export
-from htrq.inputs import render_page
 from htrq.jobs import NotFound, check_page_index, owned_job
 from htrq.models import Page
+from htrq.page_images import upright_page
 from htrq.pdfexport import searchable_pdf
 from htrq.settings import Settings
 from htrq.storage import BlobStore
@@ -132,16 +132,7 @@ def export_job(
 
 
 def page_image(storage: BlobStore, settings: Settings, blob_key: str, frame: int) -> Image.Image:
-    """The page as the worker saw it before normalising: upright, at the DPI it was read."""
-    im = render_page(
-        storage.get(blob_key),
-        frame,
-        dpi=settings.pdf_dpi,
-        max_pixels=settings.max_pixels,
-        max_aspect=settings.max_aspect,
-    )
-    im.info.setdefault("dpi", (settings.pdf_dpi, settings.pdf_dpi))
-    return ImageOps.exif_transpose(im)
+    return upright_page(storage.get(blob_key), frame, settings)
 
 
 def _parse_id(job_id: str) -> uuid.UUID:

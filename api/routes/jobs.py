@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile
 
-from api.deps import SenderDep, SessionsDep, SettingsDep, StorageDep, TenantDep
+from api.deps import ReviewerDep, SenderDep, SessionsDep, SettingsDep, StorageDep, TenantDep
 from api.schemas import ErrorBody, JobList, JobResource, PageResource, RetryBody
 from htrq import jobs
 from htrq.deletion import delete_job
@@ -139,8 +139,9 @@ def read_jobs(
 
 
 @router.get("/{job_id}", response_model=JobResource, responses=ERRORS)
-def read_job(job_id: str, sessions: SessionsDep, tenant: TenantDep) -> JobResource:
-    """The job, its pages' states, the count of pages in each state, its webhook's state."""
+def read_job(job_id: str, sessions: SessionsDep, tenant: ReviewerDep) -> JobResource:
+    """The job, its pages' states, the count of pages in each state, its webhook's state.
+    A review link's token may read it too."""
     return jobs.get_job(sessions=sessions, tenant_id=tenant, job_id=job_id)
 
 
@@ -156,9 +157,11 @@ def remove_job(
 
 @router.get("/{job_id}/pages/{index}", response_model=PageResource, responses=ERRORS)
 def read_page(
-    job_id: str, index: int, sessions: SessionsDep, settings: SettingsDep, tenant: TenantDep
+    job_id: str, index: int, sessions: SessionsDep, settings: SettingsDep, tenant: ReviewerDep
 ) -> PageResource:
-    """One page's text, confidence, lines, error, attempts and provenance."""
+    """One page's text, confidence, lines, error, attempts and provenance; each line's
+    text is a person's correction where there is one (``model_text`` keeps the model's).
+    A review link's token may read it too."""
     return jobs.get_page(
         sessions=sessions,
         tenant_id=tenant,
