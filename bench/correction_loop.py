@@ -84,6 +84,19 @@ def spread(lines: list[Line], n: int) -> list[Line]:
     return [lines[int(i * step)] for i in range(n)]
 
 
+def first_letters(letters: dict[str, list[Line]], names: list[str], lines: int) -> list[str]:
+    """The first of ``names`` whose lines reach ``lines`` (all of them for 0)."""
+    if lines <= 0:
+        return names
+    taken, count = [], 0
+    for name in names:
+        if count >= lines:
+            break
+        taken.append(name)
+        count += len(letters[name])
+    return taken
+
+
 def read_cer(lines: list[Line], settings: Settings, model: str) -> float:
     """CER of ``model`` on ``lines``, each read as a ``mode=line`` page by the service's path."""
     pages = transcribe(
@@ -197,6 +210,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--unseen-lines", type=int, default=300, help="most unseen lines read for each CER (0: all)"
     )
+    ap.add_argument(
+        "--read-lines",
+        type=int,
+        default=0,
+        help="lines of letters to correct submitted and read, in whole letters (0: every "
+        "letter; an archivist works through a part of the archive at a time)",
+    )
     ap.add_argument("--model", default="builtin", help="the model before: builtin, a folder")
     ap.add_argument("--steps", type=int, default=1500, help="fine-tuning steps")
     ap.add_argument(
@@ -227,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     letters = letters_of(args.collection)
     to_correct, unseen = split_letters(letters, unseen_share=args.unseen_share, seed=args.seed)
     unseen_lines = spread([ln for name in unseen for ln in letters[name]], args.unseen_lines)
+    to_correct = first_letters(letters, to_correct, args.read_lines)
     reading = {
         "num_beams": args.num_beams,
         "max_new_tokens": args.max_new_tokens,

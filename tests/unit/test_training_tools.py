@@ -224,6 +224,20 @@ def test_evaluate_reports_what_the_review_threshold_catches():
     assert res.unflagged_cer == 0
 
 
+def test_review_sweep_reports_each_threshold():
+    """A sweep gives, for each threshold, the share flagged, how many of those are wrong and
+    the CER of the rest, as the single threshold does (to choose HTRQ_REVIEW_BELOW)."""
+    line = Image.new("L", (120, 32), 255)
+    line.paste(0, (10, 10, 110, 22))
+    samples = [(line, "abcd")] * 4
+    answers = [("abcd", 0.95), ("abcd", 0.92), ("abxd", 0.5), ("abcd", 0.6)]
+    res = evaluate(_Answers(answers), samples, sweep=[0.55, 0.93])  # type: ignore[arg-type]
+    assert res.review_sweep[0] == (0.55, 0.25, 1.0, 0.0)  # only the wrong line is flagged
+    below, flagged, wrong, rest = res.review_sweep[1]  # three lines below 0.93, one wrong
+    assert (below, flagged, rest) == (0.93, 0.75, 0.0) and wrong == pytest.approx(1 / 3)
+    assert evaluate(_Answers(answers), samples).review_sweep == []  # type: ignore[arg-type]
+
+
 def test_caps_only_fonts_get_upper_case_labels():
     """Fonts that draw lowercase as capitals train on upper-cased labels, never mixed case."""
     caps = [f for f in load_fonts() if f.caps_only]

@@ -97,7 +97,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
             ctc_weight=weight,
             quantize=args.quantize,
         )
-        res = evaluate(rec, samples, review_below=args.review_below, groups=groups)
+        res = evaluate(
+            rec,
+            samples,
+            review_below=args.review_below,
+            groups=groups,
+            sweep=_floats(args.review_sweep) if args.review_sweep else (),
+        )
         rows.append({"ctc_weight": rec.ctc_weight, "beams": beams, "batch": batch, **asdict(res)})
         print(
             f"ctc={rec.ctc_weight:g} beams={beams} batch={batch} lines={res.lines} "
@@ -111,6 +117,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         )
         for group, (n, group_cer) in res.by_group.items():
             print(f"  {args.by}={group} lines={n} CER={group_cer:.4f}", flush=True)
+        for below, flagged, flagged_wrong, rest in res.review_sweep:
+            print(
+                f"  below {below:g}: {flagged:.0%} of lines, {flagged_wrong:.0%} of them wrong; "
+                f"CER of the rest={rest:.4f}",
+                flush=True,
+            )
     if args.json:
         json.dump(rows, sys.stdout, indent=2)
         print()
@@ -267,6 +279,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=float,
         default=REVIEW_BELOW,
         help="confidence threshold to report the needs_review figures for (default: the API's)",
+    )
+    p.add_argument(
+        "--review-sweep",
+        metavar="T1,T2,...",
+        help="also report the needs_review figures for each of these thresholds (to choose "
+        "HTRQ_REVIEW_BELOW for a model)",
     )
     p.add_argument(
         "--by",

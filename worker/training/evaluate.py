@@ -4,6 +4,7 @@ tells right lines from wrong ones."""
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from PIL import Image
@@ -30,6 +31,9 @@ class EvalResult:
     unflagged_cer: float  #: CER of the lines not flagged (what is trusted unchecked)
     #: (lines, CER) for each value of ``groups`` (such as the font of each line), when given
     by_group: dict[str, tuple[int, float]] = field(default_factory=dict)
+    #: (threshold, flagged, flagged_wrong, unflagged_cer) for each threshold of a sweep, to
+    #: choose ``review_below`` for a model
+    review_sweep: list[tuple[float, float, float, float]] = field(default_factory=list)
 
 
 def evaluate(
@@ -38,6 +42,7 @@ def evaluate(
     *,
     review_below: float = REVIEW_BELOW,
     groups: list[str] | None = None,
+    sweep: Sequence[float] = (),
 ) -> EvalResult:
     """Read every line as the service reads a ``mode=line`` page: trimmed to its ink, split
     when wider than the model's input, the pieces' texts re-joined (timed, like the rest)."""
@@ -54,8 +59,7 @@ def evaluate(
     k = max(1, len(samples) // 10)
     low = sorted(range(len(samples)), key=lambda i: confs[i])[:k]
     low_cer = _cer_of(low, refs, hyps)
-    flagged = [i for i, c in enumerate(confs) if c < review_below]
-    unflagged = [i for i, c in enumerate(confs) if c >= review_below]
+    flagged, flagged_wrong, unflagged_cer = _review(review_below, confs, refs, hyps)
     members: dict[str, list[int]] = {}
     for i, g in enumerate(groups or []):
         members.setdefault(g, []).append(i)
@@ -69,12 +73,25 @@ def evaluate(
         low_conf_cer=low_cer,
         low_conf_ratio=low_cer / overall if overall else float("nan"),
         review_below=review_below,
-        flagged=len(flagged) / len(samples) if samples else float("nan"),
-        flagged_wrong=sum(refs[i] != hyps[i] for i in flagged) / len(flagged)
-        if flagged
-        else float("nan"),
-        unflagged_cer=_cer_of(unflagged, refs, hyps),
+        flagged=flagged,
+        flagged_wrong=flagged_wrong,
+        unflagged_cer=unflagged_cer,
         by_group={g: (len(idx), _cer_of(idx, refs, hyps)) for g, idx in sorted(members.items())},
+        review_sweep=[(t, *_review(t, confs, refs, hyps)) for t in sweep],
+    )
+
+
+def _review(
+    below: float, confs: list[float], refs: list[str], hyps: list[str]
+) -> tuple[float, float, float]:
+    """(share of lines flagged below ``below``, share of those holding an error, CER of the
+    lines not flagged)."""
+    flagged = [i for i, c in enumerate(confs) if c < below]
+    unflagged = [i for i, c in enumerate(confs) if c >= below]
+    return (
+        len(flagged) / len(confs) if confs else float("nan"),
+        sum(refs[i] != hyps[i] for i in flagged) / len(flagged) if flagged else float("nan"),
+        _cer_of(unflagged, refs, hyps),
     )
 
 
