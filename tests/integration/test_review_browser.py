@@ -17,6 +17,7 @@ from sqlalchemy import Engine, select
 
 from htrq.db import make_sessions
 from htrq.models import Tenant
+from htrq.resources import REVIEW_BELOW
 from htrq.settings import Settings
 from htrq.storage import open_store
 from htrq.tenants import create_key
@@ -125,7 +126,7 @@ def test_an_archivist_corrects_a_line_in_the_browser(
     assert (
         browser.execute_script("return document.getElementById('page-image').naturalWidth") == 1400
     )
-    doubtful = [i for i, ln in enumerate(lines) if ln.confidence < 0.9]
+    doubtful = [i for i, ln in enumerate(lines) if ln.confidence < REVIEW_BELOW]
     listed = browser.find_elements(By.CSS_SELECTOR, "#review-list [data-line-index]")
     assert [int(b.get_attribute("data-line-index")) for b in listed] == doubtful
     counter = browser.find_element(By.ID, "counter")

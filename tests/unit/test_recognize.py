@@ -87,16 +87,18 @@ def test_a_model_without_a_head_decodes_alone(tiny_path):
     assert rec.ctc_head is None and rec.ctc_weight == 0.0
 
 
-def test_int8_quantization_swaps_the_linear_layers_and_still_reads(tiny_path) -> None:
-    """HTRQ_QUANTIZE=int8: every nn.Linear becomes a dynamically quantized one, the model
-    reads the same crops (text and a confidence), and a GPU device is refused."""
+def test_int8_quantization_swaps_the_decoders_linear_layers_and_still_reads(tiny_path) -> None:
+    """HTRQ_QUANTIZE=int8: every nn.Linear of the decoder becomes a dynamically quantized one,
+    the encoder's stay fp32, the model reads crops (text and a confidence), and an unknown
+    setting is refused."""
     import torch
     from PIL import Image
 
     rec = Recognizer.load(model=str(tiny_path), num_beams=1, max_new_tokens=6, quantize="int8")
-    kinds = {type(m).__module__ for m in rec.model.modules() if "Linear" in type(m).__name__}
-    assert kinds and all("quantized" in k for k in kinds)
-    assert not any(type(m) is torch.nn.Linear for m in rec.model.modules())
+    decoder = [m for m in rec.model.decoder.modules() if "Linear" in type(m).__name__]
+    assert decoder and all("quantized" in type(m).__module__ for m in decoder)
+    assert not any(type(m) is torch.nn.Linear for m in rec.model.decoder.modules())
+    assert any(type(m) is torch.nn.Linear for m in rec.model.encoder.modules())
     (read,) = rec([Image.new("L", (120, 16), 255)])
     assert isinstance(read.text, str) and 0.0 <= read.confidence <= 1.0
     with pytest.raises(ValueError, match="int8"):
