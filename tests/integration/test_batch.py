@@ -247,10 +247,10 @@ def test_sweeper_resends_lost_messages_only_when_the_queue_is_empty(
     swept = sweep_once(sessions=sessions, sender=sender, settings=stale)
     # Other tests' committed rows may be swept too; this page must be among them.
     assert pid in [str(i) for i in swept.resend]
-    assert client.llen(queue) == len(swept.resend)
+    assert sender.queue_depth() == len(swept.resend)  # each page on its own tenant's queue
     # Now messages wait in the queue: a long wait is no proof of loss.
     (page,) = _pages(sessions, [pid])
     with sessions() as s, s.begin():
         s.get_one(Page, page.id).queued_at = utcnow() - timedelta(hours=1)
     assert sweep_once(sessions=sessions, sender=sender, settings=stale).resend == []
-    assert client.llen(queue) == len(swept.resend)
+    assert sender.queue_depth() == len(swept.resend)  # each page on its own tenant's queue
