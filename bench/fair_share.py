@@ -45,7 +45,7 @@ from htrq.storage import open_store
 from htrq.tenants import ensure_tenant
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from service_throughput import make_pages  # noqa: E402 - the bench folder is not a package
+from service_throughput import make_pages  # the bench folder is not a package
 
 
 class Service:
