@@ -81,9 +81,11 @@ def tenant_queues_step(watcher: QueueWatcher) -> type[bootsteps.StartStopStep]:
             self.tref = c.timer.call_repeatedly(APPLY_EVERY, self.apply, (c,), priority=10)
 
         def apply(self, c: Any) -> None:
-            for queue in sorted(watcher.wanted):
-                if not c.task_consumer.consuming_from(queue):
-                    c.add_task_queue(queue)
+            # Queues the consumer already holds (from --queues, or added before) are
+            # consumed once its loop starts, or are already.
+            present = {q.name for q in c.task_consumer.queues}
+            for queue in sorted(watcher.wanted - present):
+                c.add_task_queue(queue)
 
         def stop(self, c: Any) -> None:
             if self.tref is not None:
