@@ -110,8 +110,9 @@ def wait_for(
     proc: subprocess.Popen[bytes] | None = None,
     log: Path | None = None,
     interval: float = 0.2,
+    timeout: float = DEADLINE,
 ) -> None:
-    deadline = time.monotonic() + DEADLINE
+    deadline = time.monotonic() + timeout
     while not ready():
         if proc is not None and proc.poll() is not None:
             tail = log.read_text(errors="replace")[-3000:] if log else ""

@@ -248,6 +248,7 @@ def test_sweeper_resends_lost_messages_only_when_the_queue_is_empty(
     # Other tests' committed rows may be swept too; this page must be among them.
     assert pid in [str(i) for i in swept.resend]
     assert sender.queue_depth() == len(swept.resend)  # each page on its own tenant's queue
+    assert client.llen(queue) >= 1  # this one on the default tenant's
     # Now messages wait in the queue: a long wait is no proof of loss.
     (page,) = _pages(sessions, [pid])
     with sessions() as s, s.begin():
