@@ -148,12 +148,13 @@ class CelerySender:
 def _page_queues(channel: object) -> list[str]:
     """The page queues that hold messages, found by their keys (the Redis transport keeps a
     queue as a list under its name, and its priority levels under the name and a suffix)."""
-    client = getattr(channel, "client", None)
-    if client is None:  # not Redis (the memory transport in tests): the default queue only
+    acquire = getattr(channel, "conn_or_acquire", None)
+    if acquire is None:  # not the Redis transport: only the legacy queue can be named
         return [LEGACY_QUEUE]
     sep = getattr(channel, "sep", "\x06\x16")
     names = set()
-    for key in client.scan_iter(match=QUEUE_PREFIX + "*", count=1000):
-        name = key.decode() if isinstance(key, bytes) else str(key)
-        names.add(name.split(sep, 1)[0])
+    with acquire() as client:
+        for key in client.scan_iter(match=QUEUE_PREFIX + "*", count=1000):
+            name = key.decode() if isinstance(key, bytes) else str(key)
+            names.add(name.split(sep, 1)[0])
     return sorted(names)
