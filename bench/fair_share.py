@@ -19,6 +19,7 @@ database and flushes the Redis database it is given (default db 14).
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import re
 import signal
@@ -33,6 +34,7 @@ from pathlib import Path
 
 import psycopg
 import redis
+from PIL import Image, ImageDraw
 from sqlalchemy import func, select
 
 from htrq import jobs
@@ -44,8 +46,23 @@ from htrq.settings import Settings, load_settings
 from htrq.storage import open_store
 from htrq.tenants import ensure_tenant
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from service_throughput import make_pages  # the bench folder is not a package
+
+def make_pages(n: int, synthetic: bool) -> list[bytes]:
+    """N distinct one-line pages: synthetic handwriting (as bench/service_throughput.py), or
+    plain rendered text, which is much cheaper to make on a busy machine."""
+    if synthetic:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from service_throughput import make_pages as synthetic_pages  # not a package
+
+        return list(synthetic_pages(n))
+    out = []
+    for i in range(n):
+        im = Image.new("L", (360, 48), 255)
+        ImageDraw.Draw(im).text((6, 16), f"line {i} of the letter, {i % 97} words", fill=0)
+        buf = io.BytesIO()
+        im.save(buf, "PNG")
+        out.append(buf.getvalue())
+    return out
 
 
 class Service:
@@ -169,6 +186,7 @@ def main() -> None:
     p.add_argument("--num-beams", type=int, default=1)
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--idle-rounds", type=int, default=3)
+    p.add_argument("--synthetic", action="store_true", help="synthetic handwriting pages")
     p.add_argument("--compare", action="store_true", help="run again with fair share off")
     p.add_argument("--drain", action="store_true", help="also time A's whole backlog")
     p.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
@@ -201,7 +219,7 @@ def main() -> None:
                 queue_refresh=1.0,
             )
             upgrade(settings.database_url or "")
-            pages = make_pages(args.backlog + 1)
+            pages = make_pages(args.backlog + 1, args.synthetic)
             print(
                 f"tenant A: {args.backlog} one-line pages in one job; tenant B: 1 page; model "
                 f"{args.model}, batch {args.batch_size}, group {args.flush_every}, beams "
