@@ -186,6 +186,12 @@ def main() -> None:
     p.add_argument("--num-beams", type=int, default=1)
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--idle-rounds", type=int, default=3)
+    p.add_argument(
+        "--torch-threads",
+        type=int,
+        default=0,
+        help="HTRQ_TORCH_THREADS of the worker (0: its cores); 1 on a machine others load",
+    )
     p.add_argument("--synthetic", action="store_true", help="synthetic handwriting pages")
     p.add_argument("--compare", action="store_true", help="run again with fair share off")
     p.add_argument("--drain", action="store_true", help="also time A's whole backlog")
@@ -216,6 +222,7 @@ def main() -> None:
                 num_beams=args.num_beams,
                 max_new_tokens=args.max_new_tokens,
                 max_pages_per_job=max(args.backlog, 500),
+                torch_threads=args.torch_threads,
                 queue_refresh=1.0,
             )
             upgrade(settings.database_url or "")
