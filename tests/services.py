@@ -122,7 +122,9 @@ def wait_for(
         time.sleep(interval)
 
 
-def poll_job(url: str, job_id: str, headers: dict[str, str] | None = None) -> dict[str, Any]:
+def poll_job(
+    url: str, job_id: str, headers: dict[str, str] | None = None, timeout: float = DEADLINE
+) -> dict[str, Any]:
     """The job's resource once it has finished (succeeded, failed or partial)."""
     job: dict[str, Any] = {}
 
@@ -131,5 +133,5 @@ def poll_job(url: str, job_id: str, headers: dict[str, str] | None = None) -> di
         job = httpx.get(f"{url}/v1/jobs/{job_id}", headers=headers, timeout=10).json()
         return job["status"] in ("succeeded", "failed", "partial")
 
-    wait_for(finished, f"job {job_id} to finish", interval=0.5)
+    wait_for(finished, f"job {job_id} to finish", interval=0.5, timeout=timeout)
     return job
