@@ -139,7 +139,11 @@ class Service:
 
     def close(self) -> None:
         os.killpg(self.worker.pid, signal.SIGTERM)
-        self.worker.wait(timeout=60)
+        try:
+            self.worker.wait(timeout=60)
+        except subprocess.TimeoutExpired:  # still in a long group (a loaded machine)
+            os.killpg(self.worker.pid, signal.SIGKILL)
+            self.worker.wait(timeout=60)
         self.engine.dispose()
 
 
