@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from sqlalchemy import and_, bindparam, delete, insert, select, update
+from sqlalchemy import and_, bindparam, delete, false, insert, or_, select, true, update
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
 
 from htrq.completion import note_finished
-from htrq.models import Line, Page, utcnow
+from htrq.models import Job, Line, Page, utcnow
 
 NO_SYNC = {"synchronize_session": False}
 
@@ -282,10 +283,43 @@ LEASE_EXPIRED = (
 )
 
 
+#: Where a job's pages are queued: its tenant and the model it asked for (None: the default).
+Route = tuple[uuid.UUID, str | None]
+
+
+def stale_routes(session: Session, *, older_than: datetime) -> list[Route]:
+    """The routes of the pages ``queued`` since before ``older_than`` (their message may be
+    lost), each once."""
+    rows = session.execute(
+        select(Job.tenant_id, Job.model)
+        .join(Page, Page.job_id == Job.id)
+        .where(Page.status == "queued", Page.queued_at < older_than)
+        .distinct()
+    ).all()
+    return [(r.tenant_id, r.model) for r in rows]
+
+
+def routes_of(session: Session, page_ids: Collection[uuid.UUID]) -> dict[uuid.UUID, Route]:
+    """Each page's route, to send it to its tenant's queue of its job's model."""
+    if not page_ids:
+        return {}
+    rows = session.execute(
+        select(Page.id, Job.tenant_id, Job.model)
+        .join(Job, Page.job_id == Job.id)
+        .where(Page.id.in_(set(page_ids)))
+    ).all()
+    return {r.id: (r.tenant_id, r.model) for r in rows}
+
+
 def sweep(
-    session: Session, *, now: datetime | None = None, resend_older_than: datetime | None = None
+    session: Session,
+    *,
+    now: datetime | None = None,
+    resend_older_than: datetime | None = None,
+    resend_routes: Collection[Route] | None = None,
 ) -> Swept:
-    """Take back pages whose lease expired; pick ``queued`` pages older than the given time.
+    """Take back pages whose lease expired; pick ``queued`` pages older than the given time
+    (only those of ``resend_routes``, where given: the routes whose queue is empty).
 
     Each statement only matches rows still in the state it expects, so several sweepers
     (one per worker) can run at once without doing anything twice.
@@ -318,12 +352,24 @@ def sweep(
         .execution_options(**NO_SYNC)
     ).all()
     resend: Sequence[uuid.UUID] = []
-    if resend_older_than is not None:
+    if resend_older_than is not None and (resend_routes is None or resend_routes):
+        of_routes = (
+            Page.job_id.in_(select(Job.id).where(or_(false(), *map(_on_route, resend_routes))))
+            if resend_routes is not None
+            else true()
+        )
         resend = session.scalars(
             update(Page)
-            .where(Page.status == "queued", Page.queued_at < resend_older_than)
+            .where(Page.status == "queued", Page.queued_at < resend_older_than, of_routes)
             .values(queued_at=now)
             .returning(Page.id)
             .execution_options(**NO_SYNC)
         ).all()
     return Swept(list(requeued), list(failed), list(resend))
+
+
+def _on_route(route: Route) -> ColumnElement[bool]:
+    tenant_id, model = route
+    return and_(
+        Job.tenant_id == tenant_id, Job.model.is_(None) if model is None else Job.model == model
+    )

@@ -75,13 +75,15 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from htrq.queue import PAGE_QUEUE
+    from htrq.queue import worker_queues
     from worker.metrics_server import serve_worker_metrics
 
     overrides = {"worker_concurrency": args.concurrency} if args.concurrency else {}
     settings = load_settings(**overrides)
     _need(settings, "database_url", "broker_url")
-    argv = ["worker", f"--loglevel={args.loglevel}", f"--queues={PAGE_QUEUE}"]
+    # Its model's queue and the legacy one; each tenant's is added as the worker finds it.
+    queues = ",".join(worker_queues(settings))
+    argv = ["worker", f"--loglevel={args.loglevel}", f"--queues={queues}"]
     argv += [f"--pool={args.pool}", f"--concurrency={settings.worker_concurrency}"]
     if args.hostname:
         argv.append(f"--hostname={args.hostname}")
@@ -238,6 +240,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
                 external_id=args.external_id,
                 callback_url=args.callback_url,
                 idempotency_key=args.idempotency_key,
+                model=args.model,
             )
             _progress(f"job {job.id}: {len(job.pages)} pages")
             if not args.wait:
@@ -375,6 +378,7 @@ def _register_core(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     p.add_argument("--poll", type=float, default=1.0, help="seconds between polls")
     p.add_argument("--external-id")
     p.add_argument("--idempotency-key", help="default: a new one, reused by retries")
+    p.add_argument("--model", help="one of the server's HTRQ_MODELS (default: its default)")
     p.add_argument("--callback-url", help="where to POST a signed event when the job finishes")
     p.add_argument("--mode", default="page", choices=["page", "line"])
     p.set_defaults(func=cmd_submit)

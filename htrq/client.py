@@ -78,14 +78,18 @@ class Client:
         external_id: str | None = None,
         callback_url: str | None = None,
         idempotency_key: str | None = None,
+        model: str | None = None,
     ) -> JobResource:
-        """Upload files as one job (201 new, or 200 for a repeat of the same key)."""
+        """Upload files as one job (201 new, or 200 for a repeat of the same key); ``model``
+        names one of the server's ``HTRQ_MODELS`` (default: the server's default)."""
         key = idempotency_key or str(uuid.uuid4())
         data = {"mode": mode}
         if external_id is not None:
             data["external_id"] = external_id
         if callback_url is not None:
             data["callback_url"] = callback_url
+        if model is not None:
+            data["model"] = model
 
         def send() -> httpx.Response:
             opened = [_file_part(f) for f in files]  # fresh each attempt: streams are read

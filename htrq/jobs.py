@@ -23,7 +23,7 @@ from htrq.db import session_scope
 from htrq.errors import PERMANENT_CODES, PageError
 from htrq.inputs import inspect_upload
 from htrq.models import JOB_MODES, Job, Line, Page, utcnow
-from htrq.queue import Send
+from htrq.queue import Send, page_queue
 from htrq.resources import (
     REVIEW_BELOW,
     ErrorInfo,
@@ -74,11 +74,15 @@ def submit(
     external_id: str | None = None,
     mode: str = "page",
     callback_url: str | None = None,
+    model: str | None = None,
 ) -> tuple[JobResource, bool]:
     """Store the files, create the job and its pages, then enqueue the pages.
 
     Returns the job and whether it was created (False: a repeat under the same key, which
     is the tenant's own: two tenants using one key get two jobs).
+
+    ``model`` is one of ``settings.allowed_models`` (None: ``settings.model``); the job keeps
+    it, and its pages go to that model's queue, where only its workers take them.
 
     A file that cannot be read (broken or encrypted PDF, unknown format, empty, too many
     pixels) does not sink the others: it becomes one page that is ``failed`` at once with
@@ -89,6 +93,15 @@ def submit(
     """
     if mode not in JOB_MODES:
         raise PageError("invalid_mode", f"mode must be one of {', '.join(JOB_MODES)}")
+    if model is not None and model not in settings.allowed_models:
+        raise PageError(
+            "unknown_model",
+            f"model {model!r} is not served here; choose one of "
+            f"{', '.join(settings.allowed_models)} (HTRQ_MODELS), or leave `model` out for "
+            f"the default, {settings.model}",
+        )
+    # A repeat that names the default model is the same job as one that names none.
+    asked = None if model in (None, settings.model) else model
     if not uploads:
         raise PageError("no_files", "send at least one file in the `files` field")
     if callback_url is not None:
@@ -114,7 +127,7 @@ def submit(
         )
 
     key = idempotency_key or (f"external_id:{external_id}" if external_id else None)
-    fingerprint = _fingerprint(mode, callback_url, uploads)
+    fingerprint = _fingerprint(mode, callback_url, uploads, asked)
     if key and (existing := _find_repeat(sessions, tenant_id, key, fingerprint)):
         return existing, False
 
@@ -134,6 +147,7 @@ def submit(
                 external_id=external_id,
                 mode=mode,
                 callback_url=callback_url,
+                model=model or settings.model,
             )
             for up, info in zip(uploads, inspected, strict=True):
                 frames = 1 if isinstance(info, PageError) else info
@@ -155,13 +169,14 @@ def submit(
             s.flush()
             job_id = job.id
             page_ids = [str(p.id) for p in job.pages if p.status == "queued"]
+            queue = page_queue(settings, model=job.model, tenant_id=tenant_id)
     except IntegrityError:
         # Another request with the same key committed first.
         if key and (existing := _find_repeat(sessions, tenant_id, key, fingerprint)):
             return existing, False
         raise
     # After the commit: a worker must never receive an id whose row it cannot see.
-    _send_or_leave_to_sweeper(send, page_ids)
+    _send_or_leave_to_sweeper(send, page_ids, queue)
     return get_job(sessions=sessions, tenant_id=tenant_id, job_id=job_id), True
 
 
@@ -207,7 +222,8 @@ def retry(
     """
     jid = _parse_id(job_id)
     with session_scope(sessions) as s:
-        _owned(s, tenant_id, jid, job_id, lock=True)
+        job = _owned(s, tenant_id, jid, job_id, lock=True)
+        queue = page_queue(settings, model=job.model, tenant_id=tenant_id)
         ids = s.scalars(
             update(Page)
             .where(
@@ -228,7 +244,7 @@ def retry(
         ).all()
         if ids:
             reopen(s, jid)  # it completes again, with a new event, when they finish
-    _send_or_leave_to_sweeper(send, [str(i) for i in ids])
+    _send_or_leave_to_sweeper(send, [str(i) for i in ids], queue)
     return len(ids)
 
 
@@ -253,6 +269,7 @@ def get_job(
         status=job_status(counts, started=any(r.attempts > 0 for r in rows)),
         external_id=job.external_id,
         mode=job.mode,
+        model=job.model,
         created_at=job.created_at,
         finished_at=job.finished_at,
         callback_url=job.callback_url,
@@ -380,9 +397,13 @@ def _owned(
     return job
 
 
-def _fingerprint(mode: str, callback_url: str | None, uploads: Sequence[Upload]) -> str:
+def _fingerprint(
+    mode: str, callback_url: str | None, uploads: Sequence[Upload], model: str | None = None
+) -> str:
     h = hashlib.sha256(mode.encode())
     h.update(b"\0" + (callback_url or "").encode() + b"\0")
+    if model is not None:  # only when not the default: earlier jobs keep their fingerprint
+        h.update(b"model:" + model.encode() + b"\0")
     for up in uploads:
         h.update(bytes.fromhex(up.digest))
     return h.hexdigest()
@@ -402,11 +423,11 @@ def _find_repeat(
     return get_job(sessions=sessions, tenant_id=tenant_id, job_id=job.id)
 
 
-def _send_or_leave_to_sweeper(send: Send, page_ids: list[str]) -> None:
+def _send_or_leave_to_sweeper(send: Send, page_ids: list[str], queue: str) -> None:
     if not page_ids:
         return
     try:
-        send(page_ids, 0)
+        send(page_ids, 0, queue=queue)
     except Exception:
         # The rows are committed and stay `queued`; the sweeper re-sends them once the broker
         # is back, so the request still succeeds.

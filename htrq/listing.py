@@ -92,6 +92,7 @@ def _summary(row) -> JobSummary:  # type: ignore[no-untyped-def]
         status=job_status(counts, started=row.max_attempts > 0),
         external_id=job.external_id,
         mode=job.mode,
+        model=job.model,
         created_at=job.created_at,
         finished_at=job.finished_at,
         counts=counts,

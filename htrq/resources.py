@@ -50,6 +50,9 @@ class JobSummary(BaseModel):
     status: JobStatus
     external_id: str | None
     mode: str
+    model: str | None = Field(
+        None, description="the model the job asked for (null: the default, for older jobs)"
+    )
     created_at: datetime
     finished_at: datetime | None = Field(
         description="when its last page finished; null while any is queued or running"

@@ -74,7 +74,19 @@ class Settings(BaseSettings):
     retention_days: float | None = Field(None, gt=0)
 
     #: Recognition model: ``builtin`` (shipped in the repo), a local directory or a hub id.
+    #: A worker loads it and serves its queue (``htrq.<model>``); for the API it is the model
+    #: of a job that names none.
     model: str = "builtin"
+    #: Models a job may name in its ``model`` field, comma-separated, each as a worker's
+    #: ``HTRQ_MODEL`` names it (``builtin,/models/trocr-ft``). ``HTRQ_MODEL`` is always
+    #: allowed; unset: only it.
+    models: str | None = None
+    #: One queue per tenant within each model's, consumed in rotation, so that one tenant's
+    #: backlog does not hold back another's pages. Off: one queue per model, first come first
+    #: served.
+    fair_share: bool = True
+    #: Seconds between a worker's looks for new tenants, whose queues it then consumes.
+    queue_refresh: float = Field(5.0, gt=0)
     #: Torch device: ``cpu``, ``cuda`` or ``cuda:N``.
     device: str = "cpu"
     #: Weights dtype; half precision is for GPUs.
@@ -175,6 +187,7 @@ class Settings(BaseSettings):
         "s3_endpoint_url",
         "review_secret",
         "public_url",
+        "models",
         mode="before",
     )
     @classmethod
@@ -211,6 +224,19 @@ class Settings(BaseSettings):
                 raise ValueError("expected http(s)://host[:port][/prefix]")
             v = v.rstrip("/")
         return v
+
+    @field_validator("models")
+    @classmethod
+    def _models(cls, v: str | None) -> str | None:
+        if v is not None and any(not m.strip() for m in v.split(",")):
+            raise ValueError("expected model names separated by commas, none empty")
+        return v
+
+    @property
+    def allowed_models(self) -> tuple[str, ...]:
+        """The models a job may ask for: ``HTRQ_MODEL`` first, then ``HTRQ_MODELS``."""
+        listed = [m.strip() for m in (self.models or "").split(",") if m.strip()]
+        return tuple(dict.fromkeys([self.model, *listed]))
 
     @property
     def visibility_timeout(self) -> int:

@@ -66,7 +66,7 @@ def submit(
     job, _ = jobs.submit(
         sessions=sessions,
         storage=storage,
-        send=lambda ids, countdown=0: None,
+        send=lambda ids, countdown=0, queue=None: None,
         settings=settings,
         tenant_id=tenant_id,
         uploads=[Upload(name, data) for name, data in files],

@@ -10,9 +10,12 @@ import logging
 import multiprocessing
 import os
 import signal
+import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from celery import Celery, signals
+from sqlalchemy.orm import Session, sessionmaker
 
 from htrq.db import make_engine, make_sessions
 from htrq.queue import CelerySender, Send, make_celery
@@ -21,6 +24,7 @@ from htrq.storage import open_store
 from worker import metrics
 from worker.batch import BatchContext
 from worker.provenance import read_by
+from worker.queues import QueueWatcher, list_tenants, tenant_queues_step
 from worker.reading import CannotRead, build_pipeline, check_reads, line_reader
 from worker.sweeper import SweeperThread, WebhookThread
 from worker.tasks import register_tasks
@@ -35,6 +39,7 @@ _settings: Settings | None = None
 _context: BatchContext | None = None
 _sweeper: SweeperThread | None = None
 _webhooks: WebhookThread | None = None
+_watcher: QueueWatcher | None = None
 #: The worker's main process, which pool processes inherit through the fork.
 _main_pid = os.getpid()
 #: Set by a child process that could not load the model, so the main process exits non-zero
@@ -132,8 +137,11 @@ def create_app(settings: Settings) -> Celery:
         worker_send_task_events=False,
     )
     register_tasks(app, settings, get_context)
-    global _main_pid
+    global _main_pid, _watcher
     _app, _settings, _main_pid = app, settings, os.getpid()
+    # The model's queue of every tenant, as tenants are made (worker/queues.py).
+    _watcher = QueueWatcher(settings=settings, tenants=_tenant_lister(settings.database_url))
+    app.steps["consumer"].add(tenant_queues_step(_watcher))
     signals.worker_process_init.connect(_on_process_init, weak=False, dispatch_uid="htrq-init")
     signals.worker_ready.connect(_start_sweeper, weak=False, dispatch_uid="htrq-sweeper")
     signals.worker_shutdown.connect(_stop_sweeper, weak=False, dispatch_uid="htrq-stop")
@@ -141,6 +149,20 @@ def create_app(settings: Settings) -> Celery:
         _on_process_shutdown, weak=False, dispatch_uid="htrq-process-exit"
     )
     return app
+
+
+def _tenant_lister(database_url: str) -> Callable[[], list[uuid.UUID]]:
+    """Lists the tenants on an engine of the main process, made on first use (after the
+    pool's processes were forked, which make their own)."""
+    sessions: sessionmaker[Session] | None = None
+
+    def tenants() -> list[uuid.UUID]:
+        nonlocal sessions
+        if sessions is None:
+            sessions = make_sessions(make_engine(database_url, pool_size=1))
+        return list_tenants(sessions)
+
+    return tenants
 
 
 def _on_process_init(**_: Any) -> None:
@@ -177,10 +199,12 @@ def _start_sweeper(**_: Any) -> None:
     _sweeper.start()
     _webhooks = WebhookThread(sessions=sessions, settings=_settings)
     _webhooks.start()
+    if _watcher is not None and not _watcher.is_alive():
+        _watcher.start()
 
 
 def _stop_sweeper(**_: Any) -> None:
-    for thread in (_sweeper, _webhooks):
+    for thread in (_sweeper, _webhooks, _watcher):
         if thread is not None:
             thread.stop()
 

@@ -33,7 +33,10 @@ class LocalQueue:
         self._heap: list[tuple[float, int, str]] = []
         self._seq = 0
 
-    def __call__(self, page_ids: Sequence[str], countdown: float = 0) -> None:
+    def __call__(
+        self, page_ids: Sequence[str], countdown: float = 0, *, queue: str | None = None
+    ) -> None:
+        # One process reads every page with its one model: the queue name does not matter.
         due = time.monotonic() + countdown
         for pid in page_ids:
             self._seq += 1

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import logging
 import threading
-from datetime import timedelta
+from collections import defaultdict
+from datetime import datetime, timedelta
 
 import httpx
 from sqlalchemy.orm import Session, sessionmaker
 
-from htrq.claims import Swept, sweep
+from htrq.claims import Route, Swept, routes_of, stale_routes, sweep
 from htrq.db import session_scope
 from htrq.deletion import purge_finished
 from htrq.models import utcnow
-from htrq.queue import CelerySender
+from htrq.queue import LEGACY_QUEUE, CelerySender, page_queue
 from htrq.settings import Settings
 from htrq.storage import BlobStore
 from htrq.webhooks import deliver_due
@@ -30,23 +31,26 @@ log = logging.getLogger(__name__)
 def sweep_once(
     *, sessions: sessionmaker[Session], sender: CelerySender, settings: Settings
 ) -> Swept:
-    """One sweep: expired leases back to ``queued`` (or ``failed``), lost messages re-sent.
+    """One sweep: expired leases back to ``queued`` (or ``failed``), lost messages re-sent,
+    each page to its tenant's queue of its job's model.
 
     A page may wait in a deep queue for hours, so ``queued`` for long is only taken as a lost
-    message while the broker queue is empty.
+    message while its own queue (and the legacy one) is empty: one tenant's backlog does not
+    keep another tenant's lost page from being re-sent.
     """
     now = utcnow()
-    try:
-        idle = sender.queue_depth() == 0
-    except Exception:
-        log.warning("sweeper: broker unreachable, skipping lost-message check")
-        idle = False
-    cutoff = now - timedelta(seconds=settings.queued_grace_seconds) if idle else None
+    cutoff = now - timedelta(seconds=settings.queued_grace_seconds)
     with session_scope(sessions) as s:
-        swept = sweep(s, now=now, resend_older_than=cutoff)
-    to_send = [str(i) for i in swept.requeued + swept.resend]
-    if to_send:
-        sender(to_send)
+        idle = _idle_routes(s, sender=sender, settings=settings, older_than=cutoff)
+        swept = sweep(s, now=now, resend_older_than=cutoff, resend_routes=idle)
+        to_send = swept.requeued + swept.resend
+        routes = routes_of(s, to_send)
+    by_queue: dict[str, list[str]] = defaultdict(list)
+    for page_id in to_send:
+        tenant_id, model = routes[page_id]
+        by_queue[page_queue(settings, model=model, tenant_id=tenant_id)].append(str(page_id))
+    for queue, ids in by_queue.items():
+        sender(ids, queue=queue)
     if to_send or swept.failed:
         log.warning(
             "sweeper: %d expired leases re-queued, %d failed, %d lost messages re-sent",
@@ -55,6 +59,27 @@ def sweep_once(
             len(swept.resend),
         )
     return swept
+
+
+def _idle_routes(
+    s: Session, *, sender: CelerySender, settings: Settings, older_than: datetime
+) -> list[Route]:
+    """The routes of long-queued pages whose queue holds no message (none when the broker
+    cannot be reached: a message may be waiting there)."""
+    stale = stale_routes(s, older_than=older_than)
+    if not stale:
+        return []
+    try:
+        if sender.queue_depth([LEGACY_QUEUE]):
+            return []  # pages sent before the per-model queues may still wait there
+        return [
+            (tenant_id, model)
+            for tenant_id, model in stale
+            if sender.queue_depth([page_queue(settings, model=model, tenant_id=tenant_id)]) == 0
+        ]
+    except Exception:
+        log.warning("sweeper: broker unreachable, skipping lost-message check")
+        return []
 
 
 def purge_expired(

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 
 from celery import Celery, Task
 from celery_batches import Batches, SimpleRequest
 
-from htrq.queue import PROCESS_PAGE
+from htrq.queue import PROCESS_PAGE, model_queue
 from htrq.settings import Settings
 from worker.batch import BatchContext, process_batch
 from worker.metrics import record_batch
+from worker.queues import SendBack
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +34,13 @@ def register_tasks(app: Celery, settings: Settings, context: Callable[[], BatchC
     def process_pages(requests: list[SimpleRequest]) -> None:
         # Task.retry does not work per request in a batch; batch.py re-sends pages instead.
         ids = [str(r.args[0]) if r.args else str(r.kwargs.get("page_id")) for r in requests]
+        # A page re-sent after a transient error goes back to the queue it came from (its
+        # tenant's queue), whose name is the message's routing key.
+        origin = {i: _queue_of(r) for i, r in zip(ids, requests, strict=True)}
         ctx = context()
-        report = process_batch(ids, ctx)
+        fallback = model_queue(settings.model)
+        back = SendBack(ctx.send, {i: q for i, q in origin.items() if q}, fallback)
+        report = process_batch(ids, dataclasses.replace(ctx, send=back))
         record_batch(report, model=ctx.model_name)
         log.info(
             "batch of %d: claimed %d, succeeded %d, failed %d, requeued %d, discarded %d "
@@ -49,3 +56,9 @@ def register_tasks(app: Celery, settings: Settings, context: Callable[[], BatchC
         )
 
     return process_pages
+
+
+def _queue_of(request: SimpleRequest) -> str | None:
+    info = request.delivery_info or {}
+    key = info.get("routing_key")
+    return str(key) if key else None

@@ -67,6 +67,14 @@ def create_job(
             "each time a retry finishes it)",
         ),
     ] = None,
+    model: Annotated[
+        str | None,
+        Form(
+            max_length=255,
+            description="the model to read the pages with, one of the server's HTRQ_MODELS "
+            "(422 unknown_model otherwise); default: the server's default model",
+        ),
+    ] = None,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> JobResource:
     """Upload pages; each file becomes one page or more (PDF, multi-page TIFF).
@@ -93,6 +101,7 @@ def create_job(
             external_id=external_id,
             mode=mode,
             callback_url=callback_url,
+            model=model,
         )
     response.status_code = 201 if created else 200
     response.headers["Location"] = f"/v1/jobs/{job.id}"

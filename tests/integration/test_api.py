@@ -8,9 +8,11 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, func, select
 
 from api.main import create_app
+from htrq.db import make_sessions
 from htrq.models import Job
-from htrq.queue import PAGE_QUEUE
+from htrq.queue import page_queue
 from htrq.settings import Settings
+from htrq.tenants import default_tenant
 from tests.images import page_png
 from tests.pdfs import broken_pdf
 
@@ -21,12 +23,18 @@ def client(settings: Settings, broker_url: str) -> Iterator[TestClient]:
         yield c
 
 
+def _waiting(settings: Settings, engine: Engine) -> int:
+    """Messages on the default tenant's queue of the default model (where these jobs go)."""
+    queue = page_queue(settings, model=None, tenant_id=default_tenant(make_sessions(engine)))
+    return int(redis.Redis.from_url(settings.broker_url or "").llen(queue))
+
+
 def _files(*names: str) -> list[tuple[str, tuple[str, bytes, str]]]:
     return [("files", (n, page_png(n), "image/png")) for n in names]
 
 
 def test_post_creates_a_job_and_sends_one_message_per_page(
-    client: TestClient, broker_url: str
+    client: TestClient, settings: Settings, engine: Engine
 ) -> None:
     """201 with Location and the job resource; each page id is on the Redis queue."""
     r = client.post("/v1/jobs", files=_files("a.png", "b.png"), data={"external_id": "x-1"})
@@ -35,7 +43,7 @@ def test_post_creates_a_job_and_sends_one_message_per_page(
     assert r.headers["location"] == f"/v1/jobs/{job['id']}"
     assert job["status"] == "queued" and job["external_id"] == "x-1" and job["mode"] == "page"
     assert [(p["index"], p["status"]) for p in job["pages"]] == [(0, "queued"), (1, "queued")]
-    assert redis.Redis.from_url(broker_url).llen(PAGE_QUEUE) == 2
+    assert _waiting(settings, engine) == 2
     assert client.get(f"/v1/jobs/{job['id']}").json() == job
 
 
@@ -80,7 +88,7 @@ def test_bad_uploads_get_4xx_with_a_code(
 
 
 def test_a_broken_pdf_among_images_is_a_failed_page_not_a_refusal(
-    client: TestClient, broker_url: str
+    client: TestClient, settings: Settings, engine: Engine
 ) -> None:
     """201; the PDF's page is failed with invalid_pdf at once, only the images are queued."""
     files = _files("a.png")
@@ -95,7 +103,7 @@ def test_a_broken_pdf_among_images_is_a_failed_page_not_a_refusal(
         (2, "queued"),
     ]
     assert job["counts"] == {"queued": 2, "running": 0, "succeeded": 0, "failed": 1}
-    assert redis.Redis.from_url(broker_url).llen(PAGE_QUEUE) == 2
+    assert _waiting(settings, engine) == 2
     page = client.get(f"/v1/jobs/{job['id']}/pages/1").json()
     assert (page["status"], page["filename"], page["attempts"]) == ("failed", "scan.pdf", 0)
     assert page["error"]["code"] == "invalid_pdf" and page["error"]["message"]
@@ -196,7 +204,7 @@ def test_uploads_the_store_cannot_take_get_503_and_no_job(
     assert endpoint and endpoint.split("//")[1] not in r.text and "htrq-test" not in r.text
     with engine.connect() as conn:
         assert conn.scalar(select(func.count()).where(Job.external_id == "store-down")) == 0
-    assert redis.Redis.from_url(broker_url).llen(PAGE_QUEUE) == 0
+    assert _waiting(unreachable_s3_settings, engine) == 0
 
 
 def test_metrics_show_the_work_waiting_and_in_flight(client: TestClient, engine) -> None:  # type: ignore[no-untyped-def]

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from htrq import jobs
 from htrq.claims import claim_pages, sweep, write_result
 from htrq.models import Line, Page, utcnow
-from htrq.queue import PAGE_QUEUE, CelerySender, make_celery
+from htrq.queue import CelerySender, make_celery, page_queue
 from htrq.settings import Settings
 from htrq.storage import DirectoryStore, open_store
 from htrq.tenants import default_tenant
@@ -243,13 +243,15 @@ def test_sweeper_resends_lost_messages_only_when_the_queue_is_empty(
     stale = settings.model_copy(update={"queued_grace_seconds": 0.001})
     sender = CelerySender(make_celery(settings))
     client = redis.Redis.from_url(settings.broker_url or "")
+    queue = page_queue(settings, model=None, tenant_id=default_tenant(sessions))
     swept = sweep_once(sessions=sessions, sender=sender, settings=stale)
     # Other tests' committed rows may be swept too; this page must be among them.
     assert pid in [str(i) for i in swept.resend]
-    assert client.llen(PAGE_QUEUE) == len(swept.resend)
+    assert sender.queue_depth() == len(swept.resend)  # each page on its own tenant's queue
+    assert client.llen(queue) >= 1  # this one on the default tenant's
     # Now messages wait in the queue: a long wait is no proof of loss.
     (page,) = _pages(sessions, [pid])
     with sessions() as s, s.begin():
         s.get_one(Page, page.id).queued_at = utcnow() - timedelta(hours=1)
     assert sweep_once(sessions=sessions, sender=sender, settings=stale).resend == []
-    assert client.llen(PAGE_QUEUE) == len(swept.resend)
+    assert sender.queue_depth() == len(swept.resend)  # each page on its own tenant's queue

@@ -71,7 +71,7 @@ def _read_through_the_worker(
         storage=storage,
         pipeline=pipeline,
         model_name="tiny",
-        send=lambda ids, countdown=0: None,
+        send=lambda ids, countdown=0, queue=None: None,
     )
     with sessions() as s:
         pages = s.scalars(select(Page.id).where(Page.job_id == job_id).order_by(Page.index)).all()

@@ -26,9 +26,13 @@ class Recorder:
 
     def __init__(self) -> None:
         self.sent: list[str] = []
+        self.queues: list[str | None] = []
 
-    def __call__(self, page_ids: Sequence[str], countdown: float = 0) -> None:
+    def __call__(
+        self, page_ids: Sequence[str], countdown: float = 0, *, queue: str | None = None
+    ) -> None:
         self.sent.extend(page_ids)
+        self.queues.append(queue)
 
 
 def _submit(
@@ -66,7 +70,7 @@ def test_pages_are_sent_only_after_the_commit(engine: Engine, settings: Settings
     """When the broker gets a page id, another connection can already read the row."""
     seen: list[int] = []
 
-    def send(page_ids: Sequence[str], countdown: float = 0) -> None:
+    def send(page_ids: Sequence[str], countdown: float = 0, *, queue: str | None = None) -> None:
         with engine.connect() as other:
             for pid in page_ids:
                 q = text("SELECT count(*) FROM pages WHERE id = :id")

@@ -18,7 +18,7 @@ from htrq import jobs
 from htrq.claims import claim_pages
 from htrq.db import make_sessions
 from htrq.models import Job, Page
-from htrq.queue import PAGE_QUEUE, CelerySender, make_celery
+from htrq.queue import CelerySender, make_celery, model_queue, page_queue
 from htrq.settings import Settings
 from htrq.storage import open_store
 from htrq.tenants import default_tenant
@@ -59,7 +59,7 @@ def test_a_transient_failure_is_sent_again_through_the_broker_with_its_countdown
     job, _ = jobs.submit(
         sessions=sessions,
         storage=ctx.storage,
-        send=lambda ids, countdown=0: None,  # the first message is not what is tested
+        send=lambda ids, countdown=0, queue=None: None,  # the first message is not what is tested
         settings=s,
         tenant_id=default_tenant(sessions),
         uploads=[jobs.Upload("p.png", page_png())],
@@ -67,7 +67,8 @@ def test_a_transient_failure_is_sent_again_through_the_broker_with_its_countdown
     before = time.time()
     report = process_batch([str(job.pages[0].id)], ctx)
     assert report.requeued == 1
-    (raw,) = redis.Redis.from_url(broker_url).lrange(PAGE_QUEUE, 0, -1)
+    # Outside a worker's task the page's origin is unknown: it goes to its model's queue.
+    (raw,) = redis.Redis.from_url(broker_url).lrange(model_queue(s.model), 0, -1)
     message = json.loads(raw)
     eta = message["headers"]["eta"]
     from datetime import datetime
@@ -94,7 +95,7 @@ def test_two_identical_submits_racing_make_one_job(settings: Settings, engine) -
             jobs.submit(
                 sessions=sessions,
                 storage=open_store(settings),
-                send=lambda ids, countdown=0: None,
+                send=lambda ids, countdown=0, queue=None: None,
                 settings=settings,
                 tenant_id=tenant,
                 uploads=[jobs.Upload("p.png", page_png("race"))],
@@ -160,7 +161,7 @@ def test_review_below_takes_effect_in_the_api(
     job, _ = jobs.submit(
         sessions=sessions,
         storage=open_store(settings),
-        send=lambda ids, countdown=0: None,
+        send=lambda ids, countdown=0, queue=None: None,
         settings=settings,
         tenant_id=default_tenant(sessions),
         uploads=[jobs.Upload("p.png", page_png())],
@@ -210,10 +211,11 @@ def test_retry_over_http_requeues_failed_pages_and_413_too_many_pages(
             )
             s.commit()
         queue = redis.Redis.from_url(broker_url)
-        queue.delete(PAGE_QUEUE)
+        name = page_queue(settings, model=None, tenant_id=default_tenant(sessions))
+        queue.delete(name)
         r = client.post(f"/v1/jobs/{job['id']}/retry")
         assert r.status_code == 200 and r.json()["requeued"] == 2
-        assert queue.llen(PAGE_QUEUE) == 2
+        assert queue.llen(name) == 2
         three = [("files", (f"{i}.png", page_png(str(i)), "image/png")) for i in range(3)]
         r = client.post("/v1/jobs", files=three)
     assert r.status_code == 413 and r.json()["error"]["code"] == "too_many_pages"
@@ -228,7 +230,7 @@ def test_the_sweeper_thread_takes_back_expired_leases(settings: Settings, engine
     tenant = default_tenant(sessions)
     storage = open_store(settings)
     job, _ = jobs.submit(
-        sessions=sessions, storage=storage, send=lambda ids, countdown=0: None,
+        sessions=sessions, storage=storage, send=lambda ids, countdown=0, queue=None: None,
         settings=settings, tenant_id=tenant, uploads=[jobs.Upload("p.png", page_png("swept"))],
     )  # fmt: skip
     with sessions.begin() as s:
@@ -238,9 +240,9 @@ def test_the_sweeper_thread_takes_back_expired_leases(settings: Settings, engine
     sender_calls = sender.__call__
 
     class Recording(CelerySender):
-        def __call__(self, page_ids, countdown=0):  # type: ignore[no-untyped-def]
+        def __call__(self, page_ids, countdown=0, *, queue=None):  # type: ignore[no-untyped-def]
             sent.extend(page_ids)
-            sender_calls(page_ids, countdown)
+            sender_calls(page_ids, countdown, queue=queue)
 
     thread = SweeperThread(
         sessions=sessions,
@@ -275,7 +277,8 @@ def test_with_the_broker_down_a_sweep_still_takes_back_leases_but_resends_nothin
     messages, since the queue's depth cannot be known."""
     down = settings.model_copy(update={"broker_url": "redis://127.0.0.1:1/0"})
     job, _ = jobs.submit(
-        sessions=sessions, storage=open_store(settings), send=lambda ids, countdown=0: None,
+        sessions=sessions, storage=open_store(settings),
+        send=lambda ids, countdown=0, queue=None: None,
         settings=settings, tenant_id=default_tenant(sessions),
         uploads=[jobs.Upload("a.png", page_png("a")), jobs.Upload("b.png", page_png("b"))],
     )  # fmt: skip

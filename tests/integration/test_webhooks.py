@@ -33,7 +33,7 @@ def _submit(sessions, settings: Settings, n: int, callback: str | None = CALLBAC
     job, _ = jobs.submit(
         sessions=sessions,
         storage=DirectoryStore(settings.storage_dir),
-        send=lambda ids, countdown=0: None,
+        send=lambda ids, countdown=0, queue=None: None,
         settings=settings,
         tenant_id=default_tenant(sessions),
         uploads=[jobs.Upload(f"{i}.png", page_png(f"page {i}")) for i in range(n)],
@@ -111,7 +111,7 @@ def test_a_retry_that_finishes_the_job_again_makes_a_second_event(
     assert (
         jobs.retry(
             sessions=sessions,
-            send=lambda *a: None,
+            send=lambda *a, **kw: None,
             settings=settings,
             tenant_id=tenant,
             job_id=job.id,
