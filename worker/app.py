@@ -23,7 +23,7 @@ from worker.batch import BatchContext
 from worker.provenance import read_by
 from worker.reading import CannotRead, build_pipeline, check_reads, line_reader
 from worker.sweeper import SweeperThread, WebhookThread
-from worker.tasks import register_tasks
+from worker.tasks import RestartFlushTimers, register_tasks
 
 if TYPE_CHECKING:
     from worker.recognize import Recognizer
@@ -132,6 +132,7 @@ def create_app(settings: Settings) -> Celery:
         worker_send_task_events=False,
     )
     register_tasks(app, settings, get_context)
+    app.steps["consumer"].add(RestartFlushTimers)
     global _main_pid
     _app, _settings, _main_pid = app, settings, os.getpid()
     signals.worker_process_init.connect(_on_process_init, weak=False, dispatch_uid="htrq-init")
