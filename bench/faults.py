@@ -314,6 +314,7 @@ class Service:
     api_port: int
     procs: list[Proc] = field(default_factory=list)
     api: Proc | None = None
+    api_start_s: float = 0.0
 
     def _spawn(self, name: str, *args: str) -> Proc:
         n = sum(1 for p in self.procs if p.name.startswith(name))
@@ -343,7 +344,9 @@ class Service:
             except httpx.HTTPError:
                 return False
 
-        wait_for("the API", up, 120)
+        started = time.monotonic()
+        wait_for("the API", up, 600)
+        self.api_start_s = time.monotonic() - started
         return self.api
 
     def start_worker(self, name: str) -> Proc:
@@ -632,6 +635,7 @@ class Bench:
                 f"{len(jobs_under_key())} jobs"
             )
         svc.start_api()
+        row.notes.append(f"restarted in {svc.api_start_s:.0f} s")
 
         # 2. Killed after it committed the job, before it answered: the bench holds the
         # webhook table, which the API reads last to build its answer.
@@ -705,7 +709,10 @@ def main() -> None:
             flush=True,
         )
         for name in chosen:
-            row = getattr(bench, f"run_{name}")()
+            try:
+                row = getattr(bench, f"run_{name}")()
+            except (Exception, SystemExit) as exc:  # report it, and go on with the next
+                row = Row(name, notes=[f"bench failed: {exc}"])
             rows.append(row)
             print(
                 f"{row.scenario}: {row.pages} pages, {row.lost} lost, {row.duplicated} "
