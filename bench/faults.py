@@ -352,7 +352,7 @@ class Service:
     def start_worker(self, name: str) -> Proc:
         return self._spawn(name, "worker", "--loglevel=info", f"--hostname={name}@%h")
 
-    def wait_ready(self, worker: Proc, timeout: float = 600) -> None:
+    def wait_ready(self, worker: Proc, timeout: float = 1800) -> None:
         def ready() -> bool:
             if not worker.alive():
                 raise SystemExit(f"{worker.name} exited:\n{worker.text()[-3000:]}")
