@@ -27,7 +27,7 @@ from worker.provenance import read_by
 from worker.queues import QueueWatcher, list_tenants, tenant_queues_step
 from worker.reading import CannotRead, build_pipeline, check_reads, line_reader
 from worker.sweeper import SweeperThread, WebhookThread
-from worker.tasks import register_tasks
+from worker.tasks import RestartFlushTimers, register_tasks
 
 if TYPE_CHECKING:
     from worker.recognize import Recognizer
@@ -137,6 +137,7 @@ def create_app(settings: Settings) -> Celery:
         worker_send_task_events=False,
     )
     register_tasks(app, settings, get_context)
+    app.steps["consumer"].add(RestartFlushTimers)
     global _main_pid, _watcher
     _app, _settings, _main_pid = app, settings, os.getpid()
     # The model's queue of every tenant, as tenants are made (worker/queues.py).

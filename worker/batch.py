@@ -50,6 +50,9 @@ class BatchContext:
     send: Send  #: re-sends a page (with a countdown) after a transient error
     #: Weights digest, decoding settings and htrq version, stored with each page read.
     read_by: ReadBy | None = None
+    #: Claims that failed in a row (the database is down): each re-send of a group that could
+    #: not be claimed waits twice as long as the last, up to ``retry_backoff_max``.
+    claim_failures: int = 0
 
 
 @dataclass(frozen=True)
@@ -100,12 +103,22 @@ def process_batch(page_ids: Sequence[str], ctx: BatchContext) -> BatchReport:
             claims = claim_pages(s, ids, lease_seconds=ctx.settings.lease_seconds)
             modes = _modes(s, [c.page_id for c in claims])
     except SQLAlchemyError:
-        # Nothing was claimed: send the ids again later. If that fails too, the sweeper finds
-        # the pages still `queued` and re-sends them.
-        log.exception("claim failed; re-sending %d pages", len(ids))
-        ctx.send([str(i) for i in ids], backoff(ctx.settings, 1))
+        # Nothing was claimed: send the ids again later, later each time while the database
+        # stays down (no attempt was counted, so the page's own attempts cannot say how
+        # long). If the send fails too, the sweeper finds the pages `queued` and re-sends them.
+        ctx.claim_failures += 1
+        delay = backoff(ctx.settings, ctx.claim_failures)
+        log.error(
+            "claim failed (%d in a row); re-sending %d pages in %g s",
+            ctx.claim_failures,
+            len(ids),
+            delay,
+            exc_info=ctx.claim_failures == 1,  # one traceback per outage
+        )
+        ctx.send([str(i) for i in ids], delay)
         report.requeued = len(ids)
         return report
+    ctx.claim_failures = 0
     report.claimed = len(claims)
     if not claims:
         return report

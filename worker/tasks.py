@@ -5,9 +5,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable
+from typing import Any
 
-from celery import Celery, Task
+from celery import Celery, Task, bootsteps
 from celery_batches import Batches, SimpleRequest
+from kombu.asynchronous.timer import Timer
 
 from htrq.queue import PROCESS_PAGE, model_queue
 from htrq.settings import Settings
@@ -62,3 +64,37 @@ def _queue_of(request: SimpleRequest) -> str | None:
     info = request.delivery_info or {}
     key = info.get("routing_key")
     return str(key) if key else None
+
+
+class RestartFlushTimers(bootsteps.StartStopStep):
+    """Restart the batch tasks' flush timers each time the consumer (re)connects.
+
+    celery-batches starts a repeating timer with the first message of a group and keeps its
+    handle until the buffer is empty. When the broker connection is lost, Celery clears the
+    event loop's timers (``celery.worker.loops.asynloop``) but celery-batches still holds the
+    handle, so it never starts the timer again: a partial group (fewer than
+    ``HTRQ_FLUSH_EVERY`` pages) then waits in the worker until enough other messages arrive
+    to fill one. bench/faults.py found it: with Redis killed and restarted, the last page of
+    a job waited 75 s for eight sweeper re-sends (with groups of 128 and the default grace,
+    it would have waited hours).
+    """
+
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def start(self, c: Any) -> None:
+        for task in c.app.tasks.values():
+            if isinstance(task, Batches):
+                restart_flush_timer(task, c.timer)
+
+
+def restart_flush_timer(task: Batches, timer: Timer) -> None:
+    """Forget ``task``'s flush timer (cancelled, in case it survived) and start a new one if
+    requests are waiting in its buffer; otherwise the next message starts it, as usual.
+
+    Uses celery-batches' private ``_tref``, ``_buffer`` and ``_pending`` (0.11, pinned).
+    """
+    if task._tref is not None:
+        task._tref.cancel()
+    task._tref = None
+    if task._buffer.qsize() or task._pending.qsize():
+        task._tref = timer.call_repeatedly(task.flush_interval, task._do_flush)

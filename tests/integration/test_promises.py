@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.main import create_app
 from htrq import jobs
 from htrq.claims import claim_pages
-from htrq.db import make_sessions
+from htrq.db import make_engine, make_sessions
 from htrq.models import Job, Page
 from htrq.queue import CelerySender, make_celery, model_queue, page_queue
 from htrq.settings import Settings
@@ -40,6 +41,37 @@ def test_backoff_doubles_from_the_first_delay_and_is_capped(settings: Settings) 
     """HTRQ_RETRY_BACKOFF 2 and HTRQ_RETRY_BACKOFF_MAX 10: 2, 4, 8, 10, 10 seconds."""
     s = settings.model_copy(update={"retry_backoff": 2, "retry_backoff_max": 10})
     assert [backoff(s, attempt) for attempt in range(1, 6)] == [2, 4, 8, 10, 10]
+
+
+def test_claims_failing_in_a_row_back_off_doubling_and_capped(
+    sessions: sessionmaker[Session], settings: Settings
+) -> None:
+    """With the database down, each group that cannot be claimed is re-sent twice as late as
+    the one before (capped); a claim that works starts again from the first delay."""
+    s = settings.model_copy(update={"retry_backoff": 1, "retry_backoff_max": 8})
+    down = make_sessions(
+        make_engine(
+            "postgresql+psycopg://postgres@127.0.0.1:1/none", connect_args={"connect_timeout": 2}
+        )
+    )
+    sent: list[tuple[list[str], float]] = []
+    ctx = BatchContext(
+        settings=s,
+        sessions=down,
+        storage=open_store(s),
+        pipeline=Pipeline(read=LineReader(Broken(), max_aspect=12.0)),
+        model_name="broken",
+        send=lambda ids, countdown=0: sent.append((list(ids), countdown)),
+    )
+    page = str(uuid.uuid4())
+    for _ in range(5):
+        assert process_batch([page], ctx).requeued == 1
+    assert sent == [([page], delay) for delay in (1, 2, 4, 8, 8)]
+    ctx.sessions = sessions  # the database is back: the claim works (and finds nothing)
+    assert process_batch([page], ctx).claimed == 0
+    ctx.sessions = down
+    process_batch([page], ctx)
+    assert sent[-1] == ([page], 1)
 
 
 def test_a_transient_failure_is_sent_again_through_the_broker_with_its_countdown(
