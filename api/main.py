@@ -7,6 +7,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import anyio
+import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
@@ -48,10 +50,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
     if not settings.database_url or not settings.broker_url:
         raise ValueError("the API needs HTRQ_DATABASE_URL and HTRQ_BROKER_URL")
-    engine = make_engine(settings.database_url)
+    # A fixed pool: under load, overflow connections would be opened and closed request by
+    # request, each a new PostgreSQL backend (a fork and an authentication).
+    engine = make_engine(
+        settings.database_url, pool_size=settings.api_db_pool, max_overflow=0, pool_timeout=30
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # The routes are sync: they run on AnyIO's thread pool, which need not be larger than
+        # the connection pool they share.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
         yield
         engine.dispose()
 

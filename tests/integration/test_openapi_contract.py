@@ -1,0 +1,110 @@
+"""Schemathesis against the live API: every operation in ``/openapi.json`` called with
+generated requests, valid and not, through a real ``htrq api`` process with a live key.
+
+No answer may be a 5xx, and every answer must be one the spec declares: its status code, its
+content type, its headers and its body's schema. Job routes are called now with generated ids
+and now with a real job's id, so that they answer more than 404.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, Phase, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+from sqlalchemy import Engine, select
+
+from htrq.db import make_sessions
+from htrq.models import Tenant
+from htrq.settings import Settings
+from htrq.tenants import create_key
+from tests.images import page_png
+from tests.services import Processes, service_env
+
+pytestmark = pytest.mark.slow
+
+#: Generated requests per operation: enough to reach every parameter, few enough to run in
+#: a minute or two on a busy machine.
+MAX_EXAMPLES = 25
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+]
+TENANT = "schemathesis"
+
+
+@pytest.fixture
+def live_api(processes: Processes, settings: Settings, engine: Engine) -> Iterator[tuple]:
+    """The API as deployed (keys required), a key, and one queued job of the key's tenant."""
+    sessions = make_sessions(engine)
+    _, key = create_key(sessions, tenant=TENANT, label="contract test")
+    url = processes.api(service_env(settings.model_copy(update={"auth": "required"})))
+    headers = {"Authorization": f"Bearer {key}"}
+    files = [("files", ("p.png", page_png(), "image/png"))]
+    r = httpx.post(f"{url}/v1/jobs", files=files, headers=headers, timeout=60)
+    assert r.status_code == 201, r.text
+    yield url, headers, r.json()["id"]
+    with sessions.begin() as s:
+        for t in s.scalars(select(Tenant).where(Tenant.name == TENANT)):
+            s.delete(t)
+
+
+def _sometimes_real_job(strategy: Any, job_id: str) -> Any:
+    """Cases whose ``job_id`` is the real job's half of the time (a generated id is a 404)."""
+
+    def pick(pair: tuple[Any, bool]) -> Any:
+        case, real = pair
+        if real and case.path_parameters and "job_id" in case.path_parameters:
+            case.path_parameters["job_id"] = job_id
+        return case
+
+    return st.tuples(strategy, st.booleans()).map(pick)
+
+
+def test_every_answer_matches_the_openapi_spec(live_api: tuple) -> None:
+    """Generated requests (valid and invalid) to every operation get no 5xx, and every
+    answer's status, content type, headers and body are those the spec declares."""
+    url, headers, job_id = live_api
+    schema = schemathesis.openapi.from_url(f"{url}/openapi.json", timeout=60)
+    schema.config.update(base_url=url)
+    schema.config.generation.update(modes=list(GenerationMode))
+    failures: list[str] = []
+    operations = 0
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        operations += 1
+
+        @hypothesis_settings(
+            max_examples=MAX_EXAMPLES,
+            derandomize=True,  # the same requests on every run
+            database=None,
+            deadline=None,
+            phases=[Phase.explicit, Phase.generate],  # no shrinking: report what failed
+            suppress_health_check=list(HealthCheck),
+        )
+        @given(case=_sometimes_real_job(operation.as_strategy(), job_id))
+        def call(case: Any) -> None:
+            case.call_and_validate(headers=headers, checks=CHECKS, timeout=60)
+
+        try:
+            call()
+        except Exception as exc:  # every operation runs; all failures are reported together
+            failures.append(f"{operation.label}:\n{exc}")
+    assert operations >= 10
+    assert not failures, "\n\n".join(failures)
