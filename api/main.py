@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -44,6 +45,31 @@ PAGE_ERROR_STATUS = {
 
 def error(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+def _openapi_with_error_bodies(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """The app's OpenAPI document, its 422 answers as they are: FastAPI declares its own
+    validation error body (``{"detail": [...]}``) for every route that takes parameters,
+    where this API answers ``{"error": {"code": "invalid_request", ...}}`` like every error."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            for operations in schema["paths"].values():
+                for operation in operations.values():
+                    invalid = operation.get("responses", {}).get("422")
+                    if invalid is not None:
+                        invalid["content"] = {
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/ErrorBody"}
+                            }
+                        }
+            for name in ("HTTPValidationError", "ValidationError"):
+                schema.get("components", {}).get("schemas", {}).pop(name, None)
+        return app.openapi_schema  # type: ignore[return-value]
+
+    return openapi
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -105,6 +131,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(images.router)
     app.include_router(review.router)
     app.mount("/review/static", review.static_files(), name="review-static")
+    app.openapi = _openapi_with_error_bodies(app)  # type: ignore[method-assign]
 
     @app.exception_handler(PageError)
     def _page_error(_: Request, exc: PageError) -> JSONResponse:

@@ -239,7 +239,14 @@ def get_job(
     round trip, one snapshot: what a client polls for, so it is kept cheap)."""
     jid = _parse_id(job_id)
     q = (
-        select(Job, WebhookEvent, Page.id, Page.index, Page.status, Page.attempts)
+        select(
+            Job,
+            WebhookEvent,
+            Page.id.label("page_id"),
+            Page.index.label("page_index"),
+            Page.status.label("page_status"),
+            Page.attempts.label("page_attempts"),
+        )
         .outerjoin(Page, Page.job_id == Job.id)
         .outerjoin(WebhookEvent, WebhookEvent.id == latest_event_id(Job.id))
         .where(Job.id == jid, Job.tenant_id == tenant_id)
@@ -250,14 +257,14 @@ def get_job(
     if not rows:
         raise NotFound(f"no job {job_id}")
     job, event = rows[0][0], rows[0][1]
-    rows = [r for r in rows if r.id is not None]  # a job without pages: one row of NULLs
-    pages = [PageSummary(id=r.id, index=r.index, status=r.status) for r in rows]
+    rows = [r for r in rows if r.page_id is not None]  # a job without pages: NULLs
+    pages = [PageSummary(id=r.page_id, index=r.page_index, status=r.page_status) for r in rows]
     counts = StatusCounts()
     for p in pages:
         setattr(counts, p.status, getattr(counts, p.status) + 1)
     return JobResource(
         id=job.id,
-        status=job_status(counts, started=any(r.attempts > 0 for r in rows)),
+        status=job_status(counts, started=any(r.page_attempts > 0 for r in rows)),
         external_id=job.external_id,
         mode=job.mode,
         created_at=job.created_at,

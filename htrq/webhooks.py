@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 import httpx
 from sqlalchemy import ScalarSelect, select, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from htrq.errors import PageError
 from htrq.models import Job, Tenant, WebhookEvent, utcnow
@@ -87,12 +87,9 @@ def verify(secret: str, body: bytes, header: str, tolerance: float = 300) -> boo
 
 def latest_event_id(job_id: Any) -> ScalarSelect[uuid.UUID]:
     """The id of the job's latest event, as a subquery (``job_id``: a value or a column)."""
+    ev = aliased(WebhookEvent)  # not the outer query's events, which it may join
     return (
-        select(WebhookEvent.id)
-        .where(WebhookEvent.job_id == job_id)
-        .order_by(WebhookEvent.seq.desc())
-        .limit(1)
-        .scalar_subquery()
+        select(ev.id).where(ev.job_id == job_id).order_by(ev.seq.desc()).limit(1).scalar_subquery()
     )
 
 

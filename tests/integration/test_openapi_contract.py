@@ -9,6 +9,7 @@ and now with a real job's id, so that they answer more than 404.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -50,11 +51,17 @@ TENANT = "schemathesis"
 
 
 @pytest.fixture
-def live_api(processes: Processes, settings: Settings, engine: Engine) -> Iterator[tuple]:
-    """The API as deployed (keys required), a key, and one queued job of the key's tenant."""
+def live_api(
+    processes: Processes, database_url: str, broker_url: str, engine: Engine, tmp_path: Path
+) -> Iterator[tuple]:
+    """The API as deployed (keys required, default settings), a key, and one queued job of
+    the key's tenant. No worker: the job stays queued."""
     sessions = make_sessions(engine)
     _, key = create_key(sessions, tenant=TENANT, label="contract test")
-    url = processes.api(service_env(settings.model_copy(update={"auth": "required"})))
+    settings = Settings(
+        database_url=database_url, broker_url=broker_url, storage_dir=tmp_path / "blobs"
+    )
+    url = processes.api(service_env(settings))
     headers = {"Authorization": f"Bearer {key}"}
     files = [("files", ("p.png", page_png(), "image/png"))]
     r = httpx.post(f"{url}/v1/jobs", files=files, headers=headers, timeout=60)
