@@ -36,6 +36,9 @@ ERRORS = {
 }
 
 _CHUNK = 1024 * 1024
+#: Text that PostgreSQL stores: anything but NUL, which a text column refuses (a 500 if it
+#: reached the database; a 422 here).
+NO_NUL = r"^[^\x00]*$"
 
 
 @router.post(
@@ -57,12 +60,13 @@ def create_job(
         list[UploadFile] | None,
         File(description="one or more page images, PDFs or TIFFs"),
     ] = None,
-    external_id: Annotated[str | None, Form(max_length=255)] = None,
+    external_id: Annotated[str | None, Form(max_length=255, pattern=NO_NUL)] = None,
     mode: Annotated[Literal["page", "line"], Form()] = "page",
     callback_url: Annotated[
         str | None,
         Form(
             max_length=2000,
+            pattern=NO_NUL,
             description="where to POST a signed event when the job finishes (and again "
             "each time a retry finishes it)",
         ),
@@ -121,7 +125,7 @@ def read_jobs(
     sessions: SessionsDep,
     tenant: TenantDep,
     status: JobStatus | None = None,
-    external_id: Annotated[str | None, Query(max_length=255)] = None,
+    external_id: Annotated[str | None, Query(max_length=255, pattern=NO_NUL)] = None,
     created_after: datetime | None = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
