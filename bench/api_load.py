@@ -95,6 +95,14 @@ class Result:
     #: Answers during warm-up and measurement, and the API's CPU seconds over both.
     answered: int = 0
     api_cpu: float = 0.0
+    #: Latencies of every answer in 2xx, and seconds from the first request to the last
+    #: answer: the fallback figures of a machine so busy that no answer ends in the window.
+    all_latencies: list[float] = field(default_factory=list)
+    elapsed: float = 0.0
+
+    @property
+    def whole_phase(self) -> bool:
+        return not self.latencies and bool(self.all_latencies)
 
     @property
     def cpu_ms(self) -> float:
@@ -108,12 +116,14 @@ class Result:
 
     @property
     def rate(self) -> float:
+        if self.whole_phase:
+            return len(self.all_latencies) / self.elapsed
         return self.ok / self.seconds
 
     def pct(self, q: float) -> float:
-        if not self.latencies:
+        xs = sorted(self.all_latencies if self.whole_phase else self.latencies)
+        if not xs:
             return float("nan")
-        xs = sorted(self.latencies)
         return xs[min(len(xs) - 1, int(q * len(xs)))] * 1000
 
     @property
@@ -151,6 +161,8 @@ async def _drive(
                     close, status = True, 0
                 t1 = time.perf_counter()
                 result.answered += bool(status)
+                if 200 <= status < 300:
+                    result.all_latencies.append(t1 - t0)
                 # Counted by when it ended: what the server completed within the window.
                 if measure_from <= t1 <= stop:
                     if status:
@@ -164,6 +176,7 @@ async def _drive(
             writer.close()
 
     await asyncio.gather(*(client() for _ in range(clients)))
+    result.elapsed = time.perf_counter() - start
     return result
 
 
@@ -474,14 +487,15 @@ def _phases(
 
 HEADER = (
     f"{'phase':<34} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'CPU ms':>8} "
-    f"{'non2xx':>6}"
+    f"{'ans/CPUs':>8} {'non2xx':>6}"
 )
 
 
 def _row(r: Result) -> str:
+    name = r.name + (" *" if r.whole_phase else "")
     return (
-        f"{r.name:<34} {r.rate:>8.1f} {r.pct(0.5):>8.1f} {r.pct(0.99):>8.1f} "
-        f"{r.pct(1.0):>8.1f} {r.cpu_ms:>8.2f} {r.bad:>6}"
+        f"{name:<34} {r.rate:>8.1f} {r.pct(0.5):>8.1f} {r.pct(0.99):>8.1f} "
+        f"{r.pct(1.0):>8.1f} {r.cpu_ms:>8.2f} {1000 / max(r.cpu_ms, 1e-9):>8.0f} {r.bad:>6}"
     )
 
 
@@ -550,7 +564,10 @@ def main() -> None:
         f"{os.cpu_count()} CPUs on this machine, load average {_loadavg()} at the end"
     )
     print("CPU ms: the API's CPU time per answer, all its processes (independent of the load")
-    print("of other programs on the machine, which the latencies are not)")
+    print("of other programs on the machine, which the latencies are not); answers/CPU-s:")
+    print("what one core of API CPU answers (1000 / CPU ms, the database's CPU not counted)")
+    print("* no answer ended within the measured seconds: req/s and latencies over the whole")
+    print("  phase (warm-up and the last answers included)")
     print(HEADER)
     for got in results.values():
         for r in got:
@@ -568,6 +585,14 @@ def main() -> None:
                 print(
                     f"submissions/s auth on : off at {level} jobs, {workers} process(es): "
                     f"{on:.1f} : {off:.1f} = {on / off:.2f}"
+                )
+            a, b = results.get((level, workers, "required")), results.get((level, workers, "off"))
+            if a and b:
+                print(
+                    f"API CPU ms auth on : off at {level} jobs, {workers} process(es): "
+                    f"submit {a[2].cpu_ms:.1f} : {b[2].cpu_ms:.1f} = "
+                    f"{a[2].cpu_ms / b[2].cpu_ms:.2f}; "
+                    f"poll {a[0].cpu_ms:.1f} : {b[0].cpu_ms:.1f} = {a[0].cpu_ms / b[0].cpu_ms:.2f}"
                 )
             pon, poff = rate(level, workers, "required", 0), rate(level, workers, "off", 0)
             if pon and poff:
