@@ -27,6 +27,7 @@ from htrq.uploads import Upload
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 ERRORS = {
+    400: {"model": ErrorBody, "description": "a body that is not valid multipart/form-data"},
     401: {"model": ErrorBody, "description": "no API key, or an unknown or revoked one"},
     404: {"model": ErrorBody, "description": "unknown job or page"},
     409: {"model": ErrorBody, "description": "idempotency key used for other content"},
