@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
+import anyio
+import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
@@ -44,14 +47,46 @@ def error(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
 
 
+def _openapi_with_error_bodies(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """The app's OpenAPI document, its 422 answers as they are: FastAPI declares its own
+    validation error body (``{"detail": [...]}``) for every route that takes parameters,
+    where this API answers ``{"error": {"code": "invalid_request", ...}}`` like every error."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            for operations in schema["paths"].values():
+                for operation in operations.values():
+                    invalid = operation.get("responses", {}).get("422")
+                    if invalid is not None:
+                        invalid["content"] = {
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/ErrorBody"}
+                            }
+                        }
+            for name in ("HTTPValidationError", "ValidationError"):
+                schema.get("components", {}).get("schemas", {}).pop(name, None)
+        return app.openapi_schema  # type: ignore[return-value]
+
+    return openapi
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
     if not settings.database_url or not settings.broker_url:
         raise ValueError("the API needs HTRQ_DATABASE_URL and HTRQ_BROKER_URL")
-    engine = make_engine(settings.database_url)
+    # A fixed pool: under load, overflow connections would be opened and closed request by
+    # request, each a new PostgreSQL backend (a fork and an authentication).
+    engine = make_engine(
+        settings.database_url, pool_size=settings.api_db_pool, max_overflow=0, pool_timeout=30
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # The routes are sync: they run on AnyIO's thread pool, which need not be larger than
+        # the connection pool they share.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
         yield
         engine.dispose()
 
@@ -96,6 +131,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(images.router)
     app.include_router(review.router)
     app.mount("/review/static", review.static_files(), name="review-static")
+    app.openapi = _openapi_with_error_bodies(app)  # type: ignore[method-assign]
 
     @app.exception_handler(PageError)
     def _page_error(_: Request, exc: PageError) -> JSONResponse:
@@ -139,7 +175,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(HTTPException)
     def _http(_: Request, exc: HTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        # 400: a body that cannot be parsed at all (such as broken multipart data).
+        codes = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed"}
+        code = codes.get(exc.status_code, "http_error")
         return error(exc.status_code, code, str(exc.detail))
 
     return app

@@ -45,6 +45,18 @@ def session_scope(sessions: sessionmaker[Session]) -> Iterator[Session]:
         yield session
 
 
+@contextmanager
+def read_scope(sessions: sessionmaker[Session]) -> Iterator[Session]:
+    """A session for reads that each need no snapshot beyond their own statement: on its own
+    connection it runs outside a transaction (autocommit), which spares the BEGIN and the
+    ROLLBACK round trips of a transaction. A session bound to a connection that is already
+    in a transaction (the tests' savepoints) reads inside it."""
+    with sessions() as session:
+        if isinstance(session.get_bind(), Engine):
+            session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+        yield session
+
+
 def _alembic(url: str) -> Any:
     from alembic.config import Config
 

@@ -19,10 +19,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from htrq.blobs import lock_blobs
 from htrq.completion import reopen
-from htrq.db import session_scope
+from htrq.db import read_scope, session_scope
 from htrq.errors import PERMANENT_CODES, PageError
 from htrq.inputs import inspect_upload
-from htrq.models import JOB_MODES, Job, Line, Page, utcnow
+from htrq.models import JOB_MODES, Job, Line, Page, WebhookEvent, utcnow
 from htrq.queue import Send, page_queue
 from htrq.resources import (
     REVIEW_BELOW,
@@ -39,7 +39,7 @@ from htrq.settings import Settings
 from htrq.storage import BlobStore
 from htrq.text import clean_filename
 from htrq.uploads import Upload
-from htrq.webhooks import check_callback_url, latest_webhook
+from htrq.webhooks import check_callback_url, latest_event_id, webhook_state
 
 log = logging.getLogger(__name__)
 
@@ -251,29 +251,43 @@ def retry(
 def get_job(
     *, sessions: sessionmaker[Session], tenant_id: uuid.UUID, job_id: uuid.UUID | str
 ) -> JobResource:
+    """The job with its pages' states and its latest webhook, read in one statement (one
+    round trip, one snapshot: what a client polls for, so it is kept cheap)."""
     jid = _parse_id(job_id)
-    with sessions() as s:
-        job = _owned(s, tenant_id, jid, job_id)
-        webhook = latest_webhook(s, jid)
-        rows = s.execute(
-            select(Page.id, Page.index, Page.status, Page.attempts)
-            .where(Page.job_id == jid)
-            .order_by(Page.index)
-        ).all()
-    pages = [PageSummary(id=r.id, index=r.index, status=r.status) for r in rows]
+    q = (
+        select(
+            Job,
+            WebhookEvent,
+            Page.id.label("page_id"),
+            Page.index.label("page_index"),
+            Page.status.label("page_status"),
+            Page.attempts.label("page_attempts"),
+        )
+        .outerjoin(Page, Page.job_id == Job.id)
+        .outerjoin(WebhookEvent, WebhookEvent.id == latest_event_id(Job.id))
+        .where(Job.id == jid, Job.tenant_id == tenant_id)
+        .order_by(Page.index)
+    )
+    with read_scope(sessions) as s:
+        rows = s.execute(q).all()
+    if not rows:
+        raise NotFound(f"no job {job_id}")
+    job, event = rows[0][0], rows[0][1]
+    rows = [r for r in rows if r.page_id is not None]  # a job without pages: NULLs
+    pages = [PageSummary(id=r.page_id, index=r.page_index, status=r.page_status) for r in rows]
     counts = StatusCounts()
     for p in pages:
         setattr(counts, p.status, getattr(counts, p.status) + 1)
     return JobResource(
         id=job.id,
-        status=job_status(counts, started=any(r.attempts > 0 for r in rows)),
+        status=job_status(counts, started=any(r.page_attempts > 0 for r in rows)),
         external_id=job.external_id,
         mode=job.mode,
         model=job.model,
         created_at=job.created_at,
         finished_at=job.finished_at,
         callback_url=job.callback_url,
-        webhook=webhook,
+        webhook=webhook_state(event),
         counts=counts,
         pages=pages,
     )

@@ -43,6 +43,14 @@ class Settings(BaseSettings):
     #: ``htrq keys create``). ``off``: no keys, every request is the ``default`` tenant's;
     #: only for a trusted network (the API logs a warning at start).
     auth: Literal["required", "off"] = "required"
+    #: Database connections each API process keeps (no overflow beyond them): requests past
+    #: it wait for a free one instead of opening and closing connections under load, which
+    #: costs PostgreSQL a new backend each time. Size the server's ``max_connections`` for
+    #: API processes x this + workers.
+    api_db_pool: int = Field(10, ge=1, le=200)
+    #: Threads each API process runs its routes on (AnyIO's pool; its own default is 40).
+    #: More than ``api_db_pool`` only adds threads that wait for a connection.
+    api_threads: int = Field(16, ge=1, le=400)
     #: Largest whole upload request in bytes (all files together), checked as it streams in.
     max_request_bytes: int = Field(2 * 1024**3, ge=1)
     #: First re-send delay of a completion webhook that was not answered 2xx; doubles.

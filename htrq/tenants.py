@@ -16,7 +16,7 @@ from datetime import datetime
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from htrq.db import session_scope
+from htrq.db import read_scope, session_scope
 from htrq.models import DEFAULT_TENANT, ApiKey, Tenant, utcnow
 
 KEY_PREFIX = "htrq_"
@@ -97,7 +97,8 @@ def tenant_for_key(sessions: sessionmaker[Session], key: str) -> uuid.UUID | Non
     """The tenant a live key belongs to; None for an unknown or revoked key."""
     if not key.startswith(KEY_PREFIX):
         return None
-    with sessions() as s:
+    # One read on every request: outside a transaction, which would cost two round trips more.
+    with read_scope(sessions) as s:
         return s.scalars(
             select(ApiKey.tenant_id).where(
                 ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None)

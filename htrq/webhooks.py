@@ -22,11 +22,12 @@ import socket
 import time
 import uuid
 from datetime import timedelta
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import ScalarSelect, select, update
+from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from htrq.errors import PageError
 from htrq.models import Job, Tenant, WebhookEvent, utcnow
@@ -84,10 +85,16 @@ def verify(secret: str, body: bytes, header: str, tolerance: float = 300) -> boo
     return fresh and hmac.compare_digest(expected, fields.get("v1", ""))
 
 
-def latest_webhook(session: Session, job_id: uuid.UUID) -> WebhookState | None:
-    ev = session.scalars(
-        select(WebhookEvent).where(WebhookEvent.job_id == job_id).order_by(WebhookEvent.seq.desc())
-    ).first()
+def latest_event_id(job_id: Any) -> ScalarSelect[uuid.UUID]:
+    """The id of the job's latest event, as a subquery (``job_id``: a value or a column)."""
+    ev = aliased(WebhookEvent)  # not the outer query's events, which it may join
+    return (
+        select(ev.id).where(ev.job_id == job_id).order_by(ev.seq.desc()).limit(1).scalar_subquery()
+    )
+
+
+def webhook_state(ev: WebhookEvent | None) -> WebhookState | None:
+    """How an event's delivery went, as the job resource shows it."""
     if ev is None:
         return None
     return WebhookState(

@@ -42,10 +42,33 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "no API key, or an unknown or revoked one"},
     404: {"model": ErrorBody, "description": "unknown job or page"},
     409: {"model": ErrorBody, "description": "the page (or job) has not finished (yet)"},
+    422: {"model": ErrorBody, "description": "invalid request (such as an unknown format)"},
 }
 
 
-@router.get("/{job_id}/pages/{index}/export", responses=ERRORS)
+def _exported(*media_types: str) -> dict[int | str, dict[str, Any]]:
+    """The 200 answer of an export: a file download in one of ``media_types``."""
+    file = {"schema": {"type": "string", "format": "binary"}}
+    return {
+        200: {
+            "description": "the export, as a download",
+            "content": {m: file for m in media_types},
+            "headers": {
+                "Content-Disposition": {
+                    "description": "`attachment` with the file's name",
+                    "schema": {"type": "string"},
+                }
+            },
+        },
+        **ERRORS,
+    }
+
+
+@router.get(
+    "/{job_id}/pages/{index}/export",
+    response_class=Response,
+    responses=_exported(*sorted(set(FORMATS.values()))),
+)
 def export_page(
     job_id: str,
     index: int,
@@ -83,7 +106,12 @@ def export_page(
     return _download(body, FORMATS[format], name)
 
 
-@router.get("/{job_id}/export", responses=ERRORS)
+@router.get(
+    "/{job_id}/export",
+    response_class=Response,
+    # Job-level ALTO and PAGE are a zip of one XML file per page.
+    responses=_exported(*sorted({*FORMATS.values(), "application/zip"} - {"application/xml"})),
+)
 def export_job(
     job_id: str,
     sessions: SessionsDep,

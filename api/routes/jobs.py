@@ -27,6 +27,7 @@ from htrq.uploads import Upload
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 ERRORS = {
+    400: {"model": ErrorBody, "description": "a body that is not valid multipart/form-data"},
     401: {"model": ErrorBody, "description": "no API key, or an unknown or revoked one"},
     404: {"model": ErrorBody, "description": "unknown job or page"},
     409: {"model": ErrorBody, "description": "idempotency key used for other content"},
@@ -36,6 +37,9 @@ ERRORS = {
 }
 
 _CHUNK = 1024 * 1024
+#: Text that PostgreSQL stores: anything but NUL, which a text column refuses (a 500 if it
+#: reached the database; a 422 here).
+NO_NUL = r"^[^\x00]*$"
 
 
 @router.post(
@@ -57,12 +61,13 @@ def create_job(
         list[UploadFile] | None,
         File(description="one or more page images, PDFs or TIFFs"),
     ] = None,
-    external_id: Annotated[str | None, Form(max_length=255)] = None,
+    external_id: Annotated[str | None, Form(max_length=255, pattern=NO_NUL)] = None,
     mode: Annotated[Literal["page", "line"], Form()] = "page",
     callback_url: Annotated[
         str | None,
         Form(
             max_length=2000,
+            pattern=NO_NUL,
             description="where to POST a signed event when the job finishes (and again "
             "each time a retry finishes it)",
         ),
@@ -130,7 +135,7 @@ def read_jobs(
     sessions: SessionsDep,
     tenant: TenantDep,
     status: JobStatus | None = None,
-    external_id: Annotated[str | None, Query(max_length=255)] = None,
+    external_id: Annotated[str | None, Query(max_length=255, pattern=NO_NUL)] = None,
     created_after: datetime | None = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
