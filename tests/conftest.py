@@ -5,7 +5,9 @@ Nothing here is mocked: tests run against the real database, broker and model co
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
 import subprocess
 import sys
 import sysconfig
@@ -121,6 +123,26 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("HTRQ_") and not name.startswith("HTRQ_TEST_"):
             monkeypatch.delenv(name)
+
+
+@pytest.fixture(autouse=True)
+def process_state_restored() -> Iterator[None]:
+    """What ``htrq.cli.main`` changes in the process it runs in, put back after each test
+    that calls it in-process: SIGPIPE back to Python's ignored (after ``main`` a write to a
+    closed socket would kill the whole run instead of raising), and the loggers' levels
+    (``htrq transcribe`` silences ``worker.batch``)."""
+    sigpipe = signal.getsignal(signal.SIGPIPE)
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    levels = {lg: lg.level for lg in loggers if isinstance(lg, logging.Logger)}
+    yield
+    signal.signal(signal.SIGPIPE, sigpipe)
+    for lg, level in levels.items():
+        lg.setLevel(level)
+    for name, lg in list(logging.Logger.manager.loggerDict.items()):
+        # Made during the test: ours start at NOTSET, whatever the test set them to.
+        ours = name.split(".")[0] in ("htrq", "worker", "api")
+        if ours and isinstance(lg, logging.Logger) and lg not in levels:
+            lg.setLevel(logging.NOTSET)
 
 
 @pytest.fixture(autouse=True)
