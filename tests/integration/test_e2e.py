@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import re
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -105,15 +106,15 @@ def test_a_job_with_a_corrupt_file_ends_partial_with_every_row_right(
 
 
 def _gate(blobs: Path, contents: list[bytes]) -> Callable[[], None]:
-    """Replace the stored files of ``contents`` with named pipes: a worker that reads one
-    blocks there, inside its batch with its pages claimed, for as long as the test wants.
-    The function returned puts the files back."""
+    """Named pipes where the files of ``contents`` are to be stored, before they are
+    uploaded: the store keeps what is already there, and a worker that reads one blocks on
+    it, inside its batch with its pages claimed, for as long as the test wants. The function
+    returned puts the real files in their place."""
     paths = []
     for data in contents:
         key = hashlib.sha256(data).hexdigest()
         path = blobs / key[:2] / key[2:4] / key
-        assert path.read_bytes() == data
-        path.unlink()
+        path.parent.mkdir(parents=True, exist_ok=True)
         os.mkfifo(path)
         paths.append((path, data))
 
@@ -126,23 +127,37 @@ def _gate(blobs: Path, contents: list[bytes]) -> Callable[[], None]:
     return release
 
 
-def _kill_inside_a_batch(
-    processes: Processes, env: dict[str, str], engine: Engine, job_id: str
-) -> list[Page]:
-    """Start a worker, wait until it has claimed a batch (it cannot finish it: its files are
-    pipes nobody writes), SIGKILL it; the pages it held, still ``running``."""
+def _doomed_worker(processes: Processes, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """A worker whose pool process has loaded its model: from here a page it receives is
+    claimed within a flush interval, long before its message's visibility timeout."""
     doomed, log = processes.worker("doomed", env)
+    wait_for(lambda: b"worker process ready" in log.read_bytes(), "its model", doomed, log)
+    return doomed
+
+
+def _kill_inside_a_batch(
+    processes: Processes, doomed: subprocess.Popen[bytes], engine: Engine, job_id: str
+) -> list[Page]:
+    """Wait until ``doomed`` has claimed a batch (it cannot finish it: its files are pipes
+    nobody writes), SIGKILL it; the pages it held, still ``running``."""
 
     def claimed() -> list[Page]:
         with engine.connect() as conn:
             q = select(Page).where(Page.job_id == job_id, Page.status == "running")
             return list(conn.execute(q).all())
 
-    wait_for(lambda: bool(claimed()), "the worker to claim a batch", doomed, log)
+    wait_for(lambda: bool(claimed()), "the worker to claim a batch", doomed)
     processes.kill(doomed)
     stranded = claimed()
     assert stranded and all(p.attempts == 1 for p in stranded)
     return stranded
+
+
+def _submit(url: str, contents: list[bytes]) -> str:
+    files = [("files", (f"p{i}.png", data, "image/png")) for i, data in enumerate(contents)]
+    r = httpx.post(f"{url}/v1/jobs", files=files, timeout=30)
+    assert r.status_code == 201, r.text
+    return str(r.json()["id"])
 
 
 def _unacked(broker_url: str) -> dict[bytes, str]:
@@ -206,14 +221,12 @@ def test_a_killed_workers_messages_come_back_by_late_acks_alone(
     assert timeout == 60 and timeout >= 2 * settings.lease_seconds
     env = service_env(settings)
     url = processes.api(env)
+    doomed = _doomed_worker(processes, env)
     contents = [page_png(f"line {i}") for i in range(12)]
-    files = [("files", (f"p{i}.png", data, "image/png")) for i, data in enumerate(contents)]
-    r = httpx.post(f"{url}/v1/jobs", files=files, timeout=30)
-    assert r.status_code == 201, r.text
-    job_id = r.json()["id"]
     release = _gate(settings.storage_dir, contents)
+    job_id = _submit(url, contents)
 
-    stranded = _kill_inside_a_batch(processes, env, engine, job_id)
+    stranded = _kill_inside_a_batch(processes, doomed, engine, job_id)
     killed = time.monotonic()
     # Acknowledged late: the messages of the pages it claimed are still in Redis, unacknowledged.
     held = _unacked(broker_url)
@@ -255,14 +268,12 @@ def test_the_sweeper_alone_rescues_a_killed_workers_pages(
     assert settings.visibility_timeout > 600
     env = service_env(settings)
     url = processes.api(env)
+    doomed = _doomed_worker(processes, env)
     contents = [page_png(f"line {i}") for i in range(12)]
-    files = [("files", (f"p{i}.png", data, "image/png")) for i, data in enumerate(contents)]
-    r = httpx.post(f"{url}/v1/jobs", files=files, timeout=30)
-    assert r.status_code == 201, r.text
-    job_id = r.json()["id"]
     release = _gate(settings.storage_dir, contents)
+    job_id = _submit(url, contents)
 
-    stranded = _kill_inside_a_batch(processes, env, engine, job_id)
+    stranded = _kill_inside_a_batch(processes, doomed, engine, job_id)
     held = _unacked(broker_url)
     assert {str(p.id) for p in stranded} <= set(held.values())
     release()
