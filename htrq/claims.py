@@ -1,8 +1,10 @@
 """Page state changes that make at-least-once delivery give exactly-once results.
 
 A claim moves pages ``queued -> running`` and bumps ``attempts``, which becomes the claim's
-fencing token. Every later write for the page matches ``status='running' AND attempts=token``,
-so a worker whose lease was taken back (or a duplicate message) can no longer change it.
+fencing token; it also takes over a ``running`` page whose lease has expired (its worker died
+and Redis redelivered the message), so late acks rescue a page without waiting for a sweeper.
+Every later write for the page matches ``status='running' AND attempts=token``, so a worker
+whose lease was taken back (or a duplicate message) can no longer change it.
 """
 
 from __future__ import annotations
@@ -65,13 +67,29 @@ class LineLike(Protocol):
 def claim_pages(
     session: Session, page_ids: Sequence[uuid.UUID], *, lease_seconds: float
 ) -> list[Claim]:
-    """Claim the ``queued`` pages among ``page_ids`` in one statement; others are skipped."""
+    """Claim the claimable pages among ``page_ids`` in one statement; others are skipped.
+
+    Claimable: ``queued``, or ``running`` with an expired lease and attempts left. The second
+    is a message redelivered after its worker died (the visibility timeout is at least twice
+    the lease, so by then the dead worker's lease has run out): without it, such a message
+    would claim nothing and the page would wait for a sweeper. A page whose lease still holds
+    is someone's work in progress, and a duplicate for it claims nothing; a page with its
+    attempts spent is left to the sweeper, which fails it.
+    """
     if not page_ids:
         return []
     now = utcnow()
+    claimable = or_(
+        Page.status == "queued",
+        and_(
+            Page.status == "running",
+            Page.lease_until < now,
+            Page.attempts < Page.attempt_limit,
+        ),
+    )
     rows = session.execute(
         update(Page)
-        .where(Page.id.in_(set(page_ids)), Page.status == "queued")
+        .where(Page.id.in_(set(page_ids)), claimable)
         .values(
             status="running",
             attempts=Page.attempts + 1,

@@ -5,9 +5,12 @@ Nothing here is mocked: tests run against the real database, broker and model co
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
 import subprocess
 import sys
+import sysconfig
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,10 +21,11 @@ import httpx
 import psycopg
 import pytest
 import redis
-from sqlalchemy import Engine
+from sqlalchemy import Engine, delete, insert, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from htrq.db import make_engine, upgrade
+from htrq.models import Base
 from htrq.settings import Settings
 from tests.services import Processes, free_port, stop_group, wait_for
 
@@ -41,6 +45,58 @@ S3_CREDENTIALS = {
     "AWS_SECRET_ACCESS_KEY": "htrq-test-secret",
     "AWS_DEFAULT_REGION": "us-east-1",
 }
+
+
+#: Fixtures that start a process (service processes, moto's S3 server): every test that uses
+#: one, directly or through another fixture, is marked ``slow``.
+PROCESS_FIXTURES = frozenset({"processes", "s3_server"})
+TESTS_DIR = Path(__file__).resolve().parent
+#: Code that is neither the tests' nor htrq's: the standard library and installed packages.
+_LIBRARY_DIRS = tuple(
+    {str(Path(sysconfig.get_paths()[k]).resolve()) for k in ("stdlib", "purelib", "platlib")}
+)
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m "not slow"` deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+def _started_by_the_tests() -> bool:
+    """Whether the ``Popen`` being made was asked for by test code (a test, a fixture, a
+    helper under ``tests/``), not by htrq (the PDF render helper) or a library."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        name = str(Path(frame.f_code.co_filename).resolve())
+        if not name.startswith(_LIBRARY_DIRS):
+            return name.startswith(str(TESTS_DIR))
+        frame = frame.f_back
+    return False
+
+
+@pytest.fixture(autouse=True)
+def processes_only_in_slow_tests(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    """A test that starts a process without the ``slow`` marker fails, saying so: the fast
+    subset (``-m "not slow"``) must stay fast."""
+    if request.node.get_closest_marker("slow") is not None:
+        yield
+        return
+    started: list[object] = []
+    original = subprocess.Popen.__init__
+
+    def init(self: subprocess.Popen[Any], args: Any, *rest: Any, **kwargs: Any) -> None:
+        if _started_by_the_tests():
+            started.append(args)
+        original(self, args, *rest, **kwargs)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", init)
+    yield
+    if started:
+        pytest.fail(f"this test starts processes ({started!r}) but is not marked slow")
 
 
 def _test_database_name() -> str:
@@ -69,6 +125,36 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
 
 
+@pytest.fixture(autouse=True)
+def process_state_restored() -> Iterator[None]:
+    """What ``htrq.cli.main`` changes in the process it runs in, put back after each test
+    that calls it in-process: SIGPIPE back to Python's ignored (after ``main`` a write to a
+    closed socket would kill the whole run instead of raising), and the loggers' levels
+    (``htrq transcribe`` silences ``worker.batch``)."""
+    sigpipe = signal.getsignal(signal.SIGPIPE)
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    levels = {lg: lg.level for lg in loggers if isinstance(lg, logging.Logger)}
+    yield
+    signal.signal(signal.SIGPIPE, sigpipe)
+    for lg, level in levels.items():
+        lg.setLevel(level)
+    for name, lg in list(logging.Logger.manager.loggerDict.items()):
+        # Made during the test: ours start at NOTSET, whatever the test set them to.
+        ours = name.split(".")[0] in ("htrq", "worker", "api")
+        if ours and isinstance(lg, logging.Logger) and lg not in levels:
+            lg.setLevel(logging.NOTSET)
+
+
+@pytest.fixture(autouse=True)
+def seeded_torch() -> None:
+    """Torch's global generator starts each test from the same seed (pytest-randomly does the
+    same for ``random`` and numpy), so what a test draws does not depend on which tests ran
+    before it. Torch is not imported for that: a test that never loads it pays nothing."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.manual_seed(20251)
+
+
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
     """A PostgreSQL database created for this test run and dropped after it."""
@@ -87,6 +173,7 @@ def scratch_pg_url() -> Iterator[str]:
     """An empty PostgreSQL database for one test (migrations up and down), then dropped."""
     name = _test_database_name()
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        _drop_abandoned(conn)
         conn.execute(f'CREATE DATABASE "{name}"')
     base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
     yield f"{base}/{name}"
@@ -106,6 +193,43 @@ def engine(database_url: str) -> Iterator[Engine]:
     eng = make_engine(database_url)
     yield eng
     eng.dispose()
+
+
+@pytest.fixture(scope="session")
+def seed_rows(engine: Engine) -> dict[str, list[dict[str, Any]]]:
+    """What the migrations put in the run's database (the ``default`` tenant), by table."""
+    with engine.connect() as conn:
+        return {
+            t.name: [dict(r._mapping) for r in conn.execute(select(t))]
+            for t in Base.metadata.sorted_tables
+        }
+
+
+@pytest.fixture(autouse=True)
+def leaves_the_database_as_it_found_it(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After a test that used the run's database, its tables hold what the migrations put
+    there and nothing else.
+
+    Tests that work through ``sessions`` leave nothing anyway (their transaction is rolled
+    back); this is for what the code under test commits on its own connections: the API app,
+    service functions, CLI commands, worker processes. Set up before (so torn down after)
+    every fixture the test uses, service processes included.
+    """
+    if "database_url" not in request.fixturenames:
+        yield
+        return
+    engine: Engine = request.getfixturevalue("engine")
+    seeds: dict[str, list[dict[str, Any]]] = request.getfixturevalue("seed_rows")
+    yield
+    with engine.begin() as conn:
+        # A connection left inside a transaction (a leaked session) must fail the run, not
+        # hang it.
+        conn.execute(text("SET LOCAL lock_timeout = '30s'"))
+        for table in reversed(Base.metadata.sorted_tables):
+            conn.execute(delete(table))
+        for table in Base.metadata.sorted_tables:
+            if seeds[table.name]:
+                conn.execute(insert(table), seeds[table.name])
 
 
 @pytest.fixture

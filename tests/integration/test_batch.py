@@ -158,6 +158,39 @@ def test_a_result_from_a_lost_claim_is_thrown_away(
     assert _line_counts(sessions, [pid]) == [1]
 
 
+def test_a_redelivered_message_takes_over_an_expired_lease_only(
+    sessions: sessionmaker[Session], settings: Settings
+) -> None:
+    """A message redelivered after its worker died claims the page once the dead claim's
+    lease has run out, with no sweep in between; while the lease holds it claims nothing, and
+    a page with its attempts spent is left to the sweeper."""
+    ctx = _context(sessions, settings, Broken())
+    held, expired, spent = _submit(ctx, [page_png("held"), page_png("expired"), page_png("x")])
+    ids = [_pages(sessions, [i])[0].id for i in (held, expired, spent)]
+    with sessions() as s, s.begin():
+        assert len(claim_pages(s, ids, lease_seconds=60)) == 3
+        # The worker that claimed them died; two leases ran out, one page used its attempts.
+        s.execute(
+            update(Page)
+            .where(Page.id.in_(ids[1:]))
+            .values(lease_until=utcnow() - timedelta(seconds=1))
+        )
+        s.execute(update(Page).where(Page.id == ids[2]).values(attempt_limit=1))
+    with sessions() as s, s.begin():
+        (again,) = claim_pages(s, ids, lease_seconds=60)  # the redelivered messages
+    assert again.page_id == ids[1] and again.token == 2
+    with sessions() as s, s.begin():
+        assert claim_pages(s, ids, lease_seconds=60) == []  # the new lease holds
+    assert [(p.status, p.attempts) for p in _pages(sessions, [held, expired, spent])] == [
+        ("running", 1),
+        ("running", 2),
+        ("running", 1),
+    ]
+    with sessions() as s, s.begin():
+        swept = sweep(s, now=utcnow())
+    assert (swept.failed, swept.requeued) == ([ids[2]], [])
+
+
 def test_transient_errors_requeue_then_fail_with_the_last_error(
     sessions: sessionmaker[Session], settings: Settings
 ) -> None:

@@ -141,6 +141,7 @@ def test_migrate_is_idempotent_and_explains_a_missing_database(
     assert "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_a_closed_pipe_ends_the_command_quietly(database_url: str, engine: Engine) -> None:
     """`htrq keys list | head -1` on a list far longer than a pipe holds ends without a
     BrokenPipeError traceback."""

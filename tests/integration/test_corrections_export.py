@@ -220,6 +220,7 @@ def test_the_export_keeps_checked_lines_of_a_tenant_since_a_date(
         export(tenant="nobody")
 
 
+@pytest.mark.slow
 def test_the_command_writes_the_folder_htrq_train_reads(
     settings: Settings, engine: Engine, tmp_path: Path
 ) -> None:

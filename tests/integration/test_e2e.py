@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
+import os
 import re
+import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
+import redis
 from sqlalchemy import Engine, func, select
 
-from htrq.models import Job, Line, Page
+from htrq.models import Job, Line, Page, utcnow
 from htrq.settings import Settings
 from tests.conftest import S3Server
 from tests.images import corrupt_png, page_png
@@ -98,34 +105,82 @@ def test_a_job_with_a_corrupt_file_ends_partial_with_every_row_right(
     assert sum(sizes) == 6 and max(sizes) > 1, sizes  # celery-batches grouped the pages
 
 
-def test_a_worker_killed_mid_batch_loses_no_page_and_duplicates_none(
-    processes: Processes, settings: Settings, engine: Engine
-) -> None:
-    """SIGKILL during a batch; a second worker finishes every page exactly once."""
-    settings = settings.model_copy(
-        update={"lease_seconds": 4, "queued_grace_seconds": 3, "max_attempts": 3}
-    )
-    env = service_env(settings)
-    first, _ = processes.worker("doomed", env)
-    url = processes.api(env)
-    files = [("files", (f"p{i}.png", page_png(f"line {i}"), "image/png")) for i in range(12)]
-    r = httpx.post(f"{url}/v1/jobs", files=files, timeout=30)
-    job_id = r.json()["id"]
+def _gate(blobs: Path, contents: list[bytes]) -> Callable[[], None]:
+    """Named pipes where the files of ``contents`` are to be stored, before they are
+    uploaded: the store keeps what is already there, and a worker that reads one blocks on
+    it, inside its batch with its pages claimed, for as long as the test wants. The function
+    returned puts the real files in their place."""
+    paths = []
+    for data in contents:
+        key = hashlib.sha256(data).hexdigest()
+        path = blobs / key[:2] / key[2:4] / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.mkfifo(path)
+        paths.append((path, data))
 
-    def running() -> int:
+    def release() -> None:
+        for path, data in paths:
+            tmp = path.with_name(path.name + ".back")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)  # a reader already blocked on the pipe stays blocked
+
+    return release
+
+
+def _doomed_worker(processes: Processes, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """A worker whose pool process has loaded its model: from here a page it receives is
+    claimed within a flush interval, long before its message's visibility timeout."""
+    doomed, log = processes.worker("doomed", env)
+    wait_for(lambda: b"worker process ready" in log.read_bytes(), "its model", doomed, log)
+    return doomed
+
+
+def _kill_inside_a_batch(
+    processes: Processes, doomed: subprocess.Popen[bytes], engine: Engine, job_id: str
+) -> list[Page]:
+    """Wait until ``doomed`` has claimed a batch (it cannot finish it: its files are pipes
+    nobody writes), SIGKILL it; the pages it held, still ``running``."""
+
+    def claimed() -> list[Page]:
         with engine.connect() as conn:
-            q = select(func.count()).where(Page.job_id == job_id, Page.status == "running")
-            return conn.execute(q).scalar_one()
+            q = select(Page).where(Page.job_id == job_id, Page.status == "running")
+            return list(conn.execute(q).all())
 
-    wait_for(lambda: running() > 0, "a batch to start", first, interval=0.01)
-    processes.kill(first)
-    stranded = running()
-    assert stranded > 0, "the worker finished its batch before the kill landed"
+    wait_for(lambda: bool(claimed()), "the worker to claim a batch", doomed)
+    processes.kill(doomed)
+    stranded = claimed()
+    assert stranded and all(p.attempts == 1 for p in stranded)
+    return stranded
 
-    processes.worker("rescuer", env)
-    job = poll_job(url, job_id)
-    assert job["status"] == "succeeded"
 
+def _submit(url: str, contents: list[bytes]) -> str:
+    files = [("files", (f"p{i}.png", data, "image/png")) for i, data in enumerate(contents)]
+    r = httpx.post(f"{url}/v1/jobs", files=files, timeout=30)
+    assert r.status_code == 201, r.text
+    return str(r.json()["id"])
+
+
+def _unacked(broker_url: str) -> dict[bytes, str]:
+    """Page id by delivery tag of the messages delivered to a consumer and not acknowledged:
+    kombu's Redis transport keeps them in the ``unacked`` hash until they are acknowledged,
+    or until a consumer restores them to the queue once the visibility timeout has passed."""
+    client = redis.Redis.from_url(broker_url)
+    try:
+        held = client.hgetall("unacked")
+    finally:
+        client.close()
+    ids = {}
+    for tag, raw in held.items():
+        message = json.loads(raw)[0]  # [message, exchange, routing key]
+        args = json.loads(base64.b64decode(message["body"]))[0]  # [args, kwargs, embed]
+        ids[tag] = str(args[0])
+    return ids
+
+
+def _every_page_once(engine: Engine, job_id: str, stranded: list[Page]) -> None:
+    """Every page succeeded with one set of lines; the stranded ones were claimed again
+    after the dead worker's claim (on a starved machine a group may also run past its time
+    limit and be read again page by page, so "again" is at least once more)."""
     with engine.connect() as conn:
         pages = conn.execute(select(Page).where(Page.job_id == job_id)).all()
         line_counts = dict(
@@ -139,9 +194,104 @@ def test_a_worker_killed_mid_batch_loses_no_page_and_duplicates_none(
     assert len(pages) == 12
     assert all(p.status == "succeeded" and p.error_code is None for p in pages)
     assert all(line_counts.get(p.id) == 1 for p in pages)  # one set of lines per page
-    # The pages the dead worker held were claimed again once; no page ran more than twice.
-    assert sum(p.attempts == 2 for p in pages) >= stranded
-    assert max(p.attempts for p in pages) <= 2
+    again = {p.id for p in stranded}
+    assert all(p.attempts >= 2 for p in pages if p.id in again)
+
+
+def test_a_killed_workers_messages_come_back_by_late_acks_alone(
+    processes: Processes, settings: Settings, engine: Engine, broker_url: str
+) -> None:
+    """Late acks on their own, with no sweeper in reach (the first sweep is an hour away).
+
+    A worker is SIGKILLed inside a batch. The messages it held stay unacknowledged in Redis
+    and come back after the visibility timeout (at least twice the lease, so by then the dead
+    worker's leases have run out); a second worker started after it takes over the expired
+    claims and finishes every page exactly once.
+    """
+    settings = settings.model_copy(
+        update={
+            "lease_seconds": 30,
+            "sweep_interval": 3600,
+            "queued_grace_seconds": 3600,
+            "retry_backoff_max": 0,
+            "max_attempts": 3,
+        }
+    )
+    timeout = settings.visibility_timeout
+    assert timeout == 60 and timeout >= 2 * settings.lease_seconds
+    env = service_env(settings)
+    url = processes.api(env)
+    doomed = _doomed_worker(processes, env)
+    contents = [page_png(f"line {i}") for i in range(12)]
+    release = _gate(settings.storage_dir, contents)
+    job_id = _submit(url, contents)
+
+    stranded = _kill_inside_a_batch(processes, doomed, engine, job_id)
+    killed = time.monotonic()
+    # Acknowledged late: the messages of the pages it claimed are still in Redis, unacknowledged.
+    held = _unacked(broker_url)
+    lost = {str(p.id) for p in stranded} - set(held.values())
+    assert not lost, f"the messages of {len(lost)} claimed pages were acknowledged: lost for good"
+    release()
+    time.sleep(max(0.0, killed + timeout + 2 - time.monotonic()))
+    with engine.connect() as conn:
+        now = utcnow()
+        still = conn.execute(select(Page).where(Page.id.in_([p.id for p in stranded]))).all()
+    # Nobody took them back in the meantime; their leases have run out.
+    assert all(p.status == "running" and p.attempts == 1 for p in still)
+    assert all(p.lease_until < now for p in still)
+
+    # Its consumer restores the messages whose visibility timeout passed when it starts.
+    _, log = processes.worker("rescuer", env)
+    job = poll_job(url, job_id)
+    assert job["status"] == "succeeded", job
+    _every_page_once(engine, job_id, stranded)
+    assert not set(held) & set(_unacked(broker_url))  # all the dead worker held came back
+    assert b"sweeper:" not in log.read_bytes()  # and no sweep had a hand in it
+
+
+def test_the_sweeper_alone_rescues_a_killed_workers_pages(
+    processes: Processes, settings: Settings, engine: Engine, broker_url: str
+) -> None:
+    """The sweeper on its own, with Redis redelivery out of reach (a ten-minute visibility
+    timeout): it takes back the dead worker's expired leases and re-sends the pages whose
+    messages the dead worker had reserved but not started."""
+    settings = settings.model_copy(
+        update={
+            "lease_seconds": 30,
+            "sweep_interval": 0.5,
+            "queued_grace_seconds": 3,
+            "retry_backoff_max": 600,
+            "max_attempts": 3,
+        }
+    )
+    assert settings.visibility_timeout > 600
+    env = service_env(settings)
+    url = processes.api(env)
+    doomed = _doomed_worker(processes, env)
+    contents = [page_png(f"line {i}") for i in range(12)]
+    release = _gate(settings.storage_dir, contents)
+    job_id = _submit(url, contents)
+
+    stranded = _kill_inside_a_batch(processes, doomed, engine, job_id)
+    held = _unacked(broker_url)
+    assert {str(p.id) for p in stranded} <= set(held.values())
+    release()
+    _, log = processes.worker("rescuer", env)
+    job = poll_job(url, job_id)
+    assert job["status"] == "succeeded", job
+    _every_page_once(engine, job_id, stranded)
+
+    swept = re.findall(
+        rb"sweeper: (\d+) expired leases re-queued, \d+ failed, (\d+) lost messages re-sent",
+        log.read_bytes(),
+    )
+    assert sum(int(leases) for leases, _ in swept) >= len(stranded)
+    # The pages it had reserved without claiming them were re-sent as lost messages (with,
+    # maybe, some the rescuer had reserved but not yet claimed: duplicates claim nothing).
+    assert sum(int(lost) for _, lost in swept) >= len(held) - len(stranded)
+    # None came back by redelivery: every message the dead worker held is still unacknowledged.
+    assert set(held) <= set(_unacked(broker_url))
 
 
 def test_api_and_worker_without_a_shared_disk_meet_in_the_bucket(

@@ -360,6 +360,7 @@ def test_pipeline_settings_reach_the_pipeline(
         assert pipeline.line_margin == 9
 
 
+@pytest.mark.slow
 def test_torch_threads_and_dtype_take_effect_in_a_worker_process(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -382,6 +383,8 @@ def test_torch_threads_and_dtype_take_effect_in_a_worker_process(
         "HTRQ_DTYPE": "bfloat16",
         "HF_HUB_OFFLINE": "1",
         "PATH": "/usr/bin:/bin",
+        # This checkout's code, whichever one the interpreter has installed.
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
     }
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120

@@ -149,6 +149,7 @@ def test_recognizer_calls_are_timed_after_the_start_check_only_with_metrics(
             ctx.sessions.kw["bind"].dispose()
 
 
+@pytest.mark.slow
 def test_a_port_in_use_stops_the_worker_naming_the_variable(
     settings: Settings, tmp_path: Path
 ) -> None:

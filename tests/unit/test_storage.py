@@ -17,7 +17,7 @@ from tests.services import free_port
 Backend = tuple[BlobStore, Callable[[], list[bytes]]]
 
 
-@pytest.fixture(params=["file", "s3"])
+@pytest.fixture(params=["file", pytest.param("s3", marks=pytest.mark.slow)])  # moto: a process
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     if request.param == "file":
         root = tmp_path / "blobs"

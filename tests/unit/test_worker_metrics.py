@@ -122,6 +122,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_pool_processes_are_merged_and_the_gone_stop_counting_as_ready() -> None:
     """Counts of two forked processes add up in one scrape and outlive them; the ready gauge
     drops for a process that ran its exit hook and for one killed outright; the private
