@@ -15,6 +15,7 @@ from htrq.corrections import correct_line
 router = APIRouter(prefix="/v1/jobs", tags=["review"])
 
 ERRORS = {
+    400: {"model": ErrorBody, "description": "a body that is not valid JSON"},
     401: {"model": ErrorBody, "description": "no API key or review token, or a bad one"},
     404: {"model": ErrorBody, "description": "unknown job, page or line"},
     409: {"model": ErrorBody, "description": "the page has not succeeded: nothing to correct"},
