@@ -289,7 +289,7 @@ def test_lines_under_the_review_threshold_say_needs_review(
     """needs_review follows the threshold it is read with (HTRQ_REVIEW_BELOW), and the page
     counts its flagged lines."""
     job, _ = _submit(sessions, settings, Recorder())
-    confidences = [0.99, 0.5, 0.85]
+    confidences = [0.99, 0.5, 0.7]  # the default threshold is 0.75
     with sessions.begin() as s:
         (claim,) = claim_pages(s, [job.pages[0].id], lease_seconds=60)
         lines = [
@@ -309,7 +309,7 @@ def test_lines_under_the_review_threshold_say_needs_review(
         tenant_id=default_tenant(sessions),
         job_id=job.id,
         index=0,
-        review_below=0.8,
+        review_below=0.6,
     )
     assert [ln.needs_review for ln in lenient.lines] == [False, True, False]
     assert lenient.model_dump()["lines_to_review"] == 1
