@@ -144,7 +144,7 @@ def make_pages(n: int, *, pad_bytes: int = 0, seed: int = 11) -> list[bytes]:
         ImageDraw.Draw(im).text((8, 14), text, fill=0)
         info = PngImagePlugin.PngInfo()
         if pad_bytes:
-            info.add_text("padding", "".join(rng.choice("abcdefgh") for _ in range(pad_bytes)))
+            info.add_text("padding", rng.randbytes(pad_bytes // 2).hex())
         buf = io.BytesIO()
         im.save(buf, "PNG", pnginfo=info)
         out.append(buf.getvalue())
