@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, computed_field, model_validator
 
@@ -90,6 +90,12 @@ REVIEW_BELOW = 0.75
 CTC_WEIGHT = 0.4
 
 
+#: An (x, y) point in page pixels. A two-item list rather than ``tuple[int, int]``: pydantic
+#: writes a tuple inside a list as ``prefixItems``, which Schemathesis's OpenAPI 3.1 check of
+#: the PATCH answer read as an invalid schema.
+Point = Annotated[list[int], Field(min_length=2, max_length=2)]
+
+
 class LineResource(BaseModel):
     index: int
     text: str = Field(
@@ -99,10 +105,10 @@ class LineResource(BaseModel):
     model_text: str = Field(description="the model's reading, kept when a person corrects it")
     confidence: float = Field(ge=0, le=1, description="the model's confidence in model_text")
     bbox: tuple[int, int, int, int] = Field(description="x0, y0, x1, y1 in page pixels")
-    polygon: list[tuple[int, int]] | None = Field(
+    polygon: list[Point] | None = Field(
         None, description="the line's outline in page pixels, where the segmenter gives one"
     )
-    baseline: list[tuple[int, int]] | None = Field(
+    baseline: list[Point] | None = Field(
         None, description="the line's baseline in page pixels, where the segmenter gives one"
     )
 

@@ -49,10 +49,12 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 def _exported(*media_types: str) -> dict[int | str, dict[str, Any]]:
     """The 200 answer of an export: a file download in one of ``media_types``."""
     file = {"schema": {"type": "string", "format": "binary"}}
+    # The json format is a JSON document (htrq's page result), not an opaque file.
+    document = {"schema": {"type": "object"}}
     return {
         200: {
             "description": "the export, as a download",
-            "content": {m: file for m in media_types},
+            "content": {m: document if m == "application/json" else file for m in media_types},
             "headers": {
                 "Content-Disposition": {
                     "description": "`attachment` with the file's name",

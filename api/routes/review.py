@@ -45,6 +45,7 @@ def static_files() -> StaticFiles:
     "/v1/jobs/{job_id}/review-link",
     response_model=ReviewLink,
     responses={
+        400: {"model": ErrorBody, "description": "a body that is not valid JSON"},
         401: {"model": ErrorBody, "description": "no API key, or an unknown or revoked one"},
         404: {"model": ErrorBody, "description": "unknown job"},
     },
