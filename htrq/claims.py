@@ -2,8 +2,9 @@
 
 A claim moves pages ``queued -> running`` and bumps ``attempts``, which becomes the claim's
 fencing token; it also takes over a ``running`` page whose lease has expired (its worker died
-and Redis redelivered the message), so late acks rescue a page without waiting for a sweeper. Every later write for the page matches ``status='running' AND attempts=token``,
-so a worker whose lease was taken back (or a duplicate message) can no longer change it.
+and Redis redelivered the message), so late acks rescue a page without waiting for a sweeper.
+Every later write for the page matches ``status='running' AND attempts=token``, so a worker
+whose lease was taken back (or a duplicate message) can no longer change it.
 """
 
 from __future__ import annotations
