@@ -268,7 +268,10 @@ def test_the_sweeper_alone_rescues_a_killed_workers_pages(
     assert settings.visibility_timeout > 600
     env = service_env(settings)
     url = processes.api(env)
-    doomed = _doomed_worker(processes, env)
+    # The doomed worker sweeps too, but not before it dies: only the rescuer's sweeper counts.
+    doomed = _doomed_worker(
+        processes, service_env(settings.model_copy(update={"sweep_interval": 3600}))
+    )
     contents = [page_png(f"line {i}") for i in range(12)]
     release = _gate(settings.storage_dir, contents)
     job_id = _submit(url, contents)
