@@ -90,10 +90,11 @@ REVIEW_BELOW = 0.75
 CTC_WEIGHT = 0.4
 
 
-#: An (x, y) point in page pixels. A two-item list rather than ``tuple[int, int]``: pydantic
-#: writes a tuple inside a list as ``prefixItems``, which Schemathesis's OpenAPI 3.1 check of
-#: the PATCH answer read as an invalid schema.
+#: An (x, y) point in page pixels, and a box (x0, y0, x1, y1). Lists of fixed length rather
+#: than tuples: pydantic writes a tuple as ``prefixItems``, which Schemathesis's OpenAPI 3.1
+#: check of the PATCH answer read as an invalid schema. The JSON is the same.
 Point = Annotated[list[int], Field(min_length=2, max_length=2)]
+Box = Annotated[list[int], Field(min_length=4, max_length=4)]
 
 
 class LineResource(BaseModel):
@@ -104,7 +105,7 @@ class LineResource(BaseModel):
     )
     model_text: str = Field(description="the model's reading, kept when a person corrects it")
     confidence: float = Field(ge=0, le=1, description="the model's confidence in model_text")
-    bbox: tuple[int, int, int, int] = Field(description="x0, y0, x1, y1 in page pixels")
+    bbox: Box = Field(description="x0, y0, x1, y1 in page pixels")
     polygon: list[Point] | None = Field(
         None, description="the line's outline in page pixels, where the segmenter gives one"
     )
