@@ -77,6 +77,7 @@ from pathlib import Path
 import httpx
 import psycopg
 from PIL import Image, ImageDraw, PngImagePlugin
+from scratch import group_cpu_seconds
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = ["the", "of", "and", "to", "in", "was", "his", "letter", "house", "river", "road"]
@@ -187,19 +188,6 @@ def wait_for(what: str, ok, timeout: float, every: float = 0.2) -> None:  # type
         if time.monotonic() > deadline:
             raise SystemExit(f"timed out waiting for {what}")
         time.sleep(every)
-
-
-def group_cpu_seconds(pgid: int) -> float:
-    """CPU time used so far by the live processes of a process group (Linux /proc)."""
-    total = 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid:
-            total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
 
 
 class RedisServer:

@@ -37,6 +37,7 @@ from pathlib import Path
 import psycopg
 import redis
 from PIL import Image, ImageDraw
+from scratch import group_cpu_seconds
 from sqlalchemy import func, select
 
 from htrq import jobs
@@ -105,19 +106,6 @@ class _Counting:
     def __call__(self, crops):  # type: ignore[no-untyped-def]
         self.pieces += len(crops)
         return self.rec(crops)
-
-
-def group_cpu_seconds(pgid: int) -> float:
-    """CPU time used so far by the live processes of a process group (Linux /proc)."""
-    total = 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # exited meanwhile
-        if int(fields[2]) == pgid:  # pgrp; utime and stime follow at 11 and 12
-            total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
 
 
 class Bare:
