@@ -32,9 +32,9 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-import psycopg
 import redis
 from PIL import Image, ImageDraw
+from scratch import scratch_database
 from sqlalchemy import func, select
 
 from htrq import jobs
@@ -204,66 +204,60 @@ def main() -> None:
     p.add_argument("--timeout", type=float, default=1800)
     args = p.parse_args()
 
-    redis.Redis.from_url(args.broker_url).flushdb()  # only this benchmark's messages
-    db = f"htrq_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(args.admin_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{db}"')
-    base = args.admin_url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
-    try:
-        with tempfile.TemporaryDirectory(prefix="htrq-bench-") as tmp:
-            model = args.model
-            if model == "tiny":
-                from worker.training.build import build_tiny_model
+    with (
+        scratch_database(args.admin_url, args.broker_url) as database_url,
+        tempfile.TemporaryDirectory(prefix="htrq-bench-") as tmp,
+    ):
+        model = args.model
+        if model == "tiny":
+            from worker.training.build import build_tiny_model
 
-                model = str(build_tiny_model(Path(tmp) / "tiny"))
-            settings = load_settings(
-                database_url=f"{base}/{db}",
-                broker_url=args.broker_url,
-                storage_dir=Path(tmp) / "blobs",
-                model=model,
-                batch_size=args.batch_size,
-                flush_every=args.flush_every,
-                num_beams=args.num_beams,
-                max_new_tokens=args.max_new_tokens,
-                max_pages_per_job=max(args.backlog, 500),
-                torch_threads=args.torch_threads,
-                queue_refresh=1.0,
-            )
-            upgrade(settings.database_url or "")
-            pages = make_pages(args.backlog + 1, args.synthetic)
+            model = str(build_tiny_model(Path(tmp) / "tiny"))
+        settings = load_settings(
+            database_url=database_url,
+            broker_url=args.broker_url,
+            storage_dir=Path(tmp) / "blobs",
+            model=model,
+            batch_size=args.batch_size,
+            flush_every=args.flush_every,
+            num_beams=args.num_beams,
+            max_new_tokens=args.max_new_tokens,
+            max_pages_per_job=max(args.backlog, 500),
+            torch_threads=args.torch_threads,
+            queue_refresh=1.0,
+        )
+        upgrade(settings.database_url or "")
+        pages = make_pages(args.backlog + 1, args.synthetic)
+        print(
+            f"tenant A: {args.backlog} one-line pages in one job; tenant B: 1 page; model "
+            f"{args.model}, batch {args.batch_size}, group {args.flush_every}, beams "
+            f"{args.num_beams}, 1 worker process",
+            flush=True,
+        )
+        modes = [True, False] if args.compare else [True]
+        results = {}
+        for fair in modes:
+            redis.Redis.from_url(args.broker_url).flushdb()
+            tag = "fair-share" if fair else "first-come"
+            r = run(settings.model_copy(update={"fair_share": fair}), args, pages, tag)
+            results[tag] = r
+            idle = ", ".join(f"{w:.2f}" for w in r["idle_all"])
             print(
-                f"tenant A: {args.backlog} one-line pages in one job; tenant B: 1 page; model "
-                f"{args.model}, batch {args.batch_size}, group {args.flush_every}, beams "
-                f"{args.num_beams}, 1 worker process",
+                f"{tag}: B's wait alone {r['idle']:.2f} s (median of {idle}); behind A's "
+                f"backlog {r['busy']:.2f} s = {r['busy'] / r['idle']:.1f}x alone, "
+                f"{r['busy'] / r['group']:.1f} median groups of {r['group']:.2f} s; "
+                f"{r['a_first']} of A's {args.backlog} pages finished before B's",
                 flush=True,
             )
-            modes = [True, False] if args.compare else [True]
-            results = {}
-            for fair in modes:
-                redis.Redis.from_url(args.broker_url).flushdb()
-                tag = "fair-share" if fair else "first-come"
-                r = run(settings.model_copy(update={"fair_share": fair}), args, pages, tag)
-                results[tag] = r
-                idle = ", ".join(f"{w:.2f}" for w in r["idle_all"])
-                print(
-                    f"{tag}: B's wait alone {r['idle']:.2f} s (median of {idle}); behind A's "
-                    f"backlog {r['busy']:.2f} s = {r['busy'] / r['idle']:.1f}x alone, "
-                    f"{r['busy'] / r['group']:.1f} median groups of {r['group']:.2f} s; "
-                    f"{r['a_first']} of A's {args.backlog} pages finished before B's",
-                    flush=True,
-                )
-                if r["drained_after_b"] is not None:
-                    print(f"{tag}: A's backlog finished {r['drained_after_b']:.1f} s after B's")
-            if len(results) == 2:
-                fair, fifo = results["fair-share"], results["first-come"]
-                print(
-                    f"B's wait behind the backlog: {fair['busy']:.2f} s with fair share, "
-                    f"{fifo['busy']:.2f} s first come first served: "
-                    f"{fifo['busy'] / fair['busy']:.1f}x shorter"
-                )
-    finally:
-        with psycopg.connect(args.admin_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+            if r["drained_after_b"] is not None:
+                print(f"{tag}: A's backlog finished {r['drained_after_b']:.1f} s after B's")
+        if len(results) == 2:
+            fair, fifo = results["fair-share"], results["first-come"]
+            print(
+                f"B's wait behind the backlog: {fair['busy']:.2f} s with fair share, "
+                f"{fifo['busy']:.2f} s first come first served: "
+                f"{fifo['busy'] / fair['busy']:.1f}x shorter"
+            )
 
 
 if __name__ == "__main__":

@@ -1,10 +1,34 @@
-"""What the service benches share: the CPU time of a process group. Imported by the scripts
-beside it (``python bench/X.py`` puts ``bench/`` on the path)."""
+"""What the service benches share: a throwaway database and broker, and the CPU time of a
+process group. Imported by the scripts beside it (``python bench/X.py`` puts ``bench/`` on
+the path)."""
 
 from __future__ import annotations
 
 import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+import psycopg
+import redis
+
+
+@contextmanager
+def scratch_database(admin_url: str, broker_url: str) -> Iterator[str]:
+    """A new database on ``admin_url``'s server for one bench run, as a SQLAlchemy URL,
+    dropped afterwards whatever happened; ``broker_url``'s Redis database is flushed first, so
+    that only this benchmark's messages are in it."""
+    redis.Redis.from_url(broker_url).flushdb()
+    db = f"htrq_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{db}"')
+    base = admin_url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
+    try:
+        yield f"{base}/{db}"
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
 
 
 def group_cpu_seconds(pgid: int) -> float:

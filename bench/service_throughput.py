@@ -34,10 +34,8 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-import psycopg
-import redis
 from PIL import Image, ImageDraw
-from scratch import group_cpu_seconds
+from scratch import group_cpu_seconds, scratch_database
 from sqlalchemy import func, select
 
 from htrq import jobs
@@ -306,78 +304,72 @@ def main() -> None:
     p.add_argument("--timeout", type=float, default=900)
     args = p.parse_args()
 
-    redis.Redis.from_url(args.broker_url).flushdb()  # only this benchmark's messages
-    db = f"htrq_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(args.admin_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{db}"')
-    base = args.admin_url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
-    try:
-        with tempfile.TemporaryDirectory(prefix="htrq-bench-") as tmp:
-            settings = load_settings(
-                database_url=f"{base}/{db}",
-                broker_url=args.broker_url,
-                storage_dir=Path(tmp) / "blobs",
-                model=args.model,
-                batch_size=args.batch_size,
-                flush_every=args.flush_every,
-                worker_concurrency=args.concurrency,
-                num_beams=args.num_beams,
-                max_new_tokens=args.max_new_tokens,
-            )
-            upgrade(settings.database_url or "")
-            pages = make_pages(args.pages)
-            crops = line_crops(pages, settings, args.mode)
-            print(
-                f"{len(pages)} pages, {len(crops)} lines, model {settings.model}, "
-                f"batch {settings.batch_size}, group {settings.flush_every}, "
-                f"beams {settings.num_beams}, max tokens {settings.max_new_tokens}, "
-                f"mode {args.mode}, pool {args.pool}, {args.concurrency} worker processes",
-                flush=True,
-            )
-            bare = Bare(settings, crops, cpus=len(os.sched_getaffinity(0)))
-            service = Service(settings, args.timeout, args.mode, args.pool)
-            try:
-                # Warm-up job: the worker has started, loaded the model and run a first group.
-                service.run(pages[: settings.flush_every])
-                # Alternate the two, round by round: this machine's speed drifts, so each
-                # round's ratio compares runs made seconds apart, and the median of those
-                # ratios is the figure. Pages per CPU-second (the worker's processes against
-                # this one) is a second view that other load disturbs much less than wall
-                # time (PostgreSQL and Redis are not counted; the worker log has write time).
-                rounds = []
-                for n in range(1, args.rounds + 1):
-                    b, s = bare.rate(len(pages)), service.run(pages)
-                    rounds.append((b, s))
-                    print(
-                        f"round {n}: bare {b[0]:.2f} pages/s ({b[1]:.2f} per CPU-s; "
-                        f"{bare.lines} lines in {bare.pieces} pieces), "
-                        f"service {s[0]:.2f} pages/s ({s[1]:.2f} per CPU-s; "
-                        f"{service.lines} lines; submit took {service.submit_s:.2f} s), "
-                        f"ratio {s[0] / b[0]:.3f}",
-                        flush=True,
-                    )
-                    if bare.lines != service.lines:
-                        raise SystemExit("the two sides read different numbers of lines")
-                batches, pipeline_s, write_s = service.worker_times()
-            finally:
-                service.close()
-                bare.close()
-            print(
-                f"worker, all jobs: {batches} batches, {pipeline_s:.1f} s in the pipeline, "
-                f"{write_s:.2f} s writing results"
-            )
-            med = statistics.median
-            ratios = [s[0] / b[0] for b, s in rounds]
-            print(f"bare recognizer: {med(b[0] for b, _ in rounds):.2f} pages/s (median)")
-            print(f"service:         {med(s[0] for _, s in rounds):.2f} pages/s (median)")
-            print(
-                f"ratio:           {med(ratios):.3f} (median of {len(rounds)} rounds, "
-                f"{min(ratios):.3f}-{max(ratios):.3f}; target >= 0.9)"
-            )
-            print(f"ratio per CPU-s: {med(s[1] / b[1] for b, s in rounds):.3f}")
-    finally:
-        with psycopg.connect(args.admin_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+    with (
+        scratch_database(args.admin_url, args.broker_url) as database_url,
+        tempfile.TemporaryDirectory(prefix="htrq-bench-") as tmp,
+    ):
+        settings = load_settings(
+            database_url=database_url,
+            broker_url=args.broker_url,
+            storage_dir=Path(tmp) / "blobs",
+            model=args.model,
+            batch_size=args.batch_size,
+            flush_every=args.flush_every,
+            worker_concurrency=args.concurrency,
+            num_beams=args.num_beams,
+            max_new_tokens=args.max_new_tokens,
+        )
+        upgrade(settings.database_url or "")
+        pages = make_pages(args.pages)
+        crops = line_crops(pages, settings, args.mode)
+        print(
+            f"{len(pages)} pages, {len(crops)} lines, model {settings.model}, "
+            f"batch {settings.batch_size}, group {settings.flush_every}, "
+            f"beams {settings.num_beams}, max tokens {settings.max_new_tokens}, "
+            f"mode {args.mode}, pool {args.pool}, {args.concurrency} worker processes",
+            flush=True,
+        )
+        bare = Bare(settings, crops, cpus=len(os.sched_getaffinity(0)))
+        service = Service(settings, args.timeout, args.mode, args.pool)
+        try:
+            # Warm-up job: the worker has started, loaded the model and run a first group.
+            service.run(pages[: settings.flush_every])
+            # Alternate the two, round by round: this machine's speed drifts, so each
+            # round's ratio compares runs made seconds apart, and the median of those
+            # ratios is the figure. Pages per CPU-second (the worker's processes against
+            # this one) is a second view that other load disturbs much less than wall
+            # time (PostgreSQL and Redis are not counted; the worker log has write time).
+            rounds = []
+            for n in range(1, args.rounds + 1):
+                b, s = bare.rate(len(pages)), service.run(pages)
+                rounds.append((b, s))
+                print(
+                    f"round {n}: bare {b[0]:.2f} pages/s ({b[1]:.2f} per CPU-s; "
+                    f"{bare.lines} lines in {bare.pieces} pieces), "
+                    f"service {s[0]:.2f} pages/s ({s[1]:.2f} per CPU-s; "
+                    f"{service.lines} lines; submit took {service.submit_s:.2f} s), "
+                    f"ratio {s[0] / b[0]:.3f}",
+                    flush=True,
+                )
+                if bare.lines != service.lines:
+                    raise SystemExit("the two sides read different numbers of lines")
+            batches, pipeline_s, write_s = service.worker_times()
+        finally:
+            service.close()
+            bare.close()
+        print(
+            f"worker, all jobs: {batches} batches, {pipeline_s:.1f} s in the pipeline, "
+            f"{write_s:.2f} s writing results"
+        )
+        med = statistics.median
+        ratios = [s[0] / b[0] for b, s in rounds]
+        print(f"bare recognizer: {med(b[0] for b, _ in rounds):.2f} pages/s (median)")
+        print(f"service:         {med(s[0] for _, s in rounds):.2f} pages/s (median)")
+        print(
+            f"ratio:           {med(ratios):.3f} (median of {len(rounds)} rounds, "
+            f"{min(ratios):.3f}-{max(ratios):.3f}; target >= 0.9)"
+        )
+        print(f"ratio per CPU-s: {med(s[1] / b[1] for b, s in rounds):.3f}")
 
 
 if __name__ == "__main__":
