@@ -130,7 +130,9 @@ def test_one_tenant_s_backlog_does_not_hold_back_another_tenant_s_page(
             # A few groups of 4 (the worker's prefetch window and B's own group), not 200.
             assert a_before is not None and a_before < 100, a_before
         else:
-            assert a_before == 200
+            # B's page is read in the last group, beside up to flush_every - 1 of A's pages
+            # whose finish stamps may fall on either side of it; every earlier group went first.
+            assert a_before is not None and a_before >= 200 - (s.flush_every - 1), a_before
     finally:
         processes.kill(worker)
         delete_job(sessions=sessions, storage=storage, tenant_id=a, job_id=backlog.id)
