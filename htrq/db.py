@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 import migrations
@@ -16,7 +18,11 @@ import migrations
 MIGRATIONS_DIR = Path(next(iter(migrations.__path__)))
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
+#: A pooled connection that sat idle longer than this is pinged before it is used.
+PING_AFTER_IDLE_S = 5.0
+
+
+def make_engine(url: str, *, ping_after_idle: float = PING_AFTER_IDLE_S, **kwargs: Any) -> Engine:
     """Create an engine; on SQLite, turn on foreign keys and wait on locks instead of failing."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
@@ -28,9 +34,41 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             cur.close()
 
         return engine
-    # pre_ping: a worker outlives database restarts; a dead pooled connection is replaced
-    # instead of failing the next batch.
-    return create_engine(url, pool_pre_ping=True, **kwargs)
+    engine = create_engine(url, **kwargs)
+    _ping_after_idle(engine, ping_after_idle)
+    return engine
+
+
+def _ping_after_idle(engine: Engine, idle_s: float) -> None:
+    """Ping a pooled connection before use when it sat idle ``idle_s`` or longer, and replace
+    it if the server is gone.
+
+    Workers and the API outlive database restarts, so a dead pooled connection must be
+    replaced rather than fail the next batch or request. SQLAlchemy's ``pool_pre_ping`` does
+    that with a round trip on *every* checkout: a fifth of the API's time per status poll
+    under load (py-spy, ``bench/api_load.py``). A connection used moments ago needs no such
+    check; if the server died in between, the query fails once with a disconnect error and
+    SQLAlchemy then invalidates every connection of the pool, so the next ones reconnect.
+    Raising ``DisconnectionError`` in a checkout makes the pool retry with a new connection
+    (the pattern of SQLAlchemy's "custom pessimistic ping").
+    """
+    dialect = engine.dialect
+
+    @event.listens_for(engine, "checkin")
+    def _checked_in(_dbapi_conn: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get("idle_since")
+        if since is None or time.monotonic() - since < idle_s:
+            return  # new, or used moments ago
+        try:
+            dialect.do_ping(dbapi_conn)
+        except dialect.loaded_dbapi.Error as err:
+            if dialect.is_disconnect(err, dbapi_conn, None):
+                raise DisconnectionError(str(err)) from err
+            raise
 
 
 def make_sessions(engine: Engine) -> sessionmaker[Session]:

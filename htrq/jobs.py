@@ -13,7 +13,7 @@ import logging
 import uuid
 from collections.abc import Sequence
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -248,28 +248,32 @@ def retry(
     return len(ids)
 
 
+#: The status poll's one statement, built once: constructing it (and its correlated
+#: subquery's alias) for every poll cost a fifth of the API's CPU per poll under load (py-spy).
+_JOB_WITH_PAGES = (
+    select(
+        Job,
+        WebhookEvent,
+        Page.id.label("page_id"),
+        Page.index.label("page_index"),
+        Page.status.label("page_status"),
+        Page.attempts.label("page_attempts"),
+    )
+    .outerjoin(Page, Page.job_id == Job.id)
+    .outerjoin(WebhookEvent, WebhookEvent.id == latest_event_id(Job.id))
+    .where(Job.id == bindparam("job_id"), Job.tenant_id == bindparam("tenant_id"))
+    .order_by(Page.index)
+)
+
+
 def get_job(
     *, sessions: sessionmaker[Session], tenant_id: uuid.UUID, job_id: uuid.UUID | str
 ) -> JobResource:
     """The job with its pages' states and its latest webhook, read in one statement (one
     round trip, one snapshot: what a client polls for, so it is kept cheap)."""
     jid = _parse_id(job_id)
-    q = (
-        select(
-            Job,
-            WebhookEvent,
-            Page.id.label("page_id"),
-            Page.index.label("page_index"),
-            Page.status.label("page_status"),
-            Page.attempts.label("page_attempts"),
-        )
-        .outerjoin(Page, Page.job_id == Job.id)
-        .outerjoin(WebhookEvent, WebhookEvent.id == latest_event_id(Job.id))
-        .where(Job.id == jid, Job.tenant_id == tenant_id)
-        .order_by(Page.index)
-    )
     with read_scope(sessions) as s:
-        rows = s.execute(q).all()
+        rows = s.execute(_JOB_WITH_PAGES, {"job_id": jid, "tenant_id": tenant_id}).all()
     if not rows:
         raise NotFound(f"no job {job_id}")
     job, event = rows[0][0], rows[0][1]

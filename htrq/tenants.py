@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from htrq.db import read_scope, session_scope
@@ -93,17 +93,19 @@ def revoke_key(sessions: sessionmaker[Session], key_id: uuid.UUID | str) -> bool
         return True
 
 
+#: Built once: it runs on every request (see ``jobs._JOB_WITH_PAGES``).
+_TENANT_OF_KEY = select(ApiKey.tenant_id).where(
+    ApiKey.key_hash == bindparam("key_hash"), ApiKey.revoked_at.is_(None)
+)
+
+
 def tenant_for_key(sessions: sessionmaker[Session], key: str) -> uuid.UUID | None:
     """The tenant a live key belongs to; None for an unknown or revoked key."""
     if not key.startswith(KEY_PREFIX):
         return None
     # One read on every request: outside a transaction, which would cost two round trips more.
     with read_scope(sessions) as s:
-        return s.scalars(
-            select(ApiKey.tenant_id).where(
-                ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None)
-            )
-        ).first()
+        return s.scalars(_TENANT_OF_KEY, {"key_hash": hash_key(key)}).first()
 
 
 def default_tenant(sessions: sessionmaker[Session]) -> uuid.UUID:
