@@ -36,8 +36,25 @@ if TYPE_CHECKING:
 PG_ADMIN_URL = os.environ.get(
     "HTRQ_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 ).replace("postgresql+psycopg://", "postgresql://", 1)
-#: A Redis database the tests may flush.
-REDIS_URL = os.environ.get("HTRQ_TEST_BROKER_URL", "redis://127.0.0.1:6379/13")
+
+
+def _redis_url() -> str:
+    """A Redis database the tests may flush: db 13, or under pytest-xdist (``-n N``) db 13 +
+    the worker's number, so that workers running side by side never flush each other's.
+    Databases below 13 are left alone: db 0 is the service's own broker by default."""
+    base = os.environ.get("HTRQ_TEST_BROKER_URL", "redis://127.0.0.1:6379/13")
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")  # set by xdist in its workers
+    n = int(worker.removeprefix("gw") or 0)
+    if n == 0:
+        return base
+    root, _, last = base.rpartition("/")
+    root, db = (root, int(last)) if last.isdigit() else (base.rstrip("/"), 0)
+    if db + n > 15:
+        raise pytest.UsageError(f"pytest -n: at most {16 - db} workers (Redis dbs {db}-15)")
+    return f"{root}/{db + n}"
+
+
+REDIS_URL = _redis_url()
 #: Credentials for the test S3 server, which accepts any. ``s3_url`` puts them in the
 #: environment, where boto3's standard chain finds them (in service processes too).
 S3_CREDENTIALS = {
@@ -136,12 +153,15 @@ def process_state_restored() -> Iterator[None]:
     levels = {lg: lg.level for lg in loggers if isinstance(lg, logging.Logger)}
     yield
     signal.signal(signal.SIGPIPE, sigpipe)
+    # Only loggers whose level changed: each setLevel clears every logger's cache, and with
+    # transformers loaded there are thousands, so setting them all cost 0.2 s per test.
     for lg, level in levels.items():
-        lg.setLevel(level)
+        if lg.level != level:
+            lg.setLevel(level)
     for name, lg in list(logging.Logger.manager.loggerDict.items()):
         # Made during the test: ours start at NOTSET, whatever the test set them to.
         ours = name.split(".")[0] in ("htrq", "worker", "api")
-        if ours and isinstance(lg, logging.Logger) and lg not in levels:
+        if ours and isinstance(lg, logging.Logger) and lg not in levels and lg.level:
             lg.setLevel(logging.NOTSET)
 
 

@@ -163,6 +163,7 @@ def test_probes_and_docs(client: TestClient) -> None:
     } <= set(paths)
 
 
+@pytest.mark.slow  # seconds: waits on timeouts or reads many pages
 def test_readyz_is_503_when_the_broker_is_down(settings: Settings) -> None:
     """readyz names the dependency that cannot be reached."""
     down = settings.model_copy(update={"broker_url": "redis://127.0.0.1:1/0"})
@@ -171,6 +172,7 @@ def test_readyz_is_503_when_the_broker_is_down(settings: Settings) -> None:
     assert r.status_code == 503 and r.json() == {"database": True, "broker": False}
 
 
+@pytest.mark.slow  # seconds: waits on timeouts or reads many pages
 def test_a_broker_outage_still_accepts_the_job(settings: Settings) -> None:
     """With Redis down the job is stored and queued (the sweeper re-sends it later), not a 500."""
     down = settings.model_copy(update={"broker_url": "redis://127.0.0.1:1/0"})

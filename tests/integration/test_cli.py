@@ -66,6 +66,7 @@ def test_transcribe_without_a_database_keeps_blobs_to_itself(
     assert "## page.png (confidence " in capsys.readouterr().out
 
 
+@pytest.mark.slow  # seconds: waits on timeouts or reads many pages
 @pytest.mark.usefixtures("embedded_env")
 def test_transcribe_text_output_and_refused_files(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -87,6 +88,7 @@ def test_transcribe_text_output_and_refused_files(
     assert "unsupported_format" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # seconds: waits on timeouts or reads many pages
 @pytest.mark.usefixtures("embedded_env")
 def test_transcribe_writes_the_exports(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """--format txt / alto / page: one page prints its export; several make a zip with -o."""

@@ -150,6 +150,7 @@ def test_an_opencv_error_in_one_page_fails_that_page_only(
     assert "/" not in (bad.error_message or "") and "cv2" not in (bad.error_message or "")
 
 
+@pytest.mark.slow  # seconds: waits on timeouts or reads many pages
 def test_a_group_past_its_time_limit_is_read_again_page_by_page(
     sessions: sessionmaker[Session], settings: Settings
 ) -> None:
@@ -176,6 +177,7 @@ def test_a_group_past_its_time_limit_is_read_again_page_by_page(
     assert slow.attempts <= slow.attempt_limit
 
 
+@pytest.mark.slow  # seconds: waits on timeouts or reads many pages
 def test_each_stored_file_is_read_once_per_group(
     sessions: sessionmaker[Session], settings: Settings
 ) -> None:

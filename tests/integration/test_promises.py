@@ -253,6 +253,7 @@ def test_retry_over_http_requeues_failed_pages_and_413_too_many_pages(
     assert r.status_code == 413 and r.json()["error"]["code"] == "too_many_pages"
 
 
+@pytest.mark.slow  # seconds: waits on timeouts or reads many pages
 def test_the_sweeper_thread_takes_back_expired_leases(settings: Settings, engine) -> None:  # type: ignore[no-untyped-def]
     """The worker's sweeper thread itself (not one sweep called by hand) puts a page whose
     lease expired back to queued and sends it again, within a few sweep intervals."""
@@ -301,6 +302,7 @@ def test_the_sweeper_thread_takes_back_expired_leases(settings: Settings, engine
         delete_job(sessions=sessions, storage=storage, tenant_id=tenant, job_id=job.id)
 
 
+@pytest.mark.slow  # seconds: waits on timeouts or reads many pages
 def test_with_the_broker_down_a_sweep_still_takes_back_leases_but_resends_nothing(
     settings: Settings, sessions: sessionmaker[Session]
 ) -> None:

@@ -51,6 +51,7 @@ def _events(sessions, job_id: uuid.UUID) -> list[WebhookEvent]:
         )
 
 
+@pytest.mark.slow  # seconds: waits on timeouts or reads many pages
 def test_two_workers_finishing_the_last_pages_together_make_one_event(
     settings: Settings, engine: Engine
 ) -> None:
@@ -173,6 +174,7 @@ def test_the_api_refuses_an_internal_callback(settings: Settings, broker_url: st
     assert r.status_code == 422 and r.json()["error"]["code"] == "callback_not_allowed"
 
 
+@pytest.mark.slow  # seconds: waits on timeouts or reads many pages
 def test_delivery_retries_with_backoff_until_accepted(
     settings: Settings, sessions: sessionmaker[Session]
 ) -> None:

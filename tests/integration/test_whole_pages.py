@@ -7,6 +7,7 @@ import json
 import uuid
 from collections.abc import Sequence
 
+import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -21,6 +22,9 @@ from worker.embedded import LocalQueue
 from worker.reading import build_pipeline
 from worker.recognize import Recognizer
 from worker.training.synth_pages import SynthPage, render_page
+
+#: Seconds each (whole pages and PDFs rendered and read): left out of the fast subset.
+pytestmark = pytest.mark.slow
 
 
 def submit_and_process(

@@ -107,6 +107,7 @@ def test_weight_outside_its_range_is_refused(ctc_logp):
         CTCPrefixScore(ctc_logp, blank=BLANK, eos=EOS, weight=0.0)
 
 
+@pytest.mark.slow  # seconds: waits on timeouts or reads many pages
 def test_confidence_is_the_decoders_probability_of_the_text_greedy_or_with_beams():
     """With the shipped head, greedy and beam search read committed lines, and a line read
     the same both ways has the same confidence: the decoder's own probability of the text,

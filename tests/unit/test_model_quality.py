@@ -12,6 +12,9 @@ from worker.recognize import Recognizer
 from worker.training.data import read_lines_tsv
 from worker.training.evaluate import EvalResult, evaluate
 
+#: Seconds each (the shipped model reading its committed lines): left out of the fast subset.
+pytestmark = pytest.mark.slow
+
 HELD_OUT = Path(__file__).parents[1] / "resources" / "heldout-lines"
 REAL = Path(__file__).parents[1] / "resources" / "real-lines"
 

@@ -20,6 +20,9 @@ from worker.training.data import LineEncoding, LineSource, LineStream, write_lin
 from worker.training.train import group_cer, writable
 from worker.training.writers import split_collection
 
+#: Seconds each (training data pipelines over real line folders): left out of the fast subset.
+pytestmark = pytest.mark.slow
+
 
 def _line(text: str = "Dear Sir", width: int = 160) -> Image.Image:
     im = Image.new("L", (width, 32), 235)

@@ -23,6 +23,7 @@ from worker.segmentation.evaluate import iou, match
 from worker.training.synth_pages import archive_text, render_page
 
 
+@pytest.mark.slow  # a whole page through the segmenter: seconds each
 @pytest.mark.parametrize(
     "seed",
     [
@@ -44,6 +45,7 @@ def test_finds_every_line_of_a_synthetic_page(seed: int) -> None:
     assert all(b.polygon and len(b.polygon) >= 3 and b.baseline for b in found)
 
 
+@pytest.mark.slow  # a whole page through the segmenter: seconds each
 @pytest.mark.parametrize(
     "seed",
     [
@@ -70,6 +72,7 @@ def test_finds_every_line_of_a_form_like_page(seed: int) -> None:
     assert match([ln.bbox for ln in found], truth).true_positives == len(truth) == len(found)
 
 
+@pytest.mark.slow  # a whole page through the segmenter: seconds each
 def test_projection_baseline_segments_a_plain_page() -> None:
     """The projection-profile baseline finds the lines of a plain, gently skewed page."""
     page = render_page(1)

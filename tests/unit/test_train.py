@@ -16,6 +16,9 @@ from worker.training.build import build_tiny_model
 from worker.training.data import collate, encode_label, to_pixels
 from worker.training.train import TrainConfig, hybrid_loss, train, use_bf16
 
+#: Seconds each (training loops): left out of the fast subset.
+pytestmark = pytest.mark.slow
+
 
 def _config(tmp_path: Path, init: Path, steps: int) -> TrainConfig:
     return TrainConfig(
