@@ -12,11 +12,10 @@ from sqlalchemy.exc import OperationalError
 from htrq.db import make_engine
 
 
-def _kill_backends(engine: Engine, pids: list[int]) -> None:
-    """What a server restart does to the pool's connections: ends them from the server side."""
+def _kill_backend(engine: Engine, pid: int) -> None:
+    """What a server restart does to a pooled connection: ends it from the server side."""
     with engine.connect() as admin:
-        for pid in pids:
-            admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
 
 
 def _pid(engine: Engine) -> int:
@@ -29,7 +28,7 @@ def test_a_connection_idle_past_the_threshold_is_pinged_and_replaced(database_ur
     other = make_engine(database_url, pool_size=1, max_overflow=0)
     try:
         first = _pid(engine)
-        _kill_backends(other, [first])
+        _kill_backend(other, first)
         time.sleep(0.3)  # idle past the threshold: the checkout pings, finds it dead, reconnects
         second = _pid(engine)
         assert second != first
@@ -48,7 +47,7 @@ def test_a_connection_used_moments_ago_is_not_pinged_and_one_failure_renews_the_
     other = make_engine(database_url, pool_size=1, max_overflow=0)
     try:
         first = _pid(engine)
-        _kill_backends(other, [first])
+        _kill_backend(other, first)
         with pytest.raises(OperationalError), engine.connect() as conn:
             conn.scalar(text("SELECT 1"))
         assert _pid(engine) != first

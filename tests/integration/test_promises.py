@@ -7,6 +7,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -43,6 +44,18 @@ def test_backoff_doubles_from_the_first_delay_and_is_capped(settings: Settings) 
     assert [backoff(s, attempt) for attempt in range(1, 6)] == [2, 4, 8, 10, 10]
 
 
+def _broken_model_context(s: Settings, sessions: sessionmaker[Session], send: Any) -> BatchContext:
+    """A worker's batch context whose model fails on every line (a transient error)."""
+    return BatchContext(
+        settings=s,
+        sessions=sessions,
+        storage=open_store(s),
+        pipeline=Pipeline(read=LineReader(Broken(), max_aspect=12.0)),
+        model_name="broken",
+        send=send,
+    )
+
+
 def test_claims_failing_in_a_row_back_off_doubling_and_capped(
     sessions: sessionmaker[Session], settings: Settings
 ) -> None:
@@ -55,13 +68,8 @@ def test_claims_failing_in_a_row_back_off_doubling_and_capped(
         )
     )
     sent: list[tuple[list[str], float]] = []
-    ctx = BatchContext(
-        settings=s,
-        sessions=down,
-        storage=open_store(s),
-        pipeline=Pipeline(read=LineReader(Broken(), max_aspect=12.0)),
-        model_name="broken",
-        send=lambda ids, countdown=0: sent.append((list(ids), countdown)),
+    ctx = _broken_model_context(
+        s, down, lambda ids, countdown=0: sent.append((list(ids), countdown))
     )
     page = str(uuid.uuid4())
     for _ in range(5):
@@ -80,14 +88,7 @@ def test_a_transient_failure_is_sent_again_through_the_broker_with_its_countdown
     """A model error re-sends the page on Redis (not an in-process queue) with a Celery ETA
     the backoff ahead, and the page is queued again with its attempt counted."""
     s = settings.model_copy(update={"retry_backoff": 30, "retry_backoff_max": 300})
-    ctx = BatchContext(
-        settings=s,
-        sessions=sessions,
-        storage=open_store(s),
-        pipeline=Pipeline(read=LineReader(Broken(), max_aspect=12.0)),
-        model_name="broken",
-        send=CelerySender(make_celery(s)),
-    )
+    ctx = _broken_model_context(s, sessions, CelerySender(make_celery(s)))
     job, _ = jobs.submit(
         sessions=sessions,
         storage=ctx.storage,
