@@ -45,8 +45,9 @@ def _ping_after_idle(engine: Engine, idle_s: float) -> None:
 
     Workers and the API outlive database restarts, so a dead pooled connection must be
     replaced rather than fail the next batch or request. SQLAlchemy's ``pool_pre_ping`` does
-    that with a round trip on *every* checkout: a fifth of the API's time per status poll
-    under load (py-spy, ``bench/api_load.py``). A connection used moments ago needs no such
+    that with a round trip on *every* checkout: a fifth of the API's wall-clock samples per
+    status poll under load (py-spy, ``bench/api_load.py``; time waited on the database, not
+    the API's own CPU, which did not change measurably). A connection used moments ago needs no such
     check; if the server died in between, the query fails once with a disconnect error and
     SQLAlchemy then invalidates every connection of the pool, so the next ones reconnect.
     Raising ``DisconnectionError`` in a checkout makes the pool retry with a new connection
