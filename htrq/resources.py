@@ -138,7 +138,7 @@ class Provenance(BaseModel):
     model: str | None
     model_sha256: str | None = Field(description="SHA-256 of the model's weight files")
     decoding: dict[str, Any] | None = Field(
-        description="num_beams, ctc_weight, dtype, device, max_new_tokens"
+        description="num_beams, ctc_weight, dtype, device, max_new_tokens, quantize, stretches"
     )
     htrq_version: str | None
 

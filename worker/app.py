@@ -60,6 +60,7 @@ def load_recognizer(settings: Settings) -> Recognizer:
         max_new_tokens=settings.max_new_tokens,
         ctc_weight=settings.ctc_weight,
         quantize=settings.quantize,
+        stretches=settings.stretch_factors,
     )
 
 
@@ -86,7 +87,7 @@ def load_context(
         storage=open_store(settings),
         pipeline=build_pipeline(settings, recognizer),
         model_name=recognizer.name,
-        read_by=read_by(settings, recognizer.path, recognizer.ctc_weight),
+        read_by=read_by(settings, recognizer.path, recognizer.ctc_weight, recognizer.stretches),
         send=send,
     )
 

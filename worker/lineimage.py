@@ -77,6 +77,20 @@ def prepare_line(im: Image.Image) -> Image.Image:
     return out
 
 
+def stretch_width(im: Image.Image, factor: float) -> Image.Image:
+    """A prepared line ``factor`` times as wide, as tall as before (still marked prepared).
+
+    Reading a line again narrower and wider is a cheap second opinion: a writer's hand is
+    more or less compressed than the lines the model learned from, and a letter the model
+    misreads at one width it often reads at another.
+    """
+    if factor == 1.0:
+        return im
+    out = im.resize((max(1, round(im.width * factor)), im.height), Image.Resampling.BILINEAR)
+    out.info[PREPARED_KEY] = True
+    return out
+
+
 def split_aspect(width: int, height: int) -> float | None:
     """How many heights wide a line may be before it is split, for a ``width x height`` input;
     None for an input that is not line-shaped (never split).

@@ -53,9 +53,11 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def read_by(settings: Settings, model_dir: str, ctc_weight: float) -> ReadBy:
-    """The provenance of this worker's readings (``ctc_weight``: the one in force, 0 for a
-    model without a CTC head)."""
+def read_by(
+    settings: Settings, model_dir: str, ctc_weight: float, stretches: tuple[float, ...]
+) -> ReadBy:
+    """The provenance of this worker's readings (``ctc_weight`` and ``stretches``: those in
+    force, 0 for a model without a CTC head, one width for a model that reads squares)."""
     return ReadBy(
         model_sha256=weights_digest(model_dir),
         decoding={
@@ -66,6 +68,7 @@ def read_by(settings: Settings, model_dir: str, ctc_weight: float) -> ReadBy:
             "max_new_tokens": settings.max_new_tokens,
             "batch_size": settings.batch_size,
             "quantize": settings.quantize,
+            "stretches": ",".join(f"{f:g}" for f in stretches),
         },
         htrq_version=htrq_version(),
     )

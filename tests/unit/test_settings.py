@@ -118,3 +118,15 @@ def test_a_bad_s3_endpoint_is_refused_naming_the_variable(
     monkeypatch.setenv("HTRQ_S3_ENDPOINT_URL", "minio:9000")
     with pytest.raises(SettingsError, match="HTRQ_S3_ENDPOINT_URL='minio:9000'"):
         load_settings()
+
+
+def test_stretches_are_width_factors(monkeypatch: pytest.MonkeyPatch) -> None:
+    """HTRQ_STRETCHES: one reading per width, from 0.5 to 2, at most five, none twice."""
+    assert load_settings().stretch_factors == (1.0,)
+    monkeypatch.setenv("HTRQ_STRETCHES", " 1, 1.10 ,1.2")
+    s = load_settings()
+    assert (s.stretches, s.stretch_factors) == ("1,1.1,1.2", (1.0, 1.1, 1.2))
+    for bad in ("wide", "1,,1.1", "0.3,1", "1,1", "1,nan", "0.6,0.8,1,1.2,1.4,1.6", ""):
+        monkeypatch.setenv("HTRQ_STRETCHES", bad)
+        with pytest.raises(SettingsError, match="HTRQ_STRETCHES"):
+            load_settings()

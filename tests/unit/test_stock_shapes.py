@@ -20,6 +20,7 @@ from worker.app import load_recognizer
 from worker.decoding import length_limits
 from worker.lineimage import prepare_line, split_aspect
 from worker.pipeline import PageInput, PageOutput
+from worker.provenance import read_by
 from worker.reading import build_pipeline, line_reader
 from worker.training.data import LineEncoding, collate, write_lines_tsv
 
@@ -156,3 +157,14 @@ def test_htrq_eval_reads_a_folder_with_a_stock_shape(stock_model: Path, tmp_path
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [ln for ln in proc.stdout.splitlines() if " CER=" in ln]
     assert len(rows) == 2 and "beams=1" in rows[0] and "beams=2" in rows[1]
+
+
+def test_a_square_input_is_read_at_one_width_whatever_the_setting(
+    stock_model: Path, tmp_path: Path
+) -> None:
+    """Widths mean nothing to a model that squashes every line to a square: it reads once,
+    and the provenance says so."""
+    settings = _settings(stock_model, tmp_path).model_copy(update={"stretches": "0.85,1,1.15"})
+    rec = load_recognizer(settings)
+    assert rec.stretches == (1.0,)
+    assert read_by(settings, rec.path, rec.ctc_weight, rec.stretches).decoding["stretches"] == "1"

@@ -96,6 +96,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             max_new_tokens=args.max_new_tokens,
             ctc_weight=weight,
             quantize=args.quantize,
+            stretches=_floats(args.stretches),
         )
         res = evaluate(
             rec,
@@ -104,9 +105,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
             groups=groups,
             sweep=_floats(args.review_sweep) if args.review_sweep else (),
         )
-        rows.append({"ctc_weight": rec.ctc_weight, "beams": beams, "batch": batch, **asdict(res)})
+        stretches = ",".join(f"{f:g}" for f in rec.stretches)
+        rows.append(
+            {
+                "ctc_weight": rec.ctc_weight,
+                "beams": beams,
+                "batch": batch,
+                "stretches": stretches,
+                **asdict(res),
+            }
+        )
         print(
-            f"ctc={rec.ctc_weight:g} beams={beams} batch={batch} lines={res.lines} "
+            f"ctc={rec.ctc_weight:g} beams={beams} batch={batch} stretches={stretches} "
+            f"lines={res.lines} "
             f"CER={res.cer:.4f} WER={res.wer:.4f} "
             f"lines/s={res.lines_per_s:.1f} conf(exact)={res.conf_exact:.3f} "
             f"conf(wrong)={res.conf_wrong:.3f} CER(bottom 10% conf)={res.low_conf_cer:.4f} "
@@ -296,6 +307,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices=["none", "int8"],
         default="none",
         help="int8: dynamic int8 quantization of the linear layers (CPU)",
+    )
+    p.add_argument(
+        "--stretches",
+        metavar="F1,F2,...",
+        default="1",
+        help="read each line at these widths and keep the likeliest reading (HTRQ_STRETCHES)",
     )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
