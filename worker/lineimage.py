@@ -95,17 +95,17 @@ def split_aspect(width: int, height: int) -> float | None:
     """How many heights wide a line may be before it is split, for a ``width x height`` input;
     None for an input that is not line-shaped (never split).
 
-    A line model reads lines up to twice its input's aspect squeezed into it: synthetic
-    training lines, trimmed, reach 25:1 on a 12:1 input (99th percentile 18.8:1), and they
-    are squeezed the same way in training. Wider lines are split with overlap. Splitting
-    sooner costs more than it saves, since each seam is a chance to drop or repeat letters:
-    with the previous built-in checkpoint, greedy, held-out synthetic lines read at CER
-    0.328 when split beyond 12:1, 0.323 beyond 18:1 and 0.316 beyond 24:1. A square input
-    (stock TrOCR, 384x384) stretches every line into it, as it was trained: such a model
-    reads each line whole.
+    A line model reads lines up to three times its input's aspect squeezed into it, as it
+    was trained: real training lines, trimmed, reach 30:1 to 37:1 on a 12:1 input (99th
+    percentile 21:1 to 31:1 by collection), squeezed the same way. Wider lines are split with
+    overlap, and each seam is a chance to drop or repeat letters: the 20 of the 400 real
+    validation lines wider than 24:1 (up to 32:1) read at CER 0.344 split beyond 24:1 and
+    0.256 whole (greedy; 0.294 and 0.233 with beam 4; stage 8e), which took the whole set
+    from 0.299 to 0.292. A square input (stock TrOCR, 384x384) stretches every line into it,
+    as it was trained: such a model reads each line whole.
     """
     aspect = width / height
-    return 2 * aspect if aspect >= LINE_ASPECT else None
+    return 3 * aspect if aspect >= LINE_ASPECT else None
 
 
 def fit_line(
