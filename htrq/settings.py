@@ -20,6 +20,11 @@ ENV_PREFIX = "HTRQ_"
 MAX_STRETCHES = 5
 
 
+def stretches_text(factors: tuple[float, ...] | list[float]) -> str:
+    """Width factors as ``HTRQ_STRETCHES`` writes them (``1,1.1,1.2``)."""
+    return ",".join(f"{f:g}" for f in factors)
+
+
 class SettingsError(Exception):
     """A configuration value is wrong; the message names the environment variable."""
 
@@ -106,7 +111,7 @@ class Settings(BaseSettings):
     #: ``none``: as trained. The model card has the speed and CER of both.
     quantize: Literal["none", "int8"] = "none"
     #: Widths each line is read at, as factors of its own width, comma-separated; the reading
-    #: the model finds likeliest is kept. ``0.85,1,1.15`` reads every line three times: the
+    #: the model finds likeliest is kept. ``1,1.1,1.2`` reads every line three times: the
     #: model card has what that buys on real handwriting for three times the recognition time.
     stretches: str = "1"
     #: Line crops per ``generate()`` call.
@@ -254,13 +259,13 @@ class Settings(BaseSettings):
             factors = [float(f) for f in v.split(",")]
         except ValueError:
             raise ValueError(
-                "expected width factors separated by commas, such as 0.85,1,1.15"
+                "expected width factors separated by commas, such as 1,1.1,1.2"
             ) from None
         if not all(0.5 <= f <= 2.0 for f in factors) or len(set(factors)) != len(factors):
             raise ValueError("expected distinct width factors from 0.5 to 2")
         if len(factors) > MAX_STRETCHES:
             raise ValueError(f"at most {MAX_STRETCHES} widths (each costs a reading)")
-        return ",".join(f"{f:g}" for f in factors)
+        return stretches_text(factors)
 
     @property
     def stretch_factors(self) -> tuple[float, ...]:

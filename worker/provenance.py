@@ -12,7 +12,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from htrq.claims import ReadBy
-from htrq.settings import Settings
+from htrq.settings import Settings, stretches_text
 
 _WEIGHTS = ("*.safetensors", "*.bin")
 _CHUNK = 4 * 1024 * 1024
@@ -68,7 +68,7 @@ def read_by(
             "max_new_tokens": settings.max_new_tokens,
             "batch_size": settings.batch_size,
             "quantize": settings.quantize,
-            "stretches": ",".join(f"{f:g}" for f in stretches),
+            "stretches": stretches_text(stretches),
         },
         htrq_version=htrq_version(),
     )

@@ -9,6 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from htrq.resources import CTC_WEIGHT, REVIEW_BELOW
+from htrq.settings import stretches_text
 
 
 def _ints(text: str) -> list[int]:
@@ -105,7 +106,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             groups=groups,
             sweep=_floats(args.review_sweep) if args.review_sweep else (),
         )
-        stretches = ",".join(f"{f:g}" for f in rec.stretches)
+        stretches = stretches_text(rec.stretches)
         rows.append(
             {
                 "ctc_weight": rec.ctc_weight,
