@@ -63,6 +63,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             seed=args.seed,
             ctc_weight=args.ctc_weight,
             ctc_head_warmup=args.ctc_head_warmup,
+            stem_only_steps=args.stem_only_steps,
             curriculum_steps=args.curriculum_steps,
             distort=not args.no_distort,
             precision=args.precision,
@@ -179,6 +180,13 @@ def cmd_enlarge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_graft(args: argparse.Namespace) -> int:
+    from worker.training.reshape import graft_conv_stem
+
+    print(f"wrote {graft_conv_stem(args.model, args.out, args.design)}")
+    return 0
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
     from worker.training.data import render_eval_set_in_fonts, write_lines_tsv
     from worker.training.synth import load_fonts, split_fonts
@@ -269,6 +277,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="render synthetic lines without bent strokes and pen changes (the recipe before "
         "19,000 steps)",
+    )
+    p.add_argument(
+        "--stem-only-steps",
+        type=int,
+        default=0,
+        help="steps for which only a grafted conv stem learns (see htrq graft-stem)",
     )
     p.add_argument("--workers", type=int, default=1, help="data-loader processes rendering lines")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -412,3 +426,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="share of the mass given to the transcriptions' words",
     )
     p.set_defaults(func=cmd_lexicon)
+
+    p = sub.add_parser(
+        "graft-stem",
+        help="give a ViT line model a convolutional stem (a taller input), keeping its layers",
+    )
+    p.add_argument("model", type=Path, help="model folder (ViT encoder, one row of patches)")
+    p.add_argument("out", type=Path, help="model folder to write")
+    p.add_argument("--design", default="conv64", choices=["conv64"])
+    p.set_defaults(func=cmd_graft)

@@ -14,6 +14,7 @@ of the encoder).
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -71,3 +72,56 @@ def enlarge_input(model_dir: Path, out_dir: Path, factor: int = 2) -> Path:
 
 def _pair(value) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
+def graft_conv_stem(model_dir: Path, out_dir: Path, design: str = "conv64") -> Path:
+    """Write ``model_dir`` with a convolutional stem in place of its ViT patch projection.
+
+    The new model takes ``design``'s input (a taller line) and starts with everything the old
+    one learned above the patches: the transformer layers, the final layer norm, the decoder
+    (its language of characters and its cross-attention), the CTC head and the tokenizer.
+    The stem's column positions start as the ViT's patch positions (the same 96 columns of a
+    line); only the convolutions start from scratch, and ``htrq train --stem-only-steps``
+    lets them learn to feed the trained layers before anything else moves.
+    """
+    from worker.training.build import DESIGNS, build_model
+
+    old = load_model(str(model_dir))
+    processor = AutoProcessor.from_pretrained(model_dir)
+    if old.config.encoder.model_type != "vit":
+        raise ValueError(
+            f"only a ViT encoder's stem can be replaced, not {old.config.encoder.model_type!r}"
+        )
+    shape = DESIGNS[design]
+    if shape.encoder != "conv":
+        raise ValueError(f"{design} has no convolutional stem")
+    enc = old.config.encoder
+    shape = replace(
+        shape,
+        hidden=enc.hidden_size,
+        encoder_layers=enc.num_hidden_layers,
+        heads=enc.num_attention_heads,
+        ffn=enc.intermediate_size,
+    )
+    new, fresh = build_model(shape)
+    if len(fresh.tokenizer) != len(processor.tokenizer):
+        raise ValueError("the model's tokenizer is not the built-in character tokenizer")
+    new.decoder.load_state_dict(old.decoder.state_dict())
+    kept = {
+        k: v for k, v in old.encoder.state_dict().items() if k.startswith(("layers.", "layernorm."))
+    }
+    missing, unexpected = new.encoder.load_state_dict(kept, strict=False)
+    if unexpected or any(k.startswith(("layers.", "layernorm.")) for k in missing):
+        raise ValueError(f"the encoder layers do not match: {unexpected or missing}")
+    positions = old.encoder.embeddings.position_embeddings[:, 1:]  # the patches, not [CLS]
+    stem = new.encoder.stem
+    if positions.shape == stem.position_embeddings.shape:
+        with torch.no_grad():
+            stem.position_embeddings.copy_(positions)
+    processor.image_processor.size = {"height": shape.height, "width": shape.width}
+    new.generation_config = old.generation_config
+    set_special_tokens(new, processor.tokenizer, keep=True)
+    save(new, processor, out_dir)
+    if (Path(model_dir) / CTC_HEAD_FILE).exists():
+        shutil.copy(Path(model_dir) / CTC_HEAD_FILE, Path(out_dir) / CTC_HEAD_FILE)
+    return Path(out_dir)

@@ -90,6 +90,9 @@ class TrainConfig:
     #: steps from the shipped model at lr 5e-5 took validation CER from 0.076 to 0.142 with
     #: it, 0.080 without CTC.
     ctc_head_warmup: int = 300
+    #: Steps for which only a conv stem learns (``htrq graft-stem``): a new stem under trained
+    #: layers first learns to feed them, before its random output can pull them astray.
+    stem_only_steps: int = 0
     #: Bend strokes and vary the pen in synthetic training lines (``LineRenderer.distort``).
     distort: bool = True
     #: "auto" (bf16 on a CUDA GPU that supports it, else fp32), "fp32" or "bf16". On a CPU,
@@ -128,6 +131,21 @@ class _Progress(TrainerCallback):
             state.global_step,
             self.export_dir,
         )
+
+
+class _StemFirst(TrainerCallback):
+    """Keeps every gradient but the conv stem's out of the optimizer for the first steps
+    (a parameter whose gradient is None is skipped by AdamW, weight decay included)."""
+
+    def __init__(self, steps: int) -> None:
+        self.steps = steps
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kw):
+        if model is None or state.global_step >= self.steps:
+            return
+        for name, param in model.named_parameters():
+            if not name.startswith("encoder.stem."):
+                param.grad = None
 
 
 class HybridTrainer(Seq2SeqTrainer):
@@ -390,7 +408,10 @@ def train(cfg: TrainConfig) -> Path:
         eval_dataset=val,
         processing_class=processor,
         compute_metrics=metrics,
-        callbacks=[_Progress(stream, cfg.export_dir, processor)],
+        callbacks=[
+            _Progress(stream, cfg.export_dir, processor),
+            *([_StemFirst(cfg.stem_only_steps)] if cfg.stem_only_steps else []),
+        ],
     )
     trainer.train(resume_from_checkpoint=last)
     return cfg.export_dir or cfg.out_dir
