@@ -20,10 +20,10 @@ from starlette.exceptions import HTTPException
 from api.deps import Unauthorized
 from api.limits import RequestSizeLimit
 from api.routes import exports, health, images, jobs, lines, metrics, review
-from htrq.corrections import InvalidCorrection, PageNotSucceeded
 from htrq.db import make_engine, make_sessions
 from htrq.errors import PageError
 from htrq.jobs import IdempotencyConflict, NotFound
+from htrq.jobs.corrections import InvalidCorrection, PageNotSucceeded
 from htrq.models import DEFAULT_TENANT
 from htrq.queue import CelerySender, make_celery
 from htrq.settings import Settings, load_settings

@@ -38,13 +38,14 @@ from scratch import scratch_database
 from sqlalchemy import func, select
 
 from htrq import jobs
-from htrq.db import make_engine, make_sessions, session_scope, upgrade
-from htrq.deletion import delete_job
+from htrq.db import make_engine, make_sessions, session_scope
+from htrq.jobs.deletion import delete_job
 from htrq.models import Page
 from htrq.queue import CelerySender, make_celery
 from htrq.settings import Settings, load_settings
 from htrq.storage import open_store
 from htrq.tenants import ensure_tenant
+from migrations import upgrade
 
 
 def make_pages(n: int, synthetic: bool) -> list[bytes]:

@@ -1,6 +1,6 @@
 """``/v1/jobs/{id}/export`` and ``/v1/jobs/{id}/pages/{index}/export``: txt, json, ALTO, PAGE.
 
-Rendering is :mod:`htrq.exports` (pure); this module only loads rows and picks the format.
+Rendering is :mod:`htrq.exports.formats` (pure); this module only loads rows and picks the format.
 A page export answers 409 until the page has succeeded, a job export until every page has
 finished. In a finished job, failed pages are empty in txt (the form feeds keep the page
 positions), left out of the ALTO and PAGE zips, and carry their error in json.
@@ -19,11 +19,11 @@ from sqlalchemy.orm import selectinload
 
 from api.deps import SessionsDep, SettingsDep, StorageDep, TenantDep
 from api.schemas import ErrorBody
-from htrq.exports import FORMATS, from_rows, render_job_export, render_page_export
+from htrq.exports.formats import FORMATS, from_rows, render_job_export, render_page_export
+from htrq.exports.page_images import upright_page
+from htrq.exports.pdf import searchable_pdf
 from htrq.jobs import NotFound, check_page_index, owned_job
 from htrq.models import Page
-from htrq.page_images import upright_page
-from htrq.pdfexport import searchable_pdf
 from htrq.settings import Settings
 from htrq.storage import BlobStore
 

@@ -9,9 +9,9 @@ from sqlalchemy import select
 
 from api.deps import ReviewerDep, SessionsDep, SettingsDep, StorageDep
 from api.schemas import ErrorBody
+from htrq.exports.page_images import page_image
 from htrq.jobs import NotFound, check_page_index, owned_job
 from htrq.models import Page
-from htrq.page_images import page_image
 from htrq.storage import BlobMissing
 
 router = APIRouter(prefix="/v1/jobs", tags=["review"])

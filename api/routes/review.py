@@ -21,7 +21,7 @@ from api.deps import SessionsDep, SettingsDep, TenantDep, Unauthorized, bearer, 
 from api.review import PAGE, STATIC_DIR
 from api.schemas import ErrorBody, ReviewLink, ReviewLinkRequest
 from htrq.jobs import NotFound, owned_job
-from htrq.review_links import TOKEN_QUERY, make_token
+from htrq.tenants.review_links import TOKEN_QUERY, make_token
 
 router = APIRouter(tags=["review"])
 

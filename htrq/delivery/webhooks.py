@@ -1,6 +1,6 @@
 """Completion webhooks: which callback URLs are allowed, how events are signed and sent.
 
-Events are written to the ``webhook_events`` outbox by :mod:`htrq.completion`, in the
+Events are written to the ``webhook_events`` outbox by :mod:`htrq.delivery.completion`, in the
 transaction that finishes a job; the workers' dispatcher (:func:`deliver_due`) sends them.
 Each attempt claims the event for a short while first (``FOR UPDATE SKIP LOCKED``), so two
 workers never send the same event at once; an event is re-sent with capped, doubling backoff

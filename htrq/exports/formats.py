@@ -36,7 +36,7 @@ FORMATS = {
     "json": "application/json",
     "alto": "application/xml",
     "page": "application/xml",
-    "pdf": "application/pdf",  #: rendered by htrq.pdfexport, which needs the page images
+    "pdf": "application/pdf",  #: rendered by htrq.exports.pdf, which needs the page images
 }
 
 Point = tuple[int, int]

@@ -2,8 +2,9 @@
 coordinates refer to.
 
 The worker reads a page after :func:`htrq.inputs.render_page` and EXIF orientation
-(``worker.preprocess.normalise_page``), and stores line coordinates in that upright image;
-this renders the same way, keeping the scan's colours, so the outlines fall on their lines.
+(``worker.segmentation.preprocess.normalise_page``), and stores line coordinates in that
+upright image; this renders the same way, keeping the scan's colours, so the outlines fall
+on their lines.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import io
 
 from PIL import Image, ImageOps
 
-from htrq.inputs import render_page
+from htrq.inputs import render_stored_page
 from htrq.settings import Settings
 
 #: Pages up to this many pixels are sent as PNG (lossless: line images, small scans); larger
@@ -24,13 +25,7 @@ JPEG_QUALITY = 88
 def upright_page(data: bytes, frame: int, settings: Settings) -> Image.Image:
     """Page ``frame`` of a stored upload, decoded and upright, as the worker saw it before
     normalising (a PDF page at ``HTRQ_PDF_DPI``, which its ``dpi`` says)."""
-    im = render_page(
-        data,
-        frame,
-        dpi=settings.pdf_dpi,
-        max_pixels=settings.max_pixels,
-        max_aspect=settings.max_aspect,
-    )
+    im = render_stored_page(data, frame, settings)
     im.info.setdefault("dpi", (settings.pdf_dpi, settings.pdf_dpi))
     return ImageOps.exif_transpose(im)
 

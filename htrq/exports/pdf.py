@@ -15,7 +15,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from htrq.exports import PageResult
+from htrq.exports.formats import PageResult
 
 FONT_FILE = Path(__file__).parent / "fonts" / "DejaVuSans.ttf"
 FONT = "htrq-text"

@@ -17,11 +17,12 @@ from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from htrq.blobs import lock_blobs
-from htrq.completion import reopen
 from htrq.db import read_scope, session_scope
+from htrq.delivery.completion import reopen
+from htrq.delivery.webhooks import check_callback_url, latest_event_id, webhook_state
 from htrq.errors import PERMANENT_CODES, PageError
 from htrq.inputs import inspect_upload
+from htrq.jobs.uploads import Upload
 from htrq.models import JOB_MODES, Job, Line, Page, WebhookEvent, utcnow
 from htrq.queue import Send, page_queue
 from htrq.resources import (
@@ -37,9 +38,8 @@ from htrq.resources import (
 )
 from htrq.settings import Settings
 from htrq.storage import BlobStore
+from htrq.storage.blobs import lock_blobs
 from htrq.text import clean_filename
-from htrq.uploads import Upload
-from htrq.webhooks import check_callback_url, latest_event_id, webhook_state
 
 log = logging.getLogger(__name__)
 

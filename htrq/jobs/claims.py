@@ -20,7 +20,7 @@ from sqlalchemy import and_, bindparam, delete, false, insert, or_, select, true
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
-from htrq.completion import note_finished
+from htrq.delivery.completion import note_finished
 from htrq.models import Job, Line, Page, utcnow
 
 NO_SYNC = {"synchronize_session": False}

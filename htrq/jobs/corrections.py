@@ -3,20 +3,25 @@
 ``Line.text`` stays what the model read; ``Line.correction`` is what a person says the line
 reads, with ``corrected_at``. ``reviewed_at`` is when a person last checked the line, with or
 without a change. Both the page resource and every export show the corrected text; the
-corrections export (``worker.corrections``) turns the checked lines into training data.
+corrections export (``worker.training.reviewed_lines``) turns the checked lines
+(:func:`checked_lines`) into training data.
 """
 
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Select, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from htrq.db import session_scope
 from htrq.jobs import NotFound, check_page_index, line_resource, owned_job
-from htrq.models import Line, Page, utcnow
+from htrq.models import Job, Line, Page, Tenant, utcnow
 from htrq.resources import REVIEW_BELOW, LineResource
+from htrq.tenants import UnknownTenant
 from htrq.text import clean_correction
 
 #: Line indexes are a 32-bit INTEGER column, as page indexes are.
@@ -95,3 +100,78 @@ def correct_line(
             line.correction, line.corrected_at, line.reviewed_at = None, None, None
         s.flush()
         return line_resource(line, review_below=review_below)
+
+
+@dataclass(frozen=True)
+class CheckedLine:
+    """A line a person corrected or confirmed, with where its page's image is stored."""
+
+    job_id: uuid.UUID
+    page: int  #: the page's index in its job
+    blob_key: str
+    frame: int
+    width: int | None
+    height: int | None
+    mode: str  #: the job's mode: ``page`` or ``line``
+    index: int  #: the line's index on its page
+    text: str  #: the model's reading
+    correction: str | None
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+    polygon: str | None  #: JSON, as stored
+    baseline: str | None  #: JSON, as stored
+
+
+def checked_lines(
+    *,
+    sessions: sessionmaker[Session],
+    tenant: str | None = None,
+    since: datetime | None = None,
+) -> list[CheckedLine]:
+    """The lines a person corrected or confirmed (as read) on succeeded pages, of ``tenant``'s
+    jobs only and checked at or after ``since`` where given, in job, page and line order.
+
+    Raises :class:`UnknownTenant` for a tenant name that does not exist.
+    """
+    with sessions() as s:
+        return [CheckedLine(**row._mapping) for row in s.execute(_checked_query(s, tenant, since))]
+
+
+def _checked_query(session: Session, tenant: str | None, since: datetime | None) -> Select[Any]:
+    q = (
+        select(
+            Page.job_id,
+            Page.index.label("page"),
+            Page.blob_key,
+            Page.frame,
+            Page.width,
+            Page.height,
+            Job.mode,
+            Line.index,
+            Line.text,
+            Line.correction,
+            Line.x0,
+            Line.y0,
+            Line.x1,
+            Line.y1,
+            Line.polygon,
+            Line.baseline,
+        )
+        .join(Page, Line.page_id == Page.id)
+        .join(Job, Page.job_id == Job.id)
+        .where(
+            Page.status == "succeeded",
+            or_(Line.correction.is_not(None), Line.reviewed_at.is_not(None)),
+        )
+        .order_by(Job.created_at, Job.id, Page.index, Line.index)
+    )
+    if tenant is not None:
+        tenant_id = session.scalars(select(Tenant.id).where(Tenant.name == tenant)).first()
+        if tenant_id is None:
+            raise UnknownTenant(f"no tenant {tenant!r}")
+        q = q.where(Job.tenant_id == tenant_id)
+    if since is not None:
+        q = q.where(or_(Line.reviewed_at >= since, Line.corrected_at >= since))
+    return q

@@ -14,11 +14,11 @@ from datetime import datetime
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from htrq.blobs import lock_blobs, remove_unused
 from htrq.db import session_scope
 from htrq.jobs import owned_job
 from htrq.models import Job, Page
 from htrq.storage import BlobStore
+from htrq.storage.blobs import lock_blobs, remove_unused
 
 log = logging.getLogger(__name__)
 

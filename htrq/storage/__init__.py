@@ -16,13 +16,10 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
-from urllib.parse import unquote, urlsplit
+from typing import Any, BinaryIO, Protocol
 
-if TYPE_CHECKING:
-    from htrq.settings import Settings
+from htrq.settings import Settings, parse_storage_url
 
 #: Seconds to open a connection to the object store, and to wait for each read from it (a
 #: read, not the whole transfer: a 50 MB upload may take longer).
@@ -259,39 +256,6 @@ def _s3_errors(missing: str | None = None) -> Iterator[None]:
     except BotoCoreError as exc:
         name = type(exc).__name__
         raise StorageUnavailable(f"the object store could not be used ({name})") from exc
-
-
-@dataclass(frozen=True)
-class StorageLocation:
-    """Where blobs live: a directory (``path``) or a bucket and a prefix in it."""
-
-    scheme: str  #: ``file`` or ``s3``
-    path: Path | None = None
-    bucket: str = ""
-    prefix: str = ""
-
-
-def parse_storage_url(url: str) -> StorageLocation:
-    """``file:///srv/htrq/blobs`` or ``s3://bucket/prefix``; raises ValueError otherwise.
-
-    The messages never repeat what stands before ``@``: a credential put in the URL.
-    """
-    parts = urlsplit(url.strip())
-    if parts.scheme not in ("file", "s3"):
-        raise ValueError("expected file:///absolute/path or s3://bucket/prefix")
-    if parts.query or parts.fragment:
-        raise ValueError("a storage URL takes no query (?) or fragment (#)")
-    if parts.scheme == "file":
-        if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
-            raise ValueError("a file URL takes an absolute path: file:///srv/htrq/blobs")
-        return StorageLocation("file", path=Path(unquote(parts.path)))
-    if "@" in parts.netloc:
-        raise ValueError(
-            "credentials do not go in the URL: use AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
-        )
-    if not parts.netloc:
-        raise ValueError("an s3 URL names its bucket: s3://bucket/prefix")
-    return StorageLocation("s3", bucket=parts.netloc, prefix=unquote(parts.path).strip("/"))
 
 
 def open_store(settings: Settings) -> BlobStore:

@@ -9,22 +9,21 @@ from __future__ import annotations
 import logging
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from PIL import Image
 
 from htrq.errors import PageError, public_message
-from htrq.inputs import DEFAULT_MAX_ASPECT, is_pdf, render_page
-from worker.preprocess import BLANK_INFO_KEY, SKEW_INFO_KEY, normalise_page
-from worker.reading import ReadLines
-from worker.render import render_pdf_limited
-from worker.segment import (
-    LineBox,
-    Segmenter,
-    WholeImageSegmenter,
-    crop_lines,
-    make_segmenter,
-    to_source_frame,
-)
+from htrq.inputs import DEFAULT_MAX_ASPECT, is_pdf, render_stored_page
+from worker.recognition.reading import ReadLines, line_reader
+from worker.recognition.render import render_pdf_limited
+from worker.segmentation import LineBox, Segmenter, WholeImageSegmenter, make_segmenter
+from worker.segmentation.crops import crop_lines, to_source_frame
+from worker.segmentation.preprocess import BLANK_INFO_KEY, SKEW_INFO_KEY, normalise_page
+
+if TYPE_CHECKING:
+    from htrq.settings import Settings
+    from worker.recognition.recognizer import Recognizer
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +80,7 @@ class Pipeline:
         pdf_render_seconds: float | None = 30.0,
         line_margin: int = 4,
     ) -> None:
-        #: Reads every line crop of the group in one call (``worker.reading``).
+        #: Reads every line crop of the group in one call (``worker.recognition.reading``).
         self.read = read
         #: Used for ``mode=page``; the next issue swaps in a real page segmenter here.
         self.segmenter: Segmenter = segmenter or make_segmenter()
@@ -101,8 +100,8 @@ class Pipeline:
 
         Whatever goes wrong while one page is decoded, normalised, segmented or cut stays
         that page's error. A failure of the recognizer on the group's lines propagates to the
-        caller, unless it can be pinned on some lines (``worker.reading``): then only the
-        pages holding them fail, with ``model_error``.
+        caller, unless it can be pinned on some lines (``worker.recognition.reading``): then
+        only the pages holding them fail, with ``model_error``.
         """
         outcomes: dict[Hashable, PageOutput | PageError] = {}
         spans: list[tuple[Hashable, list[LineBox], int, tuple[int, int]]] = []
@@ -186,9 +185,27 @@ class Pipeline:
         return lines, crops, im.size
 
     def _render(self, page: PageInput) -> Image.Image:
-        limits = {"max_pixels": self.max_pixels, "max_aspect": self.max_aspect}
         if is_pdf(page.data) and self.pdf_render_seconds is not None:
             return render_pdf_limited(
-                page.data, page.frame, dpi=self.pdf_dpi, seconds=self.pdf_render_seconds, **limits
+                page.data,
+                page.frame,
+                dpi=self.pdf_dpi,
+                seconds=self.pdf_render_seconds,
+                max_pixels=self.max_pixels,
+                max_aspect=self.max_aspect,
             )
-        return render_page(page.data, page.frame, dpi=self.pdf_dpi, **limits)
+        return render_stored_page(page.data, page.frame, self)
+
+
+def build_pipeline(settings: Settings, recognizer: Recognizer) -> Pipeline:
+    """The page pipeline the settings describe, reading with ``recognizer``."""
+    return Pipeline(
+        read=line_reader(recognizer),
+        segmenter=make_segmenter(settings.segmenter),
+        max_pixels=settings.max_pixels,
+        max_aspect=settings.max_aspect,
+        max_lines=settings.max_lines_per_page,
+        pdf_dpi=settings.pdf_dpi,
+        pdf_render_seconds=settings.pdf_render_seconds,
+        line_margin=settings.line_margin,
+    )

@@ -11,7 +11,7 @@ import hashlib
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from htrq.claims import ReadBy
+from htrq.jobs.claims import ReadBy
 from htrq.settings import Settings, stretches_text
 
 _WEIGHTS = ("*.safetensors", "*.bin")

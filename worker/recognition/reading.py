@@ -5,7 +5,8 @@ benchmarks), goes through the same steps: trimmed to its ink, split into overlap
 when it is wider than the model can take, the pieces recognised together with every other
 line's, their texts re-joined. How wide is too wide depends on the model's input shape, so
 the reader is made from the loaded recognizer (:func:`line_reader`) and the page pipeline
-from settings and that recognizer (:func:`build_pipeline`); nothing else assembles them.
+from settings and that recognizer
+(:func:`worker.recognition.pipeline.build_pipeline`); nothing else assembles them.
 """
 
 from __future__ import annotations
@@ -18,15 +19,13 @@ from typing import TYPE_CHECKING, Protocol
 from PIL import Image
 
 from htrq.text import clean_line_text
-from worker.lineimage import prepare_line, split_aspect
-from worker.segment import join_all, split_all
+from worker.recognition.lineimage import prepare_line, split_aspect
+from worker.recognition.splitting import join_all, split_all
 
 log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
-    from htrq.settings import Settings
-    from worker.pipeline import Pipeline
-    from worker.recognize import Recognizer
+    from worker.recognition.recognizer import Recognizer
 
 
 class Recognized(Protocol):
@@ -137,19 +136,3 @@ def check_reads(reader: ReadLines) -> None:
     if read is None or not isinstance(read[0], str):
         raise CannotRead(f"the reader returned {read!r} for a line")
 
-
-def build_pipeline(settings: Settings, recognizer: Recognizer) -> Pipeline:
-    """The page pipeline the settings describe, reading with ``recognizer``."""
-    from worker.pipeline import Pipeline
-    from worker.segment import make_segmenter
-
-    return Pipeline(
-        read=line_reader(recognizer),
-        segmenter=make_segmenter(settings.segmenter),
-        max_pixels=settings.max_pixels,
-        max_aspect=settings.max_aspect,
-        max_lines=settings.max_lines_per_page,
-        pdf_dpi=settings.pdf_dpi,
-        pdf_render_seconds=settings.pdf_render_seconds,
-        line_margin=settings.line_margin,
-    )

@@ -21,15 +21,15 @@ from transformers import AutoProcessor, LogitsProcessorList, VisionEncoderDecode
 from transformers.utils import logging as hf_logging
 
 from htrq.resources import CTC_WEIGHT
-from worker.ctc_prefix import CTC_HEAD_FILE, CTCPrefixScore, load_ctc_head
-from worker.decoding import LengthLimit, length_limits, token_chars
-from worker.lineimage import LINE_ASPECT, fit_line, prepare_line, stretch_width
-from worker.loading import load_model
+from worker.recognition.ctc_prefix import CTC_HEAD_FILE, CTCPrefixScore, load_ctc_head
+from worker.recognition.decoding import LengthLimit, length_limits, token_chars
+from worker.recognition.lineimage import LINE_ASPECT, fit_line, prepare_line, stretch_width
+from worker.recognition.loading import load_model
 
 log = logging.getLogger(__name__)
 
 #: The model shipped in the repository, used when settings name no other.
-BUILTIN_MODEL = Path(__file__).parent / "models" / "htrq-line-small"
+BUILTIN_MODEL = Path(__file__).parents[1] / "models" / "htrq-line-small"
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -94,8 +94,8 @@ class Recognizer:
         self.channels = model.config.encoder.num_channels
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
-        #: Joint CTC/attention decoding (``worker.ctc_prefix``) where the model has a CTC head
-        #: and the weight is above 0; otherwise the decoder reads alone.
+        #: Joint CTC/attention decoding (``worker.recognition.ctc_prefix``) where the model has a
+        #: CTC head and the weight is above 0; otherwise the decoder reads alone.
         self.ctc_weight = ctc_weight if ctc_head is not None else 0.0
         self.ctc_head = ctc_head.to(self.device, self.dtype).eval() if self.ctc_weight else None
         #: Characters per token, for the length limit (None: one per token).

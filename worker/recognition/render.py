@@ -3,11 +3,12 @@
 PDFium renders in C and cannot be interrupted from Python: a crafted page (deep pattern
 nesting, huge vector paths) can render for as long as it likes, holding a worker and its
 claimed pages. Each worker process therefore renders PDF pages in a helper process of its
-own (``python -m worker.render``, started on first use and kept), sending the file and page
-over a pipe; past ``seconds`` the helper is killed, the page fails with ``too_slow``, and the
-next PDF page starts a new helper. A plain subprocess rather than ``multiprocessing``: Celery's
-prefork children are daemonic, and daemonic processes may not have children of their own.
-Image files do not need this: Pillow decodes them in bounded time once their size is checked.
+own (``python -m worker.recognition.render``, started on first use and kept), sending the
+file and page over a pipe; past ``seconds`` the helper is killed, the page fails with
+``too_slow``, and the next PDF page starts a new helper. A plain subprocess rather than
+``multiprocessing``: Celery's prefork children are daemonic, and daemonic processes may not
+have children of their own. Image files do not need this: Pillow decodes them in bounded
+time once their size is checked.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ class _Helper:
     def _running(self) -> subprocess.Popen[bytes]:
         if self.proc is None or self.proc.poll() is not None:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "worker.render"],
+                [sys.executable, "-m", "worker.recognition.render"],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
             )

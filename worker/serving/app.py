@@ -21,16 +21,17 @@ from htrq.db import make_engine, make_sessions
 from htrq.queue import CelerySender, Send, make_celery
 from htrq.settings import Settings, load_settings
 from htrq.storage import open_store
-from worker import metrics
-from worker.batch import BatchContext
-from worker.provenance import read_by
-from worker.queues import QueueWatcher, list_tenants, tenant_queues_step
-from worker.reading import CannotRead, build_pipeline, check_reads, line_reader
-from worker.sweeper import SweeperThread, WebhookThread
-from worker.tasks import RestartFlushTimers, register_tasks
+from worker.recognition.pipeline import build_pipeline
+from worker.recognition.provenance import read_by
+from worker.recognition.reading import CannotRead, check_reads, line_reader
+from worker.serving import worker_metrics
+from worker.serving.batch import BatchContext
+from worker.serving.queues import QueueWatcher, list_tenants, tenant_queues_step
+from worker.serving.sweeper import SweeperThread, WebhookThread
+from worker.serving.tasks import RestartFlushTimers, register_tasks
 
 if TYPE_CHECKING:
-    from worker.recognize import Recognizer
+    from worker.recognition.recognizer import Recognizer
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ model_failed = multiprocessing.Value("b", 0)
 
 def load_recognizer(settings: Settings) -> Recognizer:
     """The recognizer the settings describe (imports torch: call it only where it runs)."""
-    from worker.recognize import Recognizer
+    from worker.recognition.recognizer import Recognizer
 
     return Recognizer.load(
         model=settings.model,
@@ -80,7 +81,7 @@ def load_context(
     recognizer = load_recognizer(settings)
     check_reads(line_reader(recognizer))
     if record_metrics:
-        recognizer.on_generate = metrics.generate_timer(recognizer.name)
+        recognizer.on_generate = worker_metrics.generate_timer(recognizer.name)
     return BatchContext(
         settings=settings,
         sessions=make_sessions(make_engine(database_url)),
@@ -114,7 +115,7 @@ def get_context() -> BatchContext:
             send=CelerySender(_app),
             record_metrics=True,
         )
-        metrics.process_ready(_context.model_name)
+        worker_metrics.process_ready(_context.model_name)
         log.info(
             "worker process ready: model %s, %d torch threads",
             _context.model_name,
@@ -141,7 +142,7 @@ def create_app(settings: Settings) -> Celery:
     app.steps["consumer"].add(RestartFlushTimers)
     global _main_pid, _watcher
     _app, _settings, _main_pid = app, settings, os.getpid()
-    # The model's queue of every tenant, as tenants are made (worker/queues.py).
+    # The model's queue of every tenant, as tenants are made (worker/serving/queues.py).
     _watcher = QueueWatcher(settings=settings, tenants=_tenant_lister(settings.database_url))
     app.steps["consumer"].add(tenant_queues_step(_watcher))
     signals.worker_process_init.connect(_on_process_init, weak=False, dispatch_uid="htrq-init")
@@ -185,7 +186,7 @@ def _on_process_init(**_: Any) -> None:
 
 
 def _on_process_shutdown(**_: Any) -> None:
-    metrics.process_exiting()
+    worker_metrics.process_exiting()
 
 
 def _start_sweeper(**_: Any) -> None:
@@ -212,7 +213,7 @@ def _stop_sweeper(**_: Any) -> None:
 
 
 def __getattr__(name: str) -> Celery:
-    # `celery -A worker.app worker` looks up `app`: build it from the environment on demand.
+    # `celery -A worker.serving.app worker` looks up `app`: build it from the environment on demand.
     if name == "app":
         return _app or create_app(load_settings())
     raise AttributeError(name)

@@ -17,7 +17,9 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from htrq.claims import (
+from htrq.db import session_scope
+from htrq.errors import PageError, public_message
+from htrq.jobs.claims import (
     Claim,
     ReadBy,
     claim_pages,
@@ -26,14 +28,12 @@ from htrq.claims import (
     write_failure,
     write_result,
 )
-from htrq.db import session_scope
-from htrq.errors import PageError, public_message
 from htrq.models import Job, Page, utcnow
 from htrq.queue import Send
 from htrq.settings import Settings
 from htrq.storage import BlobMissing, BlobStore, StorageUnavailable
-from worker.pipeline import PageInput, PageOutput, Pipeline
-from worker.timelimit import TimeLimitExceeded, time_limit
+from worker.recognition.pipeline import PageInput, PageOutput, Pipeline
+from worker.serving.timelimit import TimeLimitExceeded, time_limit
 
 log = logging.getLogger(__name__)
 

@@ -15,15 +15,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from htrq import jobs
-from htrq.db import upgrade
 from htrq.errors import PageError
 from htrq.inputs import inspect_upload
+from htrq.jobs.uploads import Upload
 from htrq.resources import ErrorInfo, PageResource
 from htrq.settings import Settings
 from htrq.tenants import default_tenant
-from htrq.uploads import Upload
-from worker.app import load_context
-from worker.batch import process_batch
+from migrations import upgrade
+from worker.serving.app import load_context
+from worker.serving.batch import process_batch
 
 
 class LocalQueue:

@@ -16,14 +16,14 @@ from datetime import datetime, timedelta
 import httpx
 from sqlalchemy.orm import Session, sessionmaker
 
-from htrq.claims import Route, Swept, routes_of, stale_routes, sweep
 from htrq.db import session_scope
-from htrq.deletion import purge_finished
+from htrq.delivery.webhooks import deliver_due
+from htrq.jobs.claims import Route, Swept, routes_of, stale_routes, sweep
+from htrq.jobs.deletion import purge_finished
 from htrq.models import utcnow
 from htrq.queue import LEGACY_QUEUE, CelerySender, page_queue
 from htrq.settings import Settings
 from htrq.storage import BlobStore
-from htrq.webhooks import deliver_due
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ from kombu.asynchronous.timer import Timer
 
 from htrq.queue import PROCESS_PAGE, model_queue
 from htrq.settings import Settings
-from worker.batch import BatchContext, process_batch
-from worker.metrics import record_batch
-from worker.queues import SendBack
+from worker.serving.batch import BatchContext, process_batch
+from worker.serving.queues import SendBack
+from worker.serving.worker_metrics import record_batch
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ batch code needs one that works wherever it runs (prefork, solo, ``htrq transcri
 lets it decide what happens to each page. The alarm interrupts Python between bytecodes:
 a C call in progress (one ``generate`` step, an OpenCV filter) finishes first, so the limit
 holds to within one such call. PDF rendering, one C call that can take minutes, has its own
-limit (``worker.render``).
+limit (``worker.recognition.render``).
 """
 
 from __future__ import annotations

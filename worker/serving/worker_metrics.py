@@ -1,9 +1,9 @@
 """The worker's Prometheus metrics (``htrq_worker_*``), recorded in each pool process.
 
-They are recorded from the batch task's report (``worker.tasks``) and from the recognizer's
+They are recorded from the batch task's report (``worker.serving.tasks``) and from the recognizer's
 ``on_generate`` hook, so that the pipeline and the recognizer know nothing of Prometheus.
 Under ``htrq worker`` with ``HTRQ_WORKER_METRICS_PORT`` set, prometheus_client runs in
-multiprocess mode (``worker.metrics_server``): each process writes its values to files in a
+multiprocess mode (``worker.serving.metrics_server``): each process writes its values to files in a
 private directory, and the main process merges them when scraped. Otherwise (``htrq
 transcribe``, metrics off) they are in-process values that nobody reads.
 """
@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.multiprocess import mark_process_dead
 
-from worker.metrics_server import MULTIPROC_DIR_ENV
+from worker.serving.metrics_server import MULTIPROC_DIR_ENV
 
 if TYPE_CHECKING:
-    from worker.batch import BatchReport
+    from worker.serving.batch import BatchReport
 
 #: What can become of a page in a batch, as the worker's log line counts them.
 OUTCOMES = ("succeeded", "failed", "requeued", "discarded")

@@ -22,7 +22,7 @@ from transformers import (
     ViTImageProcessor,
 )
 
-from worker.ctc_prefix import CTC_HEAD_FILE
+from worker.recognition.ctc_prefix import CTC_HEAD_FILE
 
 #: Special tokens in TrOCR's order: start, pad, end, unknown.
 SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]

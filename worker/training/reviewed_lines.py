@@ -1,14 +1,15 @@
 """People's corrections as training data: line crops cut as the service cuts them, and a
 ``lines.tsv`` that ``htrq train --lines`` reads (``htrq corrections export``).
 
-How a crop is cut. The worker renders a page (:func:`htrq.inputs.render_page`), normalises it
-(:func:`worker.preprocess.normalise_page`: deskewed in ``mode=page``, never in ``mode=line``),
-finds its lines on the normalised page, cuts them with :func:`worker.segment.crop_lines` at
-``HTRQ_LINE_MARGIN`` and stores them mapped back onto the uploaded image
-(:func:`worker.segment.to_source_frame`). Here the page is rendered and normalised the same
-way (normalisation is deterministic: it finds the same rotation again), the stored lines are
-mapped forward onto the normalised page (:func:`worker.segment.from_source_frame`) and cut
-with ``crop_lines`` and the same margin. So a line is learnt as the reader saw it: on a page
+How a crop is cut. The worker renders a page (:func:`htrq.inputs.render_stored_page`),
+normalises it (:func:`worker.segmentation.preprocess.normalise_page`: deskewed in ``mode=page``,
+never in ``mode=line``), finds its lines on the normalised page, cuts them with
+:func:`worker.segmentation.crops.crop_lines` at ``HTRQ_LINE_MARGIN`` and stores them mapped
+back onto the uploaded image (:func:`worker.segmentation.crops.to_source_frame`). Here the
+page is rendered and normalised the same way (normalisation is deterministic: it finds the
+same rotation again), the stored lines are mapped forward onto the normalised page
+(:func:`worker.segmentation.crops.from_source_frame`) and cut with ``crop_lines`` and the
+same margin. So a line is learnt as the reader saw it: on a page
 that was not turned (every ``mode=line`` page, and level pages) the crop is exactly what the
 reader got; on a turned page its outline went through two roundings to whole pixels, and the
 crop may differ by a pixel at its edges (a turned line stored without an outline is cut along
@@ -34,17 +35,16 @@ from datetime import datetime
 from pathlib import Path
 
 from PIL import Image
-from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from htrq.errors import PageError
-from htrq.inputs import is_pdf, render_page
-from htrq.models import Job, Line, Page, Tenant
+from htrq.inputs import is_pdf, render_stored_page
+from htrq.jobs.corrections import CheckedLine, checked_lines
 from htrq.settings import Settings
 from htrq.storage import BlobMissing, BlobStore
-from htrq.tenants import UnknownTenant
-from worker.preprocess import SKEW_INFO_KEY, normalise_page
-from worker.segment import LineBox, crop_lines, from_source_frame
+from worker.segmentation import LineBox
+from worker.segmentation.crops import crop_lines, from_source_frame
+from worker.segmentation.preprocess import SKEW_INFO_KEY, normalise_page
 
 #: Columns of the exported ``lines.tsv``: ``htrq train`` reads the first three, the others say
 #: where each line comes from and what the model had read.
@@ -76,13 +76,7 @@ def cut_lines(
     ``size``: the page's stored width and height (the image the lines refer to). Raises
     ``PageError`` for a page that no longer renders within the settings' limits.
     """
-    raw = render_page(
-        data,
-        frame,
-        dpi=settings.pdf_dpi,
-        max_pixels=settings.max_pixels,
-        max_aspect=settings.max_aspect,
-    )
+    raw = render_stored_page(data, frame, settings)
     if is_pdf(data) and size and all(size) and raw.size != size:
         raw = raw.resize(size, Image.Resampling.LANCZOS)
     page = normalise_page(raw, max_pixels=settings.max_pixels, deskew=mode != "line")
@@ -110,8 +104,7 @@ def export_corrections(
     rows: list[list[str]] = []
     blob: tuple[str, bytes] | None = None  # the last file read: a PDF's pages come in a row
     jobs: set[uuid.UUID] = set()
-    with sessions() as s:
-        checked = s.execute(_query(s, tenant, since)).all()
+    checked = checked_lines(sessions=sessions, tenant=tenant, since=since)
     for (job_id, page_index), group in itertools.groupby(checked, lambda r: (r.job_id, r.page)):
         page_lines = list(group)
         first = page_lines[0]
@@ -149,45 +142,7 @@ def export_corrections(
     return report
 
 
-def _query(session: Session, tenant: str | None, since: datetime | None):  # type: ignore[no-untyped-def]
-    q = (
-        select(
-            Page.job_id,
-            Page.index.label("page"),
-            Page.blob_key,
-            Page.frame,
-            Page.width,
-            Page.height,
-            Job.mode,
-            Line.index,
-            Line.text,
-            Line.correction,
-            Line.x0,
-            Line.y0,
-            Line.x1,
-            Line.y1,
-            Line.polygon,
-            Line.baseline,
-        )
-        .join(Page, Line.page_id == Page.id)
-        .join(Job, Page.job_id == Job.id)
-        .where(
-            Page.status == "succeeded",
-            or_(Line.correction.is_not(None), Line.reviewed_at.is_not(None)),
-        )
-        .order_by(Job.created_at, Job.id, Page.index, Line.index)
-    )
-    if tenant is not None:
-        tenant_id = session.scalars(select(Tenant.id).where(Tenant.name == tenant)).first()
-        if tenant_id is None:
-            raise UnknownTenant(f"no tenant {tenant!r}")
-        q = q.where(Job.tenant_id == tenant_id)
-    if since is not None:
-        q = q.where(or_(Line.reviewed_at >= since, Line.corrected_at >= since))
-    return q
-
-
-def _box(row) -> LineBox:  # type: ignore[no-untyped-def]
+def _box(row: CheckedLine) -> LineBox:
     return LineBox(
         bbox=(row.x0, row.y0, row.x1, row.y1),
         polygon=[tuple(p) for p in json.loads(row.polygon)] if row.polygon else None,

@@ -25,8 +25,8 @@ from transformers import (
 )
 from transformers.trainer_utils import get_last_checkpoint
 
-from worker.ctc_prefix import load_ctc_head
-from worker.loading import load_model
+from worker.recognition.ctc_prefix import load_ctc_head
+from worker.recognition.loading import load_model
 from worker.training.build import (
     ModelShape,
     build_model,
@@ -42,7 +42,7 @@ from worker.training.data import (
     collate,
     render_eval_set,
 )
-from worker.training.metrics import cer
+from worker.training.error_rates import cer
 from worker.training.synth import load_fonts, split_fonts
 from worker.training.writers import Collection, split_collection
 
