@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -70,6 +70,12 @@ def _ping_after_idle(engine: Engine, idle_s: float) -> None:
 def make_sessions(engine: Engine) -> sessionmaker[Session]:
     # expire_on_commit=False: results are read after the transaction that wrote them.
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def check_database(sessions: sessionmaker[Session]) -> None:
+    """Run a trivial query: raises whatever the driver raises when the database is down."""
+    with sessions() as session:
+        session.execute(text("SELECT 1"))
 
 
 @contextmanager

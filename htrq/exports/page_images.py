@@ -10,11 +10,17 @@ on their lines.
 from __future__ import annotations
 
 import io
+import uuid
 
 from PIL import Image, ImageOps
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 
 from htrq.inputs import render_stored_page
+from htrq.jobs import NotFound, PageNotSucceeded, check_page_index, owned_job
+from htrq.models import Page
 from htrq.settings import Settings
+from htrq.storage import BlobStore
 
 #: Pages up to this many pixels are sent as PNG (lossless: line images, small scans); larger
 #: ones as JPEG, a tenth of the bytes for a 300 DPI page and quick to encode.
@@ -52,3 +58,32 @@ def page_image(
         return buf.getvalue(), "image/png"
     im.save(buf, "JPEG", quality=JPEG_QUALITY, optimize=True)
     return buf.getvalue(), "image/jpeg"
+
+
+def stored_page_image(
+    *,
+    sessions: sessionmaker[Session],
+    storage: BlobStore,
+    settings: Settings,
+    tenant_id: uuid.UUID,
+    job_id: uuid.UUID | str,
+    index: int,
+) -> tuple[bytes, str]:
+    """The succeeded page ``index`` of the tenant's job as ``(bytes, media type)`` at its
+    stored size (:func:`page_image`).
+
+    Raises :class:`NotFound` (another tenant's job too), :class:`PageNotSucceeded`, and
+    :class:`BlobMissing` when its file is no longer stored.
+    """
+    check_page_index(job_id, index)
+    with sessions() as s:
+        job = owned_job(s, tenant_id, job_id)
+        page = s.scalars(select(Page).where(Page.job_id == job.id, Page.index == index)).first()
+        if page is None:
+            raise NotFound(f"no page {index} in job {job_id}")
+        if page.status != "succeeded":
+            raise PageNotSucceeded(f"page {index} is {page.status}; it has no reading")
+        key, frame, size = page.blob_key, page.frame, (page.width or 0, page.height or 0)
+    data = storage.get(key)
+    # The page has succeeded, so its file rendered within the worker's limits already.
+    return page_image(data, frame, size=size, settings=settings)

@@ -1,5 +1,9 @@
 """Job service functions shared by the API and the CLI: submit, read, retry.
 
+Beside them in this package: what workers do to pages (``claims.py``), a tenant's job list
+(``listing.py``), deleting jobs (``deletion.py``), uploads on their way to storage
+(``uploads.py``) and people's corrections of lines (``corrections.py``).
+
 Every function takes the tenant whose jobs it may touch (``tenant_id``), so that no query
 can forget it; another tenant's job is :class:`NotFound`, exactly like a job that does not
 exist.
@@ -51,6 +55,14 @@ class NotFound(LookupError):
     """No job (or page) with that id."""
 
 
+class PageNotSucceeded(Exception):
+    """The page has no reading (yet) to correct or export: it is queued, running or failed."""
+
+
+class JobNotFinished(Exception):
+    """Some of the job's pages are still queued or running."""
+
+
 class IdempotencyConflict(Exception):
     """The idempotency key belongs to a job with different content."""
 
@@ -91,6 +103,52 @@ def submit(
     a callback URL that is refused, or no readable file at all. Raises
     :class:`IdempotencyConflict` when the key was used for other content.
     """
+    _check_request(settings, uploads, mode=mode, callback_url=callback_url, model=model)
+    # Names are stored and written into exports: no control characters, no path, bounded.
+    uploads = [
+        Upload(clean_filename(up.filename or "upload"), up.data, up.path, up.sha256)
+        for up in uploads
+    ]
+    inspected = _inspect_all(uploads, settings)
+
+    key = idempotency_key or (f"external_id:{external_id}" if external_id else None)
+    # A repeat that names the default model is the same job as one that names none.
+    asked = None if model in (None, settings.model) else model
+    fingerprint = _fingerprint(mode, callback_url, uploads, asked)
+    if key and (existing := _find_repeat(sessions, tenant_id, key, fingerprint)):
+        return existing, False
+
+    job = Job(
+        tenant_id=tenant_id,
+        idempotency_key=key,
+        fingerprint=fingerprint,
+        external_id=external_id,
+        mode=mode,
+        callback_url=callback_url,
+        model=model or settings.model,
+    )
+    try:
+        job_id, page_ids = _store_and_insert(sessions, storage, settings, job, uploads, inspected)
+    except IntegrityError:
+        # Another request with the same key committed first.
+        if key and (existing := _find_repeat(sessions, tenant_id, key, fingerprint)):
+            return existing, False
+        raise
+    # After the commit: a worker must never receive an id whose row it cannot see.
+    queue = page_queue(settings, model=model or settings.model, tenant_id=tenant_id)
+    _send_or_leave_to_sweeper(send, page_ids, queue)
+    return get_job(sessions=sessions, tenant_id=tenant_id, job_id=job_id), True
+
+
+def _check_request(
+    settings: Settings,
+    uploads: Sequence[Upload],
+    *,
+    mode: str,
+    callback_url: str | None,
+    model: str | None,
+) -> None:
+    """Raise :class:`PageError` for a request that cannot be a job whatever its files hold."""
     if mode not in JOB_MODES:
         raise PageError("invalid_mode", f"mode must be one of {', '.join(JOB_MODES)}")
     if model is not None and model not in settings.allowed_models:
@@ -100,17 +158,15 @@ def submit(
             f"{', '.join(settings.allowed_models)} (HTRQ_MODELS), or leave `model` out for "
             f"the default, {settings.model}",
         )
-    # A repeat that names the default model is the same job as one that names none.
-    asked = None if model in (None, settings.model) else model
     if not uploads:
         raise PageError("no_files", "send at least one file in the `files` field")
     if callback_url is not None:
         check_callback_url(callback_url, allow_private=settings.webhook_allow_private)
-    # Names are stored and written into exports: no control characters, no path, bounded.
-    uploads = [
-        Upload(clean_filename(up.filename or "upload"), up.data, up.path, up.sha256)
-        for up in uploads
-    ]
+
+
+def _inspect_all(uploads: Sequence[Upload], settings: Settings) -> list[int | PageError]:
+    """Each file's page count, or why it cannot be read; raises :class:`PageError` when no
+    file is readable or the pages are too many for one job."""
     inspected = [_inspect(up, settings) for up in uploads]
     refused = [
         (up, i) for up, i in zip(uploads, inspected, strict=True) if isinstance(i, PageError)
@@ -125,59 +181,46 @@ def submit(
             "too_many_pages",
             f"{total} pages, over the limit of {settings.max_pages_per_job} per job",
         )
+    return inspected
 
-    key = idempotency_key or (f"external_id:{external_id}" if external_id else None)
-    fingerprint = _fingerprint(mode, callback_url, uploads, asked)
-    if key and (existing := _find_repeat(sessions, tenant_id, key, fingerprint)):
-        return existing, False
 
-    try:
-        with session_scope(sessions) as s:
-            # Stored under the same locks that deleting a job takes, so that a job deleted
-            # at this moment cannot remove a file this one is about to use (files are stored
-            # once per content). Refused files are stored too: their page rows need a blob.
-            lock_blobs(s, [up.digest for up in uploads])
-            for up in uploads:
-                with up.open() as fh:
-                    storage.put_from(up.digest, fh)
-            job = Job(
-                tenant_id=tenant_id,
-                idempotency_key=key,
-                fingerprint=fingerprint,
-                external_id=external_id,
-                mode=mode,
-                callback_url=callback_url,
-                model=model or settings.model,
-            )
-            for up, info in zip(uploads, inspected, strict=True):
-                frames = 1 if isinstance(info, PageError) else info
-                for frame in range(frames):
-                    page = Page(
-                        index=len(job.pages),
-                        blob_key=up.digest,
-                        frame=frame,
-                        filename=up.filename,
-                        status="queued",
-                        attempts=0,
-                        attempt_limit=settings.max_attempts,
-                    )
-                    if isinstance(info, PageError):
-                        page.status, page.finished_at = "failed", utcnow()
-                        page.error_code, page.error_message = info.code, info.message
-                    job.pages.append(page)
-            s.add(job)
-            s.flush()
-            job_id = job.id
-            page_ids = [str(p.id) for p in job.pages if p.status == "queued"]
-            queue = page_queue(settings, model=job.model, tenant_id=tenant_id)
-    except IntegrityError:
-        # Another request with the same key committed first.
-        if key and (existing := _find_repeat(sessions, tenant_id, key, fingerprint)):
-            return existing, False
-        raise
-    # After the commit: a worker must never receive an id whose row it cannot see.
-    _send_or_leave_to_sweeper(send, page_ids, queue)
-    return get_job(sessions=sessions, tenant_id=tenant_id, job_id=job_id), True
+def _store_and_insert(
+    sessions: sessionmaker[Session],
+    storage: BlobStore,
+    settings: Settings,
+    job: Job,
+    uploads: Sequence[Upload],
+    inspected: Sequence[int | PageError],
+) -> tuple[uuid.UUID, list[str]]:
+    """Store the files and insert ``job`` with a page per frame, in one transaction; return
+    its id and those of the pages to enqueue (a refused file's page is ``failed`` at once)."""
+    with session_scope(sessions) as s:
+        # Stored under the same locks that deleting a job takes, so that a job deleted at
+        # this moment cannot remove a file this one is about to use (files are stored once
+        # per content). Refused files are stored too: their page rows need a blob.
+        lock_blobs(s, [up.digest for up in uploads])
+        for up in uploads:
+            with up.open() as fh:
+                storage.put_from(up.digest, fh)
+        for up, info in zip(uploads, inspected, strict=True):
+            frames = 1 if isinstance(info, PageError) else info
+            for frame in range(frames):
+                page = Page(
+                    index=len(job.pages),
+                    blob_key=up.digest,
+                    frame=frame,
+                    filename=up.filename,
+                    status="queued",
+                    attempts=0,
+                    attempt_limit=settings.max_attempts,
+                )
+                if isinstance(info, PageError):
+                    page.status, page.finished_at = "failed", utcnow()
+                    page.error_code, page.error_message = info.code, info.message
+                job.pages.append(page)
+        s.add(job)
+        s.flush()
+        return job.id, [str(p.id) for p in job.pages if p.status == "queued"]
 
 
 def _inspect(up: Upload, settings: Settings) -> int | PageError:
@@ -220,7 +263,7 @@ def retry(
     fencing token, so it is never reset: each page gets ``settings.max_attempts`` more
     attempts instead.
     """
-    jid = _parse_id(job_id)
+    jid = parse_job_id(job_id)
     with session_scope(sessions) as s:
         job = _owned(s, tenant_id, jid, job_id, lock=True)
         queue = page_queue(settings, model=job.model, tenant_id=tenant_id)
@@ -271,7 +314,7 @@ def get_job(
 ) -> JobResource:
     """The job with its pages' states and its latest webhook, read in one statement (one
     round trip, one snapshot: what a client polls for, so it is kept cheap)."""
-    jid = _parse_id(job_id)
+    jid = parse_job_id(job_id)
     with read_scope(sessions) as s:
         rows = s.execute(_JOB_WITH_PAGES, {"job_id": jid, "tenant_id": tenant_id}).all()
     if not rows:
@@ -306,7 +349,7 @@ def get_page(
     review_below: float = REVIEW_BELOW,
 ) -> PageResource:
     """The page at ``index``; lines under ``review_below`` confidence say ``needs_review``."""
-    jid = _parse_id(job_id)
+    jid = parse_job_id(job_id)
     check_page_index(job_id, index)
     with sessions() as s:
         _owned(s, tenant_id, jid, job_id)
@@ -383,7 +426,8 @@ def check_page_index(job_id: uuid.UUID | str, index: int) -> None:
         raise NotFound(f"no page {index} in job {job_id}")
 
 
-def _parse_id(job_id: uuid.UUID | str) -> uuid.UUID:
+def parse_job_id(job_id: uuid.UUID | str) -> uuid.UUID:
+    """``job_id`` as a UUID, or :class:`NotFound` for text that cannot be one."""
     if isinstance(job_id, uuid.UUID):
         return job_id
     try:
@@ -392,12 +436,20 @@ def _parse_id(job_id: uuid.UUID | str) -> uuid.UUID:
         raise NotFound(f"no job {job_id}") from None
 
 
+def check_job(
+    *, sessions: sessionmaker[Session], tenant_id: uuid.UUID, job_id: uuid.UUID | str
+) -> None:
+    """Raise :class:`NotFound` unless the tenant has the job (see :func:`owned_job`)."""
+    with sessions() as s:
+        owned_job(s, tenant_id, job_id)
+
+
 def owned_job(
     session: Session, tenant_id: uuid.UUID, job_id: uuid.UUID | str, *, lock: bool = False
 ) -> Job:
     """The tenant's job, or :class:`NotFound`, the same for another tenant's job as for
     none at all: a tenant never learns that someone else's job exists."""
-    return _owned(session, tenant_id, _parse_id(job_id), job_id, lock=lock)
+    return _owned(session, tenant_id, parse_job_id(job_id), job_id, lock=lock)
 
 
 def _owned(

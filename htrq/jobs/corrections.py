@@ -18,7 +18,7 @@ from sqlalchemy import Select, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from htrq.db import session_scope
-from htrq.jobs import NotFound, check_page_index, line_resource, owned_job
+from htrq.jobs import NotFound, PageNotSucceeded, check_page_index, line_resource, owned_job
 from htrq.models import Job, Line, Page, Tenant, utcnow
 from htrq.resources import REVIEW_BELOW, LineResource
 from htrq.tenants import UnknownTenant
@@ -26,10 +26,6 @@ from htrq.text import clean_correction
 
 #: Line indexes are a 32-bit INTEGER column, as page indexes are.
 _MAX_INDEX = 2**31 - 1
-
-
-class PageNotSucceeded(Exception):
-    """The page has no reading (yet) to correct: it is queued, running or failed."""
 
 
 class InvalidCorrection(ValueError):

@@ -91,13 +91,43 @@ def backoff(settings: Settings, attempt: int) -> float:
 
 
 def process_batch(page_ids: Sequence[str], ctx: BatchContext) -> BatchReport:
+    """Claim the pages, read them (the group together, a page to be read alone after it) and
+    store each page's outcome; the report says what became of each."""
     report = BatchReport(received=len(page_ids))
+    claimed = _claim(ctx, _parse_ids(page_ids), report)
+    if claimed is None:
+        return report  # the database is down: the ids were sent again for later
+    claims, modes = claimed
+    report.claimed = len(claims)
+    if not claims:
+        return report
+    claims = _one_alone(ctx, claims, report)
+    outcomes: dict[object, PageOutput | PageError] = {}
+    inputs = _load_inputs(ctx, claims, modes, outcomes, report)
+    together = [c for c in claims if c.page_id in inputs and not c.read_alone]
+    alone = [c for c in claims if c.page_id in inputs and c.read_alone]
+    started = time.perf_counter()
+    for group in [g for g in (together, alone) if g]:
+        _read_group(ctx, group, [inputs[c.page_id] for c in group], outcomes, report)
+    report.pipeline_ms = round((time.perf_counter() - started) * 1000)
+    return _finish(ctx, claims, outcomes, report, report.pipeline_ms)
+
+
+def _parse_ids(page_ids: Sequence[str]) -> list[uuid.UUID]:
     ids = []
     for raw in page_ids:
         try:
             ids.append(uuid.UUID(str(raw)))
         except ValueError:
             log.warning("dropping a message with a malformed page id %r", raw)
+    return ids
+
+
+def _claim(
+    ctx: BatchContext, ids: list[uuid.UUID], report: BatchReport
+) -> tuple[list[Claim], dict[uuid.UUID, str]] | None:
+    """The pages this batch may read and each one's job mode; None when the database could
+    not be reached (the ids are then sent again, later each time it stays down)."""
     try:
         with session_scope(ctx.sessions) as s:
             claims = claim_pages(s, ids, lease_seconds=ctx.settings.lease_seconds)
@@ -117,14 +147,20 @@ def process_batch(page_ids: Sequence[str], ctx: BatchContext) -> BatchReport:
         )
         ctx.send([str(i) for i in ids], delay)
         report.requeued = len(ids)
-        return report
+        return None
     ctx.claim_failures = 0
-    report.claimed = len(claims)
-    if not claims:
-        return report
-    claims = _one_alone(ctx, claims, report)
+    return claims, modes
 
-    outcomes: dict[object, PageOutput | PageError] = {}
+
+def _load_inputs(
+    ctx: BatchContext,
+    claims: list[Claim],
+    modes: dict[uuid.UUID, str],
+    outcomes: dict[object, PageOutput | PageError],
+    report: BatchReport,
+) -> dict[uuid.UUID, PageInput]:
+    """The pipeline's input for each claimed page whose file could be read; a file gone for
+    good fails its pages (``outcomes``), one out of reach for now puts them back."""
     # Each stored file is read once per group, however many of its pages (PDF pages, TIFF
     # frames) the group holds; so is a file that could not be read.
     blobs: dict[str, bytes | PageError | StorageUnavailable] = {}
@@ -142,14 +178,7 @@ def process_batch(page_ids: Sequence[str], ctx: BatchContext) -> BatchReport:
             inputs[c.page_id] = PageInput(
                 key=c.page_id, data=data, frame=c.frame, mode=modes[c.page_id]
             )
-
-    together = [c for c in claims if c.page_id in inputs and not c.read_alone]
-    alone = [c for c in claims if c.page_id in inputs and c.read_alone]
-    started = time.perf_counter()
-    for group in [g for g in (together, alone) if g]:
-        _read_group(ctx, group, [inputs[c.page_id] for c in group], outcomes, report)
-    report.pipeline_ms = round((time.perf_counter() - started) * 1000)
-    return _finish(ctx, claims, outcomes, report, report.pipeline_ms)
+    return inputs
 
 
 def _load(ctx: BatchContext, key: str) -> bytes | PageError | StorageUnavailable:
