@@ -26,8 +26,6 @@ import random
 import re
 import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -35,7 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from PIL import Image, ImageDraw
-from scratch import group_cpu_seconds, scratch_database
+from scratch import group_cpu_seconds, scratch_database, settings_env, start_service
 from sqlalchemy import func, select
 
 from htrq import jobs
@@ -214,25 +212,9 @@ class Service:
         assert settings.database_url
         self.mode = mode
         self.settings, self.timeout = settings, timeout
-        env = {k: v for k, v in os.environ.items() if not k.startswith("HTRQ_")}
-        env.update(
-            {f"HTRQ_{k.upper()}": str(v) for k, v in settings.model_dump().items() if v is not None}
-        )
-        env["TRANSFORMERS_VERBOSITY"] = "error"
+        env = settings_env(settings, TRANSFORMERS_VERBOSITY="error")
         self.log = log = Path(tempfile.gettempdir()) / "htrq-bench-worker.log"
-        with log.open("wb") as out:  # the worker keeps its own copy of the descriptor
-            self.worker = subprocess.Popen(
-                [
-                    str(Path(sys.executable).parent / "htrq"),
-                    "worker",
-                    "--loglevel=info",
-                    f"--pool={pool}",
-                ],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        self.worker = start_service(["worker", "--loglevel=info", f"--pool={pool}"], env, log)
         self.engine = make_engine(settings.database_url)
         self.sessions = make_sessions(self.engine)
         self.sender = CelerySender(make_celery(settings))
