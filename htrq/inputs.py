@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -259,11 +259,17 @@ class RenderLimits(Protocol):
     def max_aspect(self) -> float: ...
 
 
-def render_stored_page(data: bytes, frame: int, limits: RenderLimits) -> Image.Image:
-    """:func:`render_page` at ``limits``' PDF resolution and within its pixel and shape
-    bounds: page ``frame`` as the worker reads it, the review page shows it and the corrections
-    export cuts it."""
-    return render_page(
+def render_stored_page(
+    data: bytes,
+    frame: int,
+    limits: RenderLimits,
+    *,
+    render: Callable[..., Image.Image] = render_page,
+) -> Image.Image:
+    """:func:`render_page` (or ``render``, which takes its arguments: a PDF renderer's) at
+    ``limits``' PDF resolution and within its pixel and shape bounds: page ``frame`` as the
+    worker reads it, the review page shows it and the corrections export cuts it."""
+    return render(
         data,
         frame,
         dpi=limits.pdf_dpi,

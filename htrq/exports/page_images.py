@@ -5,6 +5,8 @@ The worker reads a page after :func:`htrq.inputs.render_page` and EXIF orientati
 (``worker.segmentation.preprocess.normalise_page``), and stores line coordinates in that
 upright image; this renders the same way, keeping the scan's colours, so the outlines fall
 on their lines.
+PDF pages are rendered by this process's :func:`htrq.rendering.pdf_renderer`, never in the
+calling (request) thread.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from htrq.inputs import render_stored_page
 from htrq.jobs import NotFound, PageNotSucceeded, check_page_index, owned_job
 from htrq.models import Page
+from htrq.rendering import pdf_renderer
 from htrq.settings import Settings
 from htrq.storage import BlobStore
 
@@ -30,8 +33,12 @@ JPEG_QUALITY = 88
 
 def upright_page(data: bytes, frame: int, settings: Settings) -> Image.Image:
     """Page ``frame`` of a stored upload, decoded and upright, as the worker saw it before
-    normalising (a PDF page at ``HTRQ_PDF_DPI``, which its ``dpi`` says)."""
-    im = render_stored_page(data, frame, settings)
+    normalising (a PDF page at ``HTRQ_PDF_DPI``, which its ``dpi`` says).
+
+    Raises ``PageError`` as :func:`htrq.inputs.render_page` does, and
+    :class:`htrq.rendering.RenderUnavailable` when no PDF renderer answered in time.
+    """
+    im = render_stored_page(data, frame, settings, render=pdf_renderer(settings).render)
     im.info.setdefault("dpi", (settings.pdf_dpi, settings.pdf_dpi))
     return ImageOps.exif_transpose(im)
 
@@ -43,7 +50,7 @@ def page_image(
 
     ``size`` is the page's stored width and height: a PDF rendered at another
     ``HTRQ_PDF_DPI`` than when it was read is scaled to it, so that the coordinates still
-    fit. Raises ``PageError`` as :func:`render_page` does.
+    fit. Raises as :func:`upright_page` does.
     """
     im = upright_page(data, frame, settings)
     if im.mode not in ("L", "RGB"):

@@ -14,6 +14,10 @@ import torch
 from transformers import VisionEncoderDecoderModel
 from transformers.models.trocr.modeling_trocr import TrOCRSinusoidalPositionalEmbedding
 
+# Registers htrq's conv-stem line encoder with the Auto classes, so that checkpoints built
+# on it load here like any other.
+import worker.recognition.line_encoder  # noqa: F401
+
 
 def load_model(path: str, dtype: torch.dtype = torch.float32) -> VisionEncoderDecoderModel:
     """``VisionEncoderDecoderModel.from_pretrained`` with every part on a real device."""

@@ -23,6 +23,7 @@ from transformers.utils import logging as hf_logging
 from htrq.resources import CTC_WEIGHT
 from worker.recognition.ctc_prefix import CTC_HEAD_FILE, CTCPrefixScore, load_ctc_head
 from worker.recognition.decoding import LengthLimit, length_limits, token_chars
+from worker.recognition.line_encoder import column_states
 from worker.recognition.lineimage import LINE_ASPECT, fit_line, prepare_line, stretch_width
 from worker.recognition.loading import load_model
 
@@ -237,7 +238,8 @@ class Recognizer:
         if self.ctc_head is not None:
             # Before the length limit, which must have the last word on the end token. The
             # head reads the patches, not ViT's [CLS] token, as in training; fp32 log-softmax.
-            ctc = self.ctc_head(encoded.last_hidden_state[:, 1:]).float().log_softmax(-1)
+            columns = column_states(self.model, encoded.last_hidden_state)
+            ctc = self.ctc_head(columns).float().log_softmax(-1)
             processors.append(
                 CTCPrefixScore(
                     ctc,

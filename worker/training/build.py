@@ -23,6 +23,7 @@ from transformers import (
 )
 
 from worker.recognition.ctc_prefix import CTC_HEAD_FILE
+from worker.recognition.line_encoder import LineEncoderConfig
 
 #: Special tokens in TrOCR's order: start, pad, end, unknown.
 SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]
@@ -69,6 +70,33 @@ class ModelShape:
     heads: int = 4
     ffn: int = 1024
     max_positions: int = 160
+    #: "vit" (patches projected straight into the transformer) or "conv" (a convolutional
+    #: stem first: ``worker.recognition.line_encoder``); for "conv", ``patch`` is ignored and
+    #: the stem's pools set the reduction.
+    encoder: str = "vit"
+    stem_channels: tuple[int, ...] = (16, 32, 64, 128)
+    stem_pools: tuple[tuple[int, int], ...] = ((1, 1), (2, 2), (2, 2), (1, 1))
+    stem_patch: tuple[int, int] = (2, 2)
+
+
+#: The designs compared in the model card's design study, by name (``htrq train --design``).
+DESIGNS: dict[str, ModelShape] = {
+    # The shape shipped through stage 8: ViT, 32 x 4 patches of a 32-pixel line.
+    "vit32": ModelShape(),
+    # The same ViT on a line twice as tall (patches 64 x 8: the same 96 columns).
+    "vit64": ModelShape(height=64, width=768, patch=(64, 8)),
+    # A convolutional stem on a 64-pixel line: 2 x 2 patches, three 3 x 3 convolutions, two
+    # 2 x 2 pools (96 columns of 8 rows, projected to the transformer's width). Wider stems
+    # with a 3 x 3 convolution at full resolution read 2-8x slower on the CPU (model card).
+    "conv64": ModelShape(
+        height=64,
+        width=768,
+        encoder="conv",
+        stem_patch=(2, 2),
+        stem_channels=(16, 32, 64, 128),
+        stem_pools=((1, 1), (2, 2), (2, 2), (1, 1)),
+    ),
+}
 
 
 def build_model(
@@ -76,9 +104,8 @@ def build_model(
 ) -> tuple[VisionEncoderDecoderModel, TrOCRProcessor]:
     """A randomly initialised model and its processor, ready to train or save."""
     tokenizer = build_tokenizer()
-    encoder = ViTConfig(
+    common = dict(
         image_size=[shape.height, shape.width],
-        patch_size=list(shape.patch),
         num_channels=1,
         hidden_size=shape.hidden,
         num_hidden_layers=shape.encoder_layers,
@@ -86,6 +113,18 @@ def build_model(
         intermediate_size=shape.ffn,
         qkv_bias=True,
     )
+    encoder: ViTConfig
+    if shape.encoder == "conv":
+        encoder = LineEncoderConfig(
+            stem_channels=list(shape.stem_channels),
+            stem_pools=[list(p) for p in shape.stem_pools],
+            stem_patch=list(shape.stem_patch),
+            **common,
+        )
+    elif shape.encoder == "vit":
+        encoder = ViTConfig(patch_size=list(shape.patch), **common)
+    else:
+        raise ValueError(f"encoder must be vit or conv, not {shape.encoder!r}")
     decoder = TrOCRConfig(
         vocab_size=len(tokenizer),
         d_model=shape.hidden,

@@ -49,6 +49,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             out_dir=args.out,
             export_dir=args.export,
             init=args.init,
+            design=args.design,
             steps=args.steps,
             batch_size=args.batch_size,
             lr=args.lr,
@@ -179,6 +180,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="scratch",
         help="'scratch', or a checkpoint directory or hub id to fine-tune "
         "(e.g. microsoft/trocr-small-handwritten)",
+    )
+    p.add_argument(
+        "--design",
+        default="vit32",
+        choices=["vit32", "vit64", "conv64"],
+        help="the shape of a model trained from scratch (see the model card's design study)",
     )
     p.add_argument(
         "--out", type=Path, default=Path("runs/train"), help="checkpoints; re-run to resume"

@@ -26,9 +26,10 @@ from transformers import (
 from transformers.trainer_utils import get_last_checkpoint
 
 from worker.recognition.ctc_prefix import load_ctc_head
+from worker.recognition.line_encoder import column_states, reads_columns
 from worker.recognition.loading import load_model
 from worker.training.build import (
-    ModelShape,
+    DESIGNS,
     build_model,
     save,
     set_special_tokens,
@@ -54,6 +55,8 @@ class TrainConfig:
     out_dir: Path
     export_dir: Path | None = None
     init: str = "scratch"  #: "scratch" or a checkpoint (directory or hub id) to fine-tune
+    #: The shape a model from scratch takes (``worker.training.build.DESIGNS``).
+    design: str = "vit32"
     steps: int = 30000
     batch_size: int = 24
     lr: float = 5e-4
@@ -175,22 +178,19 @@ def hybrid_loss(model, outputs, labels: torch.Tensor, ctc_weight: float, *, head
 
 
 def one_patch_row(model) -> bool:
-    """Whether the encoder's patches form one row, left to right (each patch a column of the
-    line): only then is its output a sequence CTC can align with the text. A square grid
-    (stock TrOCR) is read row by row across the image, so CTC has nothing to align."""
-    enc = model.config.encoder
-    image = enc.image_size if isinstance(enc.image_size, int) else enc.image_size[0]
-    patch = enc.patch_size if isinstance(enc.patch_size, int) else enc.patch_size[0]
-    return image == patch
+    """Whether the encoder's outputs are the line's columns left to right (see
+    ``worker.recognition.line_encoder.reads_columns``): only then can CTC align them with the
+    text."""
+    return reads_columns(model)
 
 
 def ctc_loss(model, encoded: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """CTC between the encoder's patch sequence (without ViT's [CLS]) and the characters.
+    """CTC between the encoder's columns (without ViT's [CLS]) and the characters.
 
     The pad token doubles as the CTC blank: it never occurs inside a label.
     """
-    patches = model.encoder.embeddings.patch_embeddings.num_patches
-    logp = model.ctc_head(encoded[:, -patches:]).log_softmax(-1).transpose(0, 1).float()
+    columns = column_states(model, encoded)
+    logp = model.ctc_head(columns).log_softmax(-1).transpose(0, 1).float()
     keep = (labels >= 0) & (labels != model.config.eos_token_id)
     steps, batch = logp.shape[0], logp.shape[1]
     return torch.nn.functional.ctc_loss(
@@ -265,9 +265,11 @@ def attach_ctc_head(model, init: str, vocab: int) -> bool:
     return saved is not None
 
 
-def load_start(init: str):
+def load_start(init: str, design: str = "vit32"):
     if init == "scratch":
-        return build_model(ModelShape())
+        if design not in DESIGNS:
+            raise ValueError(f"design must be one of {sorted(DESIGNS)}, not {design!r}")
+        return build_model(DESIGNS[design])
     model = load_model(init)
     processor = AutoProcessor.from_pretrained(init)
     # A trained model keeps the token ids it was trained with (stock TrOCR starts from
@@ -293,7 +295,7 @@ def train(cfg: TrainConfig) -> Path:
         raise ValueError(f"schedule must be one of {sorted(_SCHEDULES)}, not {cfg.schedule!r}")
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
     last = get_last_checkpoint(str(cfg.out_dir))
-    model, processor = load_start(last or cfg.init)
+    model, processor = load_start(last or cfg.init, cfg.design)
     tok = processor.tokenizer
     encoding = LineEncoding.of(model, processor)
     head_warmup = 0
