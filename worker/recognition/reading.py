@@ -34,7 +34,8 @@ class Recognized(Protocol):
 
 
 #: The recognizer seen from here: crops in, one result per crop out, in order.
-Recognize = Callable[[Sequence[Image.Image]], Sequence[Recognized]]
+#: A recognizer may take a language as its second argument (``Recognizer`` does).
+Recognize = Callable[..., Sequence[Recognized]]
 #: What the page pipeline calls: line crops in, ``(text, confidence)`` per crop out (None
 #: for a line the recognizer failed on while it read the others).
 ReadLines = Callable[[Sequence[Image.Image]], list[tuple[str, float] | None]]
@@ -55,18 +56,22 @@ class LineReader:
     #: line whole (models with a square input stretch any line into it anyway).
     max_aspect: float | None
 
-    def __call__(self, crops: Sequence[Image.Image]) -> list[tuple[str, float] | None]:
+    def __call__(
+        self, crops: Sequence[Image.Image], language: str | None = None
+    ) -> list[tuple[str, float] | None]:
+        """``language`` names the lexicon that steers the reading (None: the recognizer's
+        default; "none": no lexicon); recognizers without one ignore it."""
         if not crops:
             return []
         # Trimmed before splitting, so that a line's width is measured against its ink height.
         pieces, counts = split_all([prepare_line(c) for c in crops], max_aspect=self.max_aspect)
         try:
-            results: list[Recognized | None] = list(self._recognize(pieces))
+            results: list[Recognized | None] = list(self._recognize(pieces, language))
         except Exception:
             if len(pieces) == 1:
                 raise
             mid = len(pieces) // 2
-            results = self._halves(pieces[:mid]) + self._halves(pieces[mid:])
+            results = self._halves(pieces[:mid], language) + self._halves(pieces[mid:], language)
             if all(r is None for r in results):
                 raise
             log.warning(
@@ -90,23 +95,29 @@ class LineReader:
             out.append(join_all(flat, [n])[0])
         return out
 
-    def _recognize(self, pieces: Sequence[Image.Image]) -> Sequence[Recognized]:
-        results = self.recognize(pieces)
+    def _recognize(
+        self, pieces: Sequence[Image.Image], language: str | None
+    ) -> Sequence[Recognized]:
+        # Only a recognizer that knows languages is told one (test doubles and plain
+        # callables take the crops alone).
+        results = self.recognize(pieces, language) if language else self.recognize(pieces)
         if len(results) != len(pieces):
             raise RuntimeError(
                 f"recognizer returned {len(results)} results for {len(pieces)} pieces"
             )
         return results
 
-    def _halves(self, pieces: Sequence[Image.Image]) -> list[Recognized | None]:
+    def _halves(
+        self, pieces: Sequence[Image.Image], language: str | None
+    ) -> list[Recognized | None]:
         try:
-            return list(self._recognize(pieces))
+            return list(self._recognize(pieces, language))
         except Exception:
             if len(pieces) == 1:
                 log.debug("a piece broke the recognizer", exc_info=True)
                 return [None]
             mid = len(pieces) // 2
-            return self._halves(pieces[:mid]) + self._halves(pieces[mid:])
+            return self._halves(pieces[:mid], language) + self._halves(pieces[mid:], language)
 
 
 def line_reader(recognizer: Recognizer) -> LineReader:

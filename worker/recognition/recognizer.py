@@ -26,6 +26,7 @@ from worker.recognition.decoding import LengthLimit, length_limits, token_chars
 from worker.recognition.line_encoder import column_states
 from worker.recognition.lineimage import LINE_ASPECT, fit_line, prepare_line, stretch_width
 from worker.recognition.loading import load_model
+from worker.recognition.word_prior import Lexicon, WordPrior, shipped_lexicon, token_texts
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,9 @@ class Recognizer:
         ctc_head: torch.nn.Linear | None = None,
         ctc_weight: float = 0.0,
         stretches: Sequence[float] = (1.0,),
+        language: str | None = None,
+        word_weight: float = 0.0,
+        word_floor: float = 0.1,
     ) -> None:
         self.model = model.eval()
         self.processor = processor
@@ -110,6 +114,16 @@ class Recognizer:
             # wider or narrower reaches the model the same, at the same cost again.
             log.warning("%s reads lines stretched to a square; reading them once", name)
             self.stretches = (1.0,)
+        #: The lexicon that steers decoding (``worker.recognition.word_prior``) when a call names no
+        #: language; None or "none" reads by the glyphs alone.
+        self.language = language
+        #: How much the lexicon's bonus counts against the decoder's log-probabilities (0: off).
+        self.word_weight = word_weight
+        #: What leaving the lexicon costs, once per word: log(word_floor) times the weight.
+        self.word_floor = word_floor
+        self._token_texts: list[str] | None = None
+        if word_weight and language not in (None, "none"):
+            shipped_lexicon(language)  # an unknown language fails at load, not at the first page
         #: Called with the seconds of each batched generate() call that returned (the worker
         #: times them for its metrics; this module knows nothing of Prometheus).
         self.on_generate: Callable[[float], None] | None = None
@@ -127,6 +141,9 @@ class Recognizer:
         ctc_weight: float = CTC_WEIGHT,
         quantize: str = "none",
         stretches: Sequence[float] = (1.0,),
+        language: str | None = None,
+        word_weight: float = 0.0,
+        word_floor: float = 0.1,
     ) -> Recognizer:
         path = resolve_model(model)
         dev = resolve_device(device)
@@ -172,6 +189,9 @@ class Recognizer:
             ctc_head=head,
             ctc_weight=ctc_weight,
             stretches=stretches,
+            language=language,
+            word_weight=word_weight,
+            word_floor=word_floor,
         )
         log.info(
             "loaded model %s on %s (%s), CTC weight %s", path, dev, torch_dtype, rec.ctc_weight
@@ -185,9 +205,14 @@ class Recognizer:
         px = self.processor(images=fitted, return_tensors="pt").pixel_values
         return px.to(self.device, self.dtype)
 
-    def __call__(self, crops: Sequence[Image.Image]) -> list[LineResult]:
+    def __call__(
+        self, crops: Sequence[Image.Image], language: str | None = None
+    ) -> list[LineResult]:
+        """Read ``crops``; ``language`` names the lexicon that steers decoding ("none": no
+        lexicon; None: the recognizer's own ``language``)."""
         if not crops:
             return []
+        lexicon = self._lexicon(language or self.language)
         # Lines of similar length finish decoding together, so sort by aspect ratio (a proxy
         # for the number of characters) before cutting batches.
         order = sorted(range(len(crops)), key=lambda i: crops[i].width / max(1, crops[i].height))
@@ -197,7 +222,7 @@ class Recognizer:
             chunk = order[start : start + balanced_chunk(len(order) - start, size)]
             started = time.perf_counter()
             try:
-                out = self._generate([crops[i] for i in chunk])
+                out = self._generate([crops[i] for i in chunk], lexicon)
             except torch.OutOfMemoryError:
                 if size == 1:
                     raise
@@ -213,7 +238,14 @@ class Recognizer:
             start += len(chunk)
         return [r for r in results if r is not None]
 
-    def _generate(self, crops: Sequence[Image.Image]) -> list[LineResult]:
+    def _lexicon(self, language: str | None) -> Lexicon | None:
+        if not self.word_weight or language in (None, "", "none"):
+            return None
+        return shipped_lexicon(language)
+
+    def _generate(
+        self, crops: Sequence[Image.Image], lexicon: Lexicon | None = None
+    ) -> list[LineResult]:
         crops = [prepare_line(c) for c in crops]  # a no-op for lines the pipeline prepared
         # The limits are the line's own: a line read wider may not grow longer for it.
         limits = length_limits(crops, self.max_new_tokens)
@@ -222,7 +254,7 @@ class Recognizer:
         # text's log-probability read at CER 0.274, chosen by the per-token mean at 0.278.
         best: list[_Reading] = []
         for factor in self.stretches:
-            readings = self._read([stretch_width(c, factor) for c in crops], limits)
+            readings = self._read([stretch_width(c, factor) for c in crops], limits, lexicon)
             if best:
                 pairs = zip(best, readings, strict=True)
                 readings = [max(old, new, key=lambda r: r.logp) for old, new in pairs]
@@ -230,7 +262,9 @@ class Recognizer:
         return [r.result for r in best]
 
     @torch.inference_mode()
-    def _read(self, crops: Sequence[Image.Image], limits: list[int]) -> list[_Reading]:
+    def _read(
+        self, crops: Sequence[Image.Image], limits: list[int], lexicon: Lexicon | None = None
+    ) -> list[_Reading]:
         eos = self.model.generation_config.eos_token_id
         # The encoder runs once, here, for the decoder and the CTC head alike.
         encoded = self.model.encoder(pixel_values=self.pixels(crops))
@@ -248,6 +282,19 @@ class Recognizer:
                     weight=self.ctc_weight,
                     num_beams=self.num_beams,
                     never=(self.model.config.decoder_start_token_id,),
+                )
+            )
+        if lexicon is not None:
+            # After the CTC score (whose candidates it judges), before the length limit.
+            if self._token_texts is None:
+                self._token_texts = token_texts(self.processor.tokenizer)
+            processors.append(
+                WordPrior(
+                    lexicon,
+                    self._token_texts,
+                    eos=eos,
+                    weight=self.word_weight,
+                    floor=self.word_floor,
                 )
             )
         processors.append(
@@ -277,12 +324,13 @@ class Recognizer:
         # masks other tokens but leaves the end token's own), with the beam of each step.
         # Beams with it: those scores are joint ones, on another scale (with 4 beams they put
         # 27% of held-out lines under the review threshold, not 12%), so the chosen texts are
-        # scored again by the decoder in one forward pass.
+        # scored again by the decoder in one forward pass, and so are beams the lexicon steered
+        # (their scores carry its bonus).
         if not beams:
             steps = self.model.compute_transition_scores(
                 out.sequences, out.logits, normalize_logits=True
             )
-        elif self.ctc_head is None:
+        elif self.ctc_head is None and lexicon is None:
             steps = self.model.compute_transition_scores(
                 out.sequences, out.scores, out.beam_indices, normalize_logits=False
             )

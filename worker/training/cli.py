@@ -87,12 +87,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     groups = read_column(args.dir, args.by)[: len(samples)] if args.by else None
     rows = []
     runs = [
-        (w, beams, batch)
+        (w, beams, batch, ww, wf)
         for w in _floats(args.ctc_weight)
         for beams in _ints(args.beams)
         for batch in _ints(args.batch_size)
+        for ww in _floats(args.word_weight)
+        for wf in _floats(args.word_floor)
     ]
-    for weight, beams, batch in runs:
+    for weight, beams, batch, word_weight, word_floor in runs:
         rec = Recognizer.load(
             model=args.model,
             device=args.device,
@@ -102,6 +104,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
             ctc_weight=weight,
             quantize=args.quantize,
             stretches=_floats(args.stretches),
+            language=args.language,
+            word_weight=word_weight,
+            word_floor=word_floor,
         )
         res = evaluate(
             rec,
@@ -117,11 +122,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 "beams": beams,
                 "batch": batch,
                 "stretches": stretches,
+                "language": args.language,
+                "word_weight": word_weight,
+                "word_floor": word_floor,
                 **asdict(res),
             }
         )
         print(
             f"ctc={rec.ctc_weight:g} beams={beams} batch={batch} stretches={stretches} "
+            f"language={args.language} words={word_weight:g}/{word_floor:g} "
             f"lines={res.lines} "
             f"CER={res.cer:.4f} WER={res.wer:.4f} "
             f"lines/s={res.lines_per_s:.1f} conf(exact)={res.conf_exact:.3f} "
@@ -142,6 +151,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         json.dump(rows, sys.stdout, indent=2)
         print()
+    return 0
+
+
+def cmd_lexicon(args: argparse.Namespace) -> int:
+    from worker.training.lexicon import build_lexicon
+
+    out = build_lexicon(
+        args.language,
+        args.out,
+        folders=args.lines,
+        top=args.top,
+        transcription_share=args.transcription_share,
+    )
+    print(f"wrote {out}")
     return 0
 
 
@@ -295,6 +318,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--batch-size", default="32", help="comma-separated batch sizes")
     p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument(
+        "--language",
+        default="none",
+        help="the lexicon that steers decoding (en, fr, …; none: the glyphs alone)",
+    )
+    p.add_argument(
+        "--word-weight", default="0.3", help="comma-separated weights of the lexicon's bonus"
+    )
+    p.add_argument(
+        "--word-floor", default="0.1", help="comma-separated floors (what leaving it costs)"
+    )
     p.add_argument("--limit", type=int, default=0)
     p.add_argument(
         "--review-below",
@@ -359,6 +393,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=2024)
     p.add_argument("--max-chars", type=int, default=48)
     p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser(
+        "lexicon",
+        help="build a language's lexicon for the word prior (wordfreq + training transcriptions)",
+    )
+    p.add_argument("out", type=Path, help="file to write (<language>.tsv.gz)")
+    p.add_argument("--language", required=True, help="wordfreq's language code (en, fr, de, …)")
+    p.add_argument(
+        "--lines",
+        action="append",
+        type=Path,
+        default=[],
+        help="a lines.tsv folder of that language whose training writers' words are added",
+    )
+    p.add_argument("--top", type=int, default=80_000, help="words kept")
+    p.add_argument(
+        "--transcription-share",
+        type=float,
+        default=0.3,
+        help="share of the mass given to the transcriptions' words",
+    )
+    p.set_defaults(func=cmd_lexicon)
 
 
 # -- corrections export -----------------------------------------------------------------------
