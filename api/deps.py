@@ -10,10 +10,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
 from htrq.queue import CelerySender
-from htrq.review_links import TOKEN_HEADER, TOKEN_QUERY, InvalidLink, check_token
 from htrq.settings import Settings
 from htrq.storage import BlobStore
 from htrq.tenants import default_tenant, tenant_for_key
+from htrq.tenants.review_links import TOKEN_HEADER, TOKEN_QUERY, InvalidLink, check_token
 
 #: The security scheme OpenAPI shows; errors are answered by :func:`get_tenant` itself.
 bearer = HTTPBearer(

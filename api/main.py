@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,15 +15,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy import Engine
 from starlette.exceptions import HTTPException
 
 from api.deps import Unauthorized
 from api.limits import RequestSizeLimit
 from api.routes import exports, health, images, jobs, lines, metrics, review
-from htrq.corrections import InvalidCorrection, PageNotSucceeded
 from htrq.db import make_engine, make_sessions
 from htrq.errors import PageError
-from htrq.jobs import IdempotencyConflict, NotFound
+from htrq.jobs import IdempotencyConflict, JobNotFinished, NotFound, PageNotSucceeded
+from htrq.jobs.corrections import InvalidCorrection
 from htrq.models import DEFAULT_TENANT
 from htrq.queue import CelerySender, make_celery
 from htrq.rendering import RenderUnavailable
@@ -73,6 +74,17 @@ def _openapi_with_error_bodies(app: FastAPI) -> Callable[[], dict[str, Any]]:
     return openapi
 
 
+#: What the service functions raise that a client can act on, and the answer each gets: a
+#: status and an error code, with the exception's text as the message.
+REFUSALS: dict[type[Exception], tuple[int, str]] = {
+    NotFound: (404, "not_found"),
+    PageNotSucceeded: (409, "page_not_succeeded"),
+    JobNotFinished: (409, "job_not_finished"),
+    IdempotencyConflict: (409, "idempotency_conflict"),
+    InvalidCorrection: (422, "invalid_request"),
+}
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
     if not settings.database_url or not settings.broker_url:
@@ -82,7 +94,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     engine = make_engine(
         settings.database_url, pool_size=settings.api_db_pool, max_overflow=0, pool_timeout=30
     )
+    app = FastAPI(
+        title="htrq",
+        version="1",
+        summary="Handwritten pages in, text with confidences out.",
+        lifespan=_lifespan(settings, engine),
+        # Served below from files in the package: FastAPI's defaults load Swagger UI and
+        # ReDoc from a CDN, which leaves /docs blank on a network without internet.
+        docs_url=None,
+        redoc_url=None,
+    )
+    _serve_docs(app)
+    _open_services(app, settings, engine)
+    _include_routes(app)
+    app.openapi = _openapi_with_error_bodies(app)  # type: ignore[method-assign]
+    _answer_errors(app)
+    app.add_middleware(RequestSizeLimit, max_bytes=settings.max_request_bytes)
+    return app
 
+
+def _lifespan(
+    settings: Settings, engine: Engine
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         # The routes are sync: they run on AnyIO's thread pool, which need not be larger than
@@ -91,16 +124,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         engine.dispose()
 
-    app = FastAPI(
-        title="htrq",
-        version="1",
-        summary="Handwritten pages in, text with confidences out.",
-        lifespan=lifespan,
-        # Served below from files in the package: FastAPI's defaults load Swagger UI and
-        # ReDoc from a CDN, which leaves /docs blank on a network without internet.
-        docs_url=None,
-        redoc_url=None,
-    )
+    return lifespan
+
+
+def _serve_docs(app: FastAPI) -> None:
+    """Swagger UI at ``/docs``, its assets from the package (``api/static``)."""
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/docs", include_in_schema=False)
@@ -113,6 +141,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             swagger_favicon_url="/static/swagger/favicon-32x32.png",
         )
 
+
+def _open_services(app: FastAPI, settings: Settings, engine: Engine) -> None:
+    """What the routes take from the app's state (``api/deps.py``)."""
     app.state.settings = settings
     app.state.sessions = make_sessions(engine)
     app.state.default_tenant = None  # looked up on the first request while auth is off
@@ -124,6 +155,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     app.state.storage = open_store(settings)
     app.state.sender = CelerySender(make_celery(settings, name="htrq-api"))
+
+
+def _include_routes(app: FastAPI) -> None:
     app.include_router(jobs.router)
     app.include_router(health.router)
     app.include_router(exports.router)
@@ -132,23 +166,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(images.router)
     app.include_router(review.router)
     app.mount("/review/static", review.static_files(), name="review-static")
-    app.openapi = _openapi_with_error_bodies(app)  # type: ignore[method-assign]
+
+
+def _answer_errors(app: FastAPI) -> None:
+    """Every error as ``{"error": {"code": ..., "message": ...}}`` with its status."""
+
+    def refuse(_: Request, exc: Exception) -> JSONResponse:
+        status, code = next(REFUSALS[c] for c in type(exc).__mro__ if c in REFUSALS)
+        return error(status, code, str(exc))
+
+    for refusal in REFUSALS:
+        app.add_exception_handler(refusal, refuse)
 
     @app.exception_handler(PageError)
     def _page_error(_: Request, exc: PageError) -> JSONResponse:
         return error(PAGE_ERROR_STATUS.get(exc.code, 422), exc.code, exc.message)
-
-    app.add_middleware(RequestSizeLimit, max_bytes=settings.max_request_bytes)
 
     @app.exception_handler(Unauthorized)
     def _unauthorized(_: Request, exc: Unauthorized) -> JSONResponse:
         response = error(401, "unauthorized", str(exc))
         response.headers["WWW-Authenticate"] = "Bearer"
         return response
-
-    @app.exception_handler(NotFound)
-    def _not_found(_: Request, exc: NotFound) -> JSONResponse:
-        return error(404, "not_found", str(exc))
 
     @app.exception_handler(StorageUnavailable)
     def _storage(_: Request, exc: StorageUnavailable) -> JSONResponse:
@@ -163,18 +201,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         response.headers["Retry-After"] = str(exc.retry_after)
         return response
 
-    @app.exception_handler(PageNotSucceeded)
-    def _not_succeeded(_: Request, exc: PageNotSucceeded) -> JSONResponse:
-        return error(409, "page_not_succeeded", str(exc))
-
-    @app.exception_handler(InvalidCorrection)
-    def _invalid_correction(_: Request, exc: InvalidCorrection) -> JSONResponse:
-        return error(422, "invalid_request", str(exc))
-
-    @app.exception_handler(IdempotencyConflict)
-    def _conflict(_: Request, exc: IdempotencyConflict) -> JSONResponse:
-        return error(409, "idempotency_conflict", str(exc))
-
     @app.exception_handler(RequestValidationError)
     def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         problems = "; ".join(
@@ -188,5 +214,3 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         codes = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed"}
         code = codes.get(exc.status_code, "http_error")
         return error(exc.status_code, code, str(exc.detail))
-
-    return app

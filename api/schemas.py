@@ -7,7 +7,7 @@ from datetime import datetime
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from htrq.resources import ErrorInfo, JobList, JobResource, LineResource, PageResource
-from htrq.review_links import MAX_LINK_SECONDS
+from htrq.tenants.review_links import MAX_LINK_SECONDS
 from htrq.text import MAX_LINE_CHARS, clean_correction
 
 __all__ = [

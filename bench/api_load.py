@@ -52,6 +52,7 @@ from pathlib import Path
 import httpx
 import psycopg
 from PIL import Image, ImageDraw
+from scratch import htrq_free_env
 
 HTRQ = str(Path(sys.executable).parent / "htrq")
 #: The bench key's tenant; the other seeded tenants are ``bench-1`` ... ``bench-8``.
@@ -520,7 +521,7 @@ def main() -> None:
         tempfile.TemporaryDirectory(prefix="htrq-load-") as tmp,
         psycopg.connect(plain_url, autocommit=True) as conn,
     ):
-        base = {k: v for k, v in os.environ.items() if not k.startswith("HTRQ_")}
+        base = htrq_free_env()
         base.update(
             HTRQ_DATABASE_URL=db_url,
             HTRQ_BROKER_URL=broker_url,

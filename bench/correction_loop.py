@@ -38,18 +38,18 @@ import time
 from pathlib import Path
 
 from htrq import jobs
-from htrq.corrections import correct_line
-from htrq.db import upgrade
+from htrq.jobs.corrections import correct_line
+from htrq.jobs.uploads import Upload
 from htrq.settings import Settings, load_settings
 from htrq.tenants import default_tenant
-from htrq.uploads import Upload
-from worker.app import load_context
-from worker.batch import process_batch
-from worker.corrections import export_corrections
-from worker.embedded import LocalQueue, transcribe
-from worker.recognize import resolve_model
+from migrations import upgrade
+from worker.recognition.recognizer import resolve_model
+from worker.serving.app import load_context
+from worker.serving.batch import process_batch
+from worker.serving.embedded import LocalQueue, transcribe
 from worker.training.data import read_column, read_lines_tsv
-from worker.training.metrics import cer
+from worker.training.error_rates import cer
+from worker.training.reviewed_lines import export_corrections
 from worker.training.writers import WRITER_COLUMN
 
 Line = tuple[Path, str]

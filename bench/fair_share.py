@@ -34,17 +34,18 @@ from pathlib import Path
 
 import redis
 from PIL import Image, ImageDraw
-from scratch import scratch_database
+from scratch import scratch_database, settings_env, start_service
 from sqlalchemy import func, select
 
 from htrq import jobs
-from htrq.db import make_engine, make_sessions, session_scope, upgrade
-from htrq.deletion import delete_job
+from htrq.db import make_engine, make_sessions, session_scope
+from htrq.jobs.deletion import delete_job
 from htrq.models import Page
 from htrq.queue import CelerySender, make_celery
 from htrq.settings import Settings, load_settings
 from htrq.storage import open_store
 from htrq.tenants import ensure_tenant
+from migrations import upgrade
 
 
 def make_pages(n: int, synthetic: bool) -> list[bytes]:
@@ -71,19 +72,8 @@ class Service:
     def __init__(self, settings: Settings, log: Path) -> None:
         assert settings.database_url
         self.settings, self.log = settings, log
-        env = {k: v for k, v in os.environ.items() if not k.startswith("HTRQ_")}
-        env.update(
-            {f"HTRQ_{k.upper()}": str(v) for k, v in settings.model_dump().items() if v is not None}
-        )
-        env["TRANSFORMERS_VERBOSITY"] = "error"
-        with log.open("wb") as out:  # the worker keeps its own copy of the descriptor
-            self.worker = subprocess.Popen(
-                [str(Path(sys.executable).parent / "htrq"), "worker", "--loglevel=info"],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        env = settings_env(settings, TRANSFORMERS_VERBOSITY="error")
+        self.worker = start_service(["worker", "--loglevel=info"], env, log)
         self.engine = make_engine(settings.database_url)
         self.sessions = make_sessions(self.engine)
         self.sender = CelerySender(make_celery(settings))

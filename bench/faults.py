@@ -77,7 +77,7 @@ from pathlib import Path
 import httpx
 import psycopg
 from PIL import Image, ImageDraw, PngImagePlugin
-from scratch import group_cpu_seconds
+from scratch import group_cpu_seconds, htrq_free_env, start_service
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = ["the", "of", "and", "to", "in", "was", "his", "letter", "house", "river", "road"]
@@ -307,12 +307,7 @@ class Service:
     def _spawn(self, name: str, *args: str) -> Proc:
         n = sum(1 for p in self.procs if p.name.startswith(name))
         log = self.workdir / f"{name}-{n}.log"
-        with log.open("wb") as out:
-            popen = subprocess.Popen(
-                [sys.executable, "-m", "htrq.cli", *args],
-                env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
-        proc = Proc(name, popen, log)
+        proc = Proc(name, start_service(list(args), self.env, log), log)
         self.procs.append(proc)
         return proc
 
@@ -470,7 +465,7 @@ class Bench:
         self.pg.start()
         with self.pg.connect("postgres") as conn:
             conn.execute(f'CREATE DATABASE "{self.db}"')
-        env = {k: v for k, v in os.environ.items() if not k.startswith("HTRQ_")}
+        env = htrq_free_env()
         env.update(SERVICE_SETTINGS)
         env.update(
             HTRQ_DATABASE_URL=self.pg.url(self.db, "postgresql+psycopg"),

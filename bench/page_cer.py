@@ -6,7 +6,7 @@
 A page's text is its lines joined by newlines, as the service returns it; the reference is
 the ground-truth lines (ALTO Strings for real pages, the rendered text for synthetic ones)
 joined the same way. Pages go through the service's own pipeline, built from settings by
-``worker.reading.build_pipeline`` (HTRQ_* variables apply, as in the worker); with
+``worker.recognition.reading.build_pipeline`` (HTRQ_* variables apply, as in the worker); with
 ``--segmenter truth`` the ground-truth line boxes are cropped instead and read by the same
 line reader.
 """
@@ -22,12 +22,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from htrq.resources import CTC_WEIGHT
 from htrq.settings import load_settings
-from worker.pipeline import PageInput, PageOutput
-from worker.preprocess import normalise_page
-from worker.reading import build_pipeline
-from worker.segment import LineBox, crop_lines
-from worker.segmentation.evaluate import Box, alto_line_boxes, alto_line_texts
-from worker.training.metrics import edit_distance
+from worker.recognition.pipeline import PageInput, PageOutput, build_pipeline
+from worker.segmentation import LineBox
+from worker.segmentation.crops import crop_lines
+from worker.segmentation.preprocess import normalise_page
+from worker.segmentation.scoring import Box, alto_line_boxes, alto_line_texts
+from worker.training.error_rates import edit_distance
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-v", "--verbose", action="store_true", help="print every page's texts")
     args = ap.parse_args(argv)
 
-    from worker.app import load_recognizer
+    from worker.serving.app import load_recognizer
 
     oracle = args.segmenter == "truth"
     settings = load_settings(

@@ -1,10 +1,12 @@
-"""What the service benches share: a throwaway database and broker, and the CPU time of a
-process group. Imported by the scripts beside it (``python bench/X.py`` puts ``bench/`` on
-the path)."""
+"""What the service benches share: a throwaway database and broker, the CPU time of a
+process group, and the tests' helpers that start ``htrq`` services (``tests/services.py``).
+Imported by the scripts beside it (``python bench/X.py`` puts ``bench/`` on the path; the
+repository's root is put there below, for ``tests``)."""
 
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,6 +14,18 @@ from pathlib import Path
 
 import psycopg
 import redis
+
+# tests/services.py starts `htrq` service processes for the tests and for these benches.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.services import htrq_free_env, settings_env, start_service
+
+__all__ = [
+    "group_cpu_seconds",
+    "htrq_free_env",
+    "scratch_database",
+    "settings_env",
+    "start_service",
+]
 
 
 @contextmanager

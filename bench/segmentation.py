@@ -21,9 +21,10 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from worker.preprocess import SKEW_INFO_KEY, normalise_page
-from worker.segment import Segmenter, make_segmenter, to_source_frame
-from worker.segmentation.evaluate import Box, Score, alto_line_boxes, match
+from worker.segmentation import Segmenter, make_segmenter
+from worker.segmentation.crops import to_source_frame
+from worker.segmentation.preprocess import SKEW_INFO_KEY, normalise_page
+from worker.segmentation.scoring import Box, Score, alto_line_boxes, match
 
 MAX_PIXELS = 200_000_000
 

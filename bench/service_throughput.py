@@ -3,10 +3,10 @@
 The service run starts a real ``htrq worker`` (Celery on Redis, results in PostgreSQL),
 submits N pages through the job service and times until every page is stored. The bare run
 gives the same line crops, with the same model and settings, to the same line reader the
-worker builds (``worker.reading``: trim, split what is too wide, recognise, re-join) in this
-process, so both sides read the same pieces; each prints how many lines it read, and the
-bench stops if they differ. The ratio is what queueing, claims, decoding and writes cost
-(target >= 0.9).
+worker builds (``worker.recognition.reading``: trim, split what is too wide, recognise,
+re-join) in this process, so both sides read the same pieces; each prints how many lines it
+read, and the bench stops if they differ. The ratio is what queueing, claims, decoding and
+writes cost (target >= 0.9).
 
     .venv/bin/python bench/service_throughput.py                 # shipped model, 256 pages
     .venv/bin/python bench/service_throughput.py --model DIR --pages 128 --num-beams 1
@@ -26,8 +26,6 @@ import random
 import re
 import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -35,19 +33,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from PIL import Image, ImageDraw
-from scratch import group_cpu_seconds, scratch_database
+from scratch import group_cpu_seconds, scratch_database, settings_env, start_service
 from sqlalchemy import func, select
 
 from htrq import jobs
-from htrq.db import make_engine, make_sessions, upgrade
+from htrq.db import make_engine, make_sessions
 from htrq.models import Line, Page
 from htrq.queue import CelerySender, make_celery
 from htrq.settings import Settings, load_settings
 from htrq.storage import open_store
 from htrq.tenants import default_tenant
-from worker.app import load_recognizer
-from worker.pipeline import PageInput, Pipeline
-from worker.reading import line_reader
+from migrations import upgrade
+from worker.recognition.pipeline import PageInput, Pipeline
+from worker.recognition.reading import line_reader
+from worker.serving.app import load_recognizer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -213,25 +212,9 @@ class Service:
         assert settings.database_url
         self.mode = mode
         self.settings, self.timeout = settings, timeout
-        env = {k: v for k, v in os.environ.items() if not k.startswith("HTRQ_")}
-        env.update(
-            {f"HTRQ_{k.upper()}": str(v) for k, v in settings.model_dump().items() if v is not None}
-        )
-        env["TRANSFORMERS_VERBOSITY"] = "error"
+        env = settings_env(settings, TRANSFORMERS_VERBOSITY="error")
         self.log = log = Path(tempfile.gettempdir()) / "htrq-bench-worker.log"
-        with log.open("wb") as out:  # the worker keeps its own copy of the descriptor
-            self.worker = subprocess.Popen(
-                [
-                    str(Path(sys.executable).parent / "htrq"),
-                    "worker",
-                    "--loglevel=info",
-                    f"--pool={pool}",
-                ],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        self.worker = start_service(["worker", "--loglevel=info", f"--pool={pool}"], env, log)
         self.engine = make_engine(settings.database_url)
         self.sessions = make_sessions(self.engine)
         self.sender = CelerySender(make_celery(settings))

@@ -13,7 +13,6 @@ and time. Needs PostgreSQL and Redis on localhost (``--admin-url``, ``--broker-u
 from __future__ import annotations
 
 import argparse
-import os
 import socket
 import subprocess
 import sys
@@ -26,6 +25,7 @@ import httpx
 import numpy as np
 import psycopg
 from PIL import Image
+from scratch import htrq_free_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,7 +53,7 @@ def main() -> None:
             page = Path(tmp) / "noise.png"
             noise = np.random.default_rng(0).integers(0, 256, (4000, 4000, 3), dtype=np.uint8)
             Image.fromarray(noise).save(page, compress_level=1)
-            env = {k: v for k, v in os.environ.items() if not k.startswith("HTRQ_")}
+            env = htrq_free_env()
             env.update(
                 HTRQ_DATABASE_URL=f"{base}/{db}",
                 HTRQ_BROKER_URL=args.broker_url,

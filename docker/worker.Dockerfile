@@ -32,5 +32,5 @@ USER htrq
 
 # Alive if the worker answers a Celery ping on its broker.
 HEALTHCHECK --interval=30s --timeout=15s --start-period=60s --retries=3 \
-    CMD celery -A worker.app inspect ping --destination "celery@$HOSTNAME" --timeout 10 || exit 1
+    CMD celery -A worker.serving.app inspect ping --destination "celery@$HOSTNAME" --timeout 10 || exit 1
 CMD ["htrq", "worker", "--hostname", "celery@%h"]

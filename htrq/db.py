@@ -1,22 +1,17 @@
-"""Engine, sessions and migrations for PostgreSQL (the service) and SQLite (``htrq transcribe``)."""
+"""Engine and sessions for PostgreSQL (the service) and SQLite (``htrq transcribe``).
+
+The schema is made by the Alembic migrations (``migrations.upgrade``)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
-
-import migrations
-
-# __path__, not __file__: an editable install may present the folder as a namespace package.
-MIGRATIONS_DIR = Path(next(iter(migrations.__path__)))
-
 
 #: A pooled connection that sat idle longer than this is pinged before it is used.
 PING_AFTER_IDLE_S = 5.0
@@ -77,6 +72,12 @@ def make_sessions(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
+def check_database(sessions: sessionmaker[Session]) -> None:
+    """Run a trivial query: raises whatever the driver raises when the database is down."""
+    with sessions() as session:
+        session.execute(text("SELECT 1"))
+
+
 @contextmanager
 def session_scope(sessions: sessionmaker[Session]) -> Iterator[Session]:
     """One unit of work: commit on success, roll back on any error."""
@@ -94,30 +95,3 @@ def read_scope(sessions: sessionmaker[Session]) -> Iterator[Session]:
         if isinstance(session.get_bind(), Engine):
             session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
         yield session
-
-
-def _alembic(url: str) -> Any:
-    from alembic.config import Config
-
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-    # Passed as an attribute, not a main option: ConfigParser would choke on "%" in passwords.
-    cfg.attributes["database_url"] = url
-    return cfg
-
-
-def upgrade(url: str, revision: str = "head") -> None:
-    """Apply the Alembic migrations to ``url`` (both PostgreSQL and SQLite).
-
-    The embedded SQLite database of ``htrq transcribe`` is migrated too, rather than built with
-    ``create_all``, so that one schema, constraints included, is what every command runs on.
-    """
-    from alembic import command
-
-    command.upgrade(_alembic(url), revision)
-
-
-def downgrade(url: str, revision: str) -> None:
-    from alembic import command
-
-    command.downgrade(_alembic(url), revision)

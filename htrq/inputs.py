@@ -11,9 +11,10 @@ from __future__ import annotations
 import contextlib
 import io
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import pypdfium2 as pdfium
 from PIL import Image
@@ -104,7 +105,7 @@ def render_page(
     ``dpi``) before any pixel is decoded, so a decompression bomb is refused with
     ``too_large`` at no cost, and a format refused at upload is refused here too (a retry
     re-reads the stored bytes). PDF pages are rendered here without a time limit: the
-    worker renders them through ``worker.render``, which has one.
+    worker renders them through ``worker.recognition.render``, which has one.
     """
     if not data:  # as at upload: a retried page that was refused there keeps its code
         raise PageError("empty_file", "the uploaded file is empty")
@@ -243,3 +244,35 @@ def render_pdf_page(
             raise PageError(
                 "invalid_pdf", f"page {index} could not be rendered ({type(exc).__name__})"
             ) from exc
+
+
+class RenderLimits(Protocol):
+    """How a stored page is rendered: the settings, or a pipeline built from them."""
+
+    @property
+    def pdf_dpi(self) -> int: ...
+
+    @property
+    def max_pixels(self) -> int: ...
+
+    @property
+    def max_aspect(self) -> float: ...
+
+
+def render_stored_page(
+    data: bytes,
+    frame: int,
+    limits: RenderLimits,
+    *,
+    render: Callable[..., Image.Image] = render_page,
+) -> Image.Image:
+    """:func:`render_page` (or ``render``, which takes its arguments: a PDF renderer's) at
+    ``limits``' PDF resolution and within its pixel and shape bounds: page ``frame`` as the
+    worker reads it, the review page shows it and the corrections export cuts it."""
+    return render(
+        data,
+        frame,
+        dpi=limits.pdf_dpi,
+        max_pixels=limits.max_pixels,
+        max_aspect=limits.max_aspect,
+    )

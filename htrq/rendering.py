@@ -17,8 +17,9 @@ Why not ``concurrent.futures.ProcessPoolExecutor``: it cannot stop one task that
 long (only the whole pool, and with it every other caller's render), and one child that dies
 marks the whole pool broken, failing every render in flight, of every tenant. Here a helper
 that runs out of time or dies is killed alone and only its caller gets an error. Plain
-subprocesses rather than ``multiprocessing``, as ``worker.render`` found: Celery's prefork
-children are daemonic, and daemonic processes may not have children of their own.
+subprocesses rather than ``multiprocessing``, as ``worker.recognition.render`` found:
+Celery's prefork children are daemonic, and daemonic processes may not have children of
+their own.
 
 Each process has its own renderers (:func:`pdf_renderer`): a fork (a worker's pool process)
 starts its own helpers rather than share the parent's pipes.

@@ -84,8 +84,8 @@ class JobList(BaseModel):
 REVIEW_BELOW = 0.75
 
 #: Default of ``HTRQ_CTC_WEIGHT``: the share of the CTC head's prefix score in each decoding
-#: step, for models that ship a head (``worker.ctc_prefix``). Chosen on the built-in model's
-#: validation lines (600, held-out fonts, greedy): CER 0.0658 at 0 (the decoder alone),
+#: step, for models that ship a head (``worker.recognition.ctc_prefix``). Chosen on the built-in
+#: model's validation lines (600, held-out fonts, greedy): CER 0.0658 at 0 (the decoder alone),
 #: 0.0633 at 0.2, 0.0637 at 0.3, 0.0618 at 0.4, 0.0631 at 0.5 and 0.6.
 CTC_WEIGHT = 0.4
 

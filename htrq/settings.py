@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from htrq.resources import CTC_WEIGHT, REVIEW_BELOW
-from htrq.storage import parse_storage_url
 
 ENV_PREFIX = "HTRQ_"
 
@@ -27,6 +27,39 @@ def stretches_text(factors: tuple[float, ...] | list[float]) -> str:
 
 class SettingsError(Exception):
     """A configuration value is wrong; the message names the environment variable."""
+
+
+@dataclass(frozen=True)
+class StorageLocation:
+    """Where blobs live: a directory (``path``) or a bucket and a prefix in it."""
+
+    scheme: str  #: ``file`` or ``s3``
+    path: Path | None = None
+    bucket: str = ""
+    prefix: str = ""
+
+
+def parse_storage_url(url: str) -> StorageLocation:
+    """``file:///srv/htrq/blobs`` or ``s3://bucket/prefix``; raises ValueError otherwise.
+
+    The messages never repeat what stands before ``@``: a credential put in the URL.
+    """
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("file", "s3"):
+        raise ValueError("expected file:///absolute/path or s3://bucket/prefix")
+    if parts.query or parts.fragment:
+        raise ValueError("a storage URL takes no query (?) or fragment (#)")
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
+            raise ValueError("a file URL takes an absolute path: file:///srv/htrq/blobs")
+        return StorageLocation("file", path=Path(unquote(parts.path)))
+    if "@" in parts.netloc:
+        raise ValueError(
+            "credentials do not go in the URL: use AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+        )
+    if not parts.netloc:
+        raise ValueError("an s3 URL names its bucket: s3://bucket/prefix")
+    return StorageLocation("s3", bucket=parts.netloc, prefix=unquote(parts.path).strip("/"))
 
 
 class Settings(BaseSettings):
@@ -76,7 +109,7 @@ class Settings(BaseSettings):
     webhook_poll: float = Field(1.0, gt=0)
     #: Key that signs review links (``POST /v1/jobs/{id}/review-link``), at least 32
     #: characters; changing it ends every link given out. Unset: each link is signed with a
-    #: key derived from its job's tenant's webhook secret (``htrq.review_links`` says why
+    #: key derived from its job's tenant's webhook secret (``htrq.tenants.review_links`` says why
     #: that is safe).
     review_secret: str | None = Field(None, min_length=32)
     #: Seconds a review link stays valid unless its request asks for less or more (at most

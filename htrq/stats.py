@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from htrq.models import Page, utcnow
 
@@ -25,8 +25,13 @@ class QueueStats:
     oldest_queued_seconds: float
 
 
-def queue_stats(session: Session, now: datetime | None = None) -> QueueStats:
-    now = now or utcnow()
+def queue_stats(sessions: sessionmaker[Session], now: datetime | None = None) -> QueueStats:
+    """The pages waiting and in flight now, read in one session."""
+    with sessions() as session:
+        return _queue_stats(session, now or utcnow())
+
+
+def _queue_stats(session: Session, now: datetime) -> QueueStats:
     counts = dict(
         session.execute(
             select(Page.status, func.count())

@@ -1,0 +1,41 @@
+"""The Alembic migrations of htrq's schema, and how to apply them (:func:`upgrade`).
+
+``migrations/env.py`` runs them on the URL :func:`upgrade` passes in; ``versions/`` holds one
+file per revision. ``htrq migrate`` (``migrations/cli.py``) applies them to
+``HTRQ_DATABASE_URL``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+#: The folder of ``env.py`` and ``versions/`` (this package's own).
+MIGRATIONS_DIR = Path(__file__).parent
+
+
+def _alembic(url: str) -> Any:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    # Passed as an attribute, not a main option: ConfigParser would choke on "%" in passwords.
+    cfg.attributes["database_url"] = url
+    return cfg
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    """Apply the Alembic migrations to ``url`` (both PostgreSQL and SQLite).
+
+    The embedded SQLite database of ``htrq transcribe`` is migrated too, rather than built with
+    ``create_all``, so that one schema, constraints included, is what every command runs on.
+    """
+    from alembic import command
+
+    command.upgrade(_alembic(url), revision)
+
+
+def downgrade(url: str, revision: str) -> None:
+    from alembic import command
+
+    command.downgrade(_alembic(url), revision)

@@ -1,4 +1,4 @@
-"""Alembic environment: runs migrations on the URL that ``htrq.db.upgrade`` passes in."""
+"""Alembic environment: runs migrations on the URL that ``migrations.upgrade`` passes in."""
 
 from __future__ import annotations
 

@@ -24,13 +24,14 @@ import redis
 from sqlalchemy import Engine, delete, insert, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from htrq.db import make_engine, upgrade
+from htrq.db import make_engine
 from htrq.models import Base
 from htrq.settings import Settings
+from migrations import upgrade
 from tests.services import Processes, free_port, stop_group, wait_for
 
 if TYPE_CHECKING:
-    from worker.recognize import Recognizer
+    from worker.recognition.recognizer import Recognizer
 
 #: A PostgreSQL server (any database on it) where each run creates and drops its own database.
 PG_ADMIN_URL = os.environ.get(
@@ -147,7 +148,7 @@ def process_state_restored() -> Iterator[None]:
     """What ``htrq.cli.main`` changes in the process it runs in, put back after each test
     that calls it in-process: SIGPIPE back to Python's ignored (after ``main`` a write to a
     closed socket would kill the whole run instead of raising), and the loggers' levels
-    (``htrq transcribe`` silences ``worker.batch``)."""
+    (``htrq transcribe`` silences ``worker.serving.batch``)."""
     sigpipe = signal.getsignal(signal.SIGPIPE)
     loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
     levels = {lg: lg.level for lg in loggers if isinstance(lg, logging.Logger)}
@@ -308,7 +309,7 @@ def stock_model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
 
 @pytest.fixture(scope="session")
 def recognizer(tiny_model: Path) -> Recognizer:
-    from worker.recognize import Recognizer
+    from worker.recognition.recognizer import Recognizer
 
     return Recognizer.load(model=str(tiny_model), batch_size=8, num_beams=1, max_new_tokens=6)
 

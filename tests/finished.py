@@ -1,6 +1,6 @@
 """Finished pages for review tests, made through the service's own functions: the upload is
 submitted (and stored) by the job service, claimed, and its result written with
-``htrq.claims.write_result``, as a worker writes it, with lines chosen by the test."""
+``htrq.jobs.claims.write_result``, as a worker writes it, with lines chosen by the test."""
 
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from htrq import jobs
-from htrq.claims import claim_pages, write_result
 from htrq.db import session_scope
+from htrq.jobs.claims import claim_pages, write_result
+from htrq.jobs.uploads import Upload
 from htrq.models import Page
 from htrq.settings import Settings
 from htrq.storage import BlobStore
-from htrq.uploads import Upload
 
 
 @dataclass(frozen=True)

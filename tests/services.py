@@ -1,5 +1,7 @@
 """Service processes for end-to-end tests: ``htrq worker`` and ``htrq api`` in their own
-process groups, with the run's settings, and waits that fail with the process's log."""
+process groups, with the run's settings, and waits that fail with the process's log.
+
+The benches start their services with the same helpers (``bench/scratch.py``)."""
 
 from __future__ import annotations
 
@@ -26,14 +28,35 @@ HTRQ = str(Path(sys.executable).parent / "htrq")
 DEADLINE = float(os.environ.get("HTRQ_TEST_DEADLINE", "180"))
 
 
-def service_env(settings: Settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HTRQ_")}
+def htrq_free_env() -> dict[str, str]:
+    """This process's environment without any ``HTRQ_*`` variable."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("HTRQ_")}
+
+
+def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment in which a child process loads exactly ``settings`` (and ``extra``)."""
+    env = htrq_free_env()
     for name, value in settings.model_dump().items():
         if value is not None:
             env[f"HTRQ_{name.upper()}"] = str(value)
-    # One thread per process: the worker shares two cores with the test and the API.
-    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", TRANSFORMERS_VERBOSITY="error")
+    env.update(extra)
     return env
+
+
+def service_env(settings: Settings) -> dict[str, str]:
+    # One thread per process: the worker shares two cores with the test and the API.
+    return settings_env(
+        settings, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", TRANSFORMERS_VERBOSITY="error"
+    )
+
+
+def start_service(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """``htrq ARGS`` in a process group of its own (so that a signal reaches its pool
+    processes too), its output in ``log``."""
+    with log.open("wb") as out:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            [HTRQ, *args], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
 
 class Processes:
@@ -47,14 +70,7 @@ class Processes:
         self, name: str, args: list[str], env: dict[str, str]
     ) -> tuple[subprocess.Popen[bytes], Path]:
         log = self.tmp / f"{name}.log"
-        with log.open("wb") as out:  # the child keeps its own copy of the descriptor
-            proc = subprocess.Popen(
-                [HTRQ, *args],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own group, so SIGKILL reaches pool children too
-            )
+        proc = start_service(args, env, log)
         self.procs.append(proc)
         return proc, log
 

@@ -1,31 +1,22 @@
 """``/v1/jobs/{id}/export`` and ``/v1/jobs/{id}/pages/{index}/export``: txt, json, ALTO, PAGE.
 
-Rendering is :mod:`htrq.exports` (pure); this module only loads rows and picks the format.
-A page export answers 409 until the page has succeeded, a job export until every page has
-finished. In a finished job, failed pages are empty in txt (the form feeds keep the page
-positions), left out of the ALTO and PAGE zips, and carry their error in json.
+Loading is :mod:`htrq.exports.results`, rendering :mod:`htrq.exports.formats` (pure); this
+module only picks the format and names the file. A page export answers 409 until the page
+has succeeded, a job export until every page has finished. In a finished job, failed pages
+are empty in txt (the form feeds keep the page positions), left out of the ALTO and PAGE
+zips, and carry their error in json.
 """
 
 from __future__ import annotations
 
-import uuid
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Response
-from fastapi.responses import JSONResponse
-from PIL import Image
-from sqlalchemy import select
-from sqlalchemy.orm import selectinload
 
 from api.deps import SessionsDep, SettingsDep, StorageDep, TenantDep
 from api.schemas import ErrorBody
-from htrq.exports import FORMATS, from_rows, render_job_export, render_page_export
-from htrq.jobs import NotFound, check_page_index, owned_job
-from htrq.models import Page
-from htrq.page_images import upright_page
-from htrq.pdfexport import searchable_pdf
-from htrq.settings import Settings
-from htrq.storage import BlobStore
+from htrq.exports.formats import FORMATS, render_job_export, render_page_export
+from htrq.exports.results import job_to_export, page_to_export, pdf_of
 
 router = APIRouter(prefix="/v1/jobs", tags=["exports"])
 
@@ -86,29 +77,17 @@ def export_page(
     format: FormatQuery = "txt",
 ) -> Response:
     """One page's result as plain text, JSON, ALTO 4 or PAGE XML."""
-    jid = _parse_id(job_id)
-    check_page_index(job_id, index)
-    with sessions() as s:
-        owned_job(s, tenant, jid)
-        page = s.scalars(
-            select(Page)
-            .where(Page.job_id == jid, Page.index == index)
-            .options(selectinload(Page.lines))
-        ).first()
-        if page is None:
-            raise NotFound(f"no page {index} in job {job_id}")
-        if page.status != "succeeded":
-            return _conflict(
-                "page_not_succeeded", f"page {index} is {page.status}; export it once it succeeded"
-            )
-        result = from_rows(page, page.lines, settings.review_below)
-        source = (page.blob_key, page.frame)
+    jid, page = page_to_export(
+        sessions=sessions,
+        tenant_id=tenant,
+        job_id=job_id,
+        index=index,
+        review_below=settings.review_below,
+    )
     if format == "pdf":
-        body = searchable_pdf(
-            [(result, page_image(storage, settings, *source))], title=f"{jid} page {index + 1}"
-        )
+        body = pdf_of([page], storage=storage, settings=settings, title=f"{jid} page {index + 1}")
     else:
-        body = render_page_export(result, format)
+        body = render_page_export(page.result, format)
     name = f"{jid}-page-{index + 1:04d}.{EXTENSIONS[format]}"
     return _download(body, FORMATS[format], name)
 
@@ -130,55 +109,16 @@ def export_job(
     """The whole job, pages in order, once every page has finished: txt (form feed between
     pages), JSON, or a zip of one ALTO / PAGE XML file per succeeded page
     (``page-0001.xml`` ...)."""
-    jid = _parse_id(job_id)
-    with sessions() as s:
-        owned_job(s, tenant, jid)
-        pages = s.scalars(
-            select(Page)
-            .where(Page.job_id == jid)
-            .order_by(Page.index)
-            .options(selectinload(Page.lines))
-        ).all()
-        waiting = [p.index for p in pages if p.status not in ("succeeded", "failed")]
-        if waiting:
-            return _conflict(
-                "job_not_finished",
-                f"{len(waiting)} pages are still queued or running (the first is page "
-                f"{waiting[0]}); export the job once it has finished",
-            )
-        results = [
-            from_rows(p, p.lines if p.status == "succeeded" else [], settings.review_below)
-            for p in pages
-        ]
-        sources = [(p.blob_key, p.frame) for p in pages]
+    jid, pages = job_to_export(
+        sessions=sessions, tenant_id=tenant, job_id=job_id, review_below=settings.review_below
+    )
     if format == "pdf":
-        # The pages that succeeded, in order; a failed page has no text to search.
-        readable = [
-            (r, src) for r, src in zip(results, sources, strict=True) if r.status == "succeeded"
-        ]
-        body = searchable_pdf(
-            ((r, page_image(storage, settings, *src)) for r, src in readable), title=str(jid)
-        )
+        body = pdf_of(pages, storage=storage, settings=settings, title=str(jid))
         return _download(body, "application/pdf", f"{jid}.pdf")
-    body, media, ext = render_job_export(results, format)
+    body, media, ext = render_job_export([p.result for p in pages], format)
     if format in ("alto", "page"):
         ext = f"{format}.zip"
     return _download(body, media, f"{jid}.{ext}")
-
-
-def page_image(storage: BlobStore, settings: Settings, blob_key: str, frame: int) -> Image.Image:
-    return upright_page(storage.get(blob_key), frame, settings)
-
-
-def _parse_id(job_id: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(job_id)
-    except ValueError:
-        raise NotFound(f"no job {job_id}") from None
-
-
-def _conflict(code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=409)
 
 
 def _download(body: bytes, media_type: str, filename: str) -> Response:

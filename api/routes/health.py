@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
-from sqlalchemy import text
 
 from api.deps import SenderDep, SessionsDep
 from api.schemas import ReadyBody
+from htrq.db import check_database
 
 router = APIRouter(tags=["health"])
 
@@ -23,8 +23,7 @@ def readyz(sessions: SessionsDep, sender: SenderDep) -> JSONResponse:
     """The database and the broker can be reached: 200, else 503 naming which is down."""
     body = ReadyBody(database=False, broker=False)
     try:
-        with sessions() as s:
-            s.execute(text("SELECT 1"))
+        check_database(sessions)
         body.database = True
     except Exception:
         pass

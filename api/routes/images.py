@@ -5,13 +5,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
-from sqlalchemy import select
 
 from api.deps import ReviewerDep, SessionsDep, SettingsDep, StorageDep
 from api.schemas import ErrorBody
-from htrq.jobs import NotFound, check_page_index, owned_job
-from htrq.models import Page
-from htrq.page_images import page_image
+from htrq.exports.page_images import stored_page_image
 from htrq.storage import BlobMissing
 
 router = APIRouter(prefix="/v1/jobs", tags=["review"])
@@ -46,23 +43,17 @@ def read_page_image(
 ) -> Response:
     """The succeeded page's image at its stored size (PNG, or JPEG for large pages): PDF
     pages rendered at ``HTRQ_PDF_DPI``, TIFF frames extracted, turned upright as read."""
-    check_page_index(job_id, index)
-    with sessions() as s:
-        job = owned_job(s, tenant, job_id)
-        page = s.scalars(select(Page).where(Page.job_id == job.id, Page.index == index)).first()
-        if page is None:
-            raise NotFound(f"no page {index} in job {job_id}")
-        if page.status != "succeeded":
-            return _error(
-                409, "page_not_succeeded", f"page {index} is {page.status}; it has no reading"
-            )
-        key, frame, size = page.blob_key, page.frame, (page.width or 0, page.height or 0)
     try:
-        data = storage.get(key)
+        body, media = stored_page_image(
+            sessions=sessions,
+            storage=storage,
+            settings=settings,
+            tenant_id=tenant,
+            job_id=job_id,
+            index=index,
+        )
     except BlobMissing:
         return _error(404, "blob_missing", f"the file of page {index} is no longer stored")
-    # The page has succeeded, so its file rendered within the worker's limits already.
-    body, media = page_image(data, frame, size=size, settings=settings)
     # A page's file never changes (stored under its digest), so the browser may keep it.
     return Response(body, media_type=media, headers={"Cache-Control": "private, max-age=86400"})
 

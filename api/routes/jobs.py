@@ -17,12 +17,12 @@ from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile
 from api.deps import ReviewerDep, SenderDep, SessionsDep, SettingsDep, StorageDep, TenantDep
 from api.schemas import ErrorBody, JobList, JobResource, PageResource, RetryBody
 from htrq import jobs
-from htrq.deletion import delete_job
 from htrq.errors import PageError
-from htrq.listing import MAX_LIMIT, list_jobs
+from htrq.jobs.deletion import delete_job
+from htrq.jobs.listing import MAX_LIMIT, list_jobs
+from htrq.jobs.uploads import Upload
 from htrq.resources import JobStatus
 from htrq.settings import Settings
-from htrq.uploads import Upload
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 

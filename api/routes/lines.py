@@ -10,7 +10,7 @@ from fastapi import APIRouter
 
 from api.deps import ReviewerDep, SessionsDep, SettingsDep
 from api.schemas import ErrorBody, LineCorrection, LineResource
-from htrq.corrections import correct_line
+from htrq.jobs.corrections import correct_line
 
 router = APIRouter(prefix="/v1/jobs", tags=["review"])
 

@@ -29,8 +29,7 @@ class _ServiceCollector(Collector):
             "htrq_up", "1 when htrq can reach the component", labels=["component"]
         )
         try:
-            with self.sessions() as s:
-                stats = queue_stats(s)
+            stats = queue_stats(self.sessions)
             up.add_metric(["database"], 1)
         except Exception:
             stats = None

@@ -20,8 +20,8 @@ from fastapi.staticfiles import StaticFiles
 from api.deps import SessionsDep, SettingsDep, TenantDep, Unauthorized, bearer, get_reviewer
 from api.review import PAGE, STATIC_DIR
 from api.schemas import ErrorBody, ReviewLink, ReviewLinkRequest
-from htrq.jobs import NotFound, owned_job
-from htrq.review_links import TOKEN_QUERY, make_token
+from htrq.jobs import NotFound, check_job
+from htrq.tenants.review_links import TOKEN_QUERY, make_token
 
 router = APIRouter(tags=["review"])
 
@@ -86,8 +86,7 @@ def review_page(
     ``HTRQ_AUTH=off``. Refusals are a short page for the person, not JSON."""
     try:
         tenant = get_reviewer(request, job_id, credentials, t=t)
-        with sessions() as s:
-            owned_job(s, tenant, job_id)
+        check_job(sessions=sessions, tenant_id=tenant, job_id=job_id)
     except Unauthorized as exc:
         if t is None:
             return _refusal(

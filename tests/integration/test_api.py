@@ -215,8 +215,8 @@ def test_metrics_show_the_work_waiting_and_in_flight(client: TestClient, engine)
 
     from sqlalchemy import delete
 
-    from htrq.claims import claim_pages
     from htrq.db import make_sessions, session_scope
+    from htrq.jobs.claims import claim_pages
     from htrq.models import Job
 
     sessions = make_sessions(engine)  # commits for real, as the API does: other tests' pages

@@ -11,19 +11,19 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from htrq import jobs
-from htrq.claims import claim_pages, sweep, write_result
+from htrq.jobs.claims import claim_pages, sweep, write_result
 from htrq.models import Line, Page, utcnow
 from htrq.queue import CelerySender, make_celery, page_queue
 from htrq.settings import Settings
 from htrq.storage import DirectoryStore, open_store
 from htrq.tenants import default_tenant
 from tests.images import corrupt_png, multipage_tiff, page_png
-from worker.batch import BatchContext, process_batch
-from worker.embedded import LocalQueue
-from worker.pipeline import LineOutput, Pipeline
-from worker.reading import LineReader, Recognize
-from worker.recognize import Recognizer
-from worker.sweeper import sweep_once
+from worker.recognition.pipeline import LineOutput, Pipeline
+from worker.recognition.reading import LineReader, Recognize
+from worker.recognition.recognizer import Recognizer
+from worker.serving.batch import BatchContext, process_batch
+from worker.serving.embedded import LocalQueue
+from worker.serving.sweeper import sweep_once
 
 
 def _context(

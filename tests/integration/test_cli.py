@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import Engine, select
 
 from htrq.cli import main
-from htrq.exports import ALTO_NS, PAGE_NS
+from htrq.exports.formats import ALTO_NS, PAGE_NS
 from htrq.models import Page
 from tests.images import corrupt_png, page_png
 from tests.services import free_port

@@ -26,11 +26,11 @@ from htrq.tenants import default_tenant
 from tests.hostile import png, saved_as
 from tests.images import page_png
 from tests.pdfs import pdf_of, text_pdf
-from worker.batch import BatchContext, process_batch
-from worker.embedded import LocalQueue
-from worker.pipeline import PageInput, Pipeline
-from worker.reading import LineReader
-from worker.render import render_pdf_limited
+from worker.recognition.pipeline import PageInput, Pipeline
+from worker.recognition.reading import LineReader
+from worker.recognition.render import render_pdf_limited
+from worker.serving.batch import BatchContext, process_batch
+from worker.serving.embedded import LocalQueue
 
 
 @dataclass(frozen=True)
@@ -243,7 +243,7 @@ def test_a_pdf_page_renders_within_its_time_limit_or_fails_too_slow() -> None:
     for any page ends it with too_slow (the helper killed, not left behind); the next page
     gets a new helper."""
     from htrq.inputs import render_pdf_page
-    from worker.render import helper_pid
+    from worker.recognition.render import helper_pid
 
     pdf = pdf_of([Image.new("L", (400, 300), 200)])
     args = {"dpi": 100, "max_pixels": 10**8, "max_aspect": 100.0}

@@ -18,20 +18,20 @@ from PIL import Image
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from htrq.corrections import correct_line
 from htrq.db import make_sessions, session_scope
 from htrq.inputs import render_page
+from htrq.jobs.corrections import correct_line
 from htrq.models import Job, Page, Tenant, utcnow
 from htrq.settings import Settings
 from htrq.storage import open_store
 from htrq.tenants import UnknownTenant, ensure_tenant
 from tests.finished import Read, finish, letter_png, submit
-from worker.batch import BatchContext, process_batch
-from worker.corrections import export_corrections
-from worker.preprocess import SKEW_INFO_KEY, normalise_page
-from worker.reading import build_pipeline
-from worker.recognize import Recognizer
+from worker.recognition.pipeline import build_pipeline
+from worker.recognition.recognizer import Recognizer
+from worker.segmentation.preprocess import SKEW_INFO_KEY, normalise_page
+from worker.serving.batch import BatchContext, process_batch
 from worker.training.data import read_column, read_lines_tsv
+from worker.training.reviewed_lines import export_corrections
 from worker.training.writers import split_collection
 
 LINES = Path(__file__).parents[1] / "resources" / "heldout-lines"

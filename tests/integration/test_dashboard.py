@@ -15,8 +15,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.routes.metrics import _ServiceCollector
 from htrq.queue import CelerySender, make_celery
 from htrq.settings import Settings
-from worker import metrics
-from worker.batch import BatchReport, GroupRead
+from worker.serving import worker_metrics as metrics
+from worker.serving.batch import BatchReport, GroupRead
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "docker" / "grafana-dashboard.json"
 METRIC = re.compile(r"\bhtrq_\w+")

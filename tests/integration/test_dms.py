@@ -22,7 +22,7 @@ from htrq.storage import open_store
 from htrq.tenants import create_key
 from tests.images import page_png
 from tests.services import Processes, service_env
-from worker.sweeper import purge_expired
+from worker.serving.sweeper import purge_expired
 
 
 @pytest.fixture
@@ -203,8 +203,8 @@ def test_the_pdf_export_is_searchable(api: tuple, engine: Engine) -> None:
 
     import pypdfium2 as pdfium
 
-    from htrq.claims import claim_pages, write_result
-    from worker.pipeline import LineOutput
+    from htrq.jobs.claims import claim_pages, write_result
+    from worker.recognition.pipeline import LineOutput
 
     client, _ = api
     job = _post(client, "Dear Mrs. Stanford")

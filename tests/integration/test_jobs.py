@@ -9,8 +9,8 @@ from sqlalchemy import Engine, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from htrq import jobs
-from htrq.claims import claim_pages, write_result
 from htrq.errors import PageError
+from htrq.jobs.claims import claim_pages, write_result
 from htrq.models import Page
 from htrq.resources import JobResource, StatusCounts, job_status
 from htrq.settings import Settings
@@ -18,7 +18,7 @@ from htrq.storage import DirectoryStore
 from htrq.tenants import default_tenant
 from tests.images import corrupt_png, page_png
 from tests.pdfs import broken_pdf, encrypted_pdf, pdf_of
-from worker.pipeline import LineOutput
+from worker.recognition.pipeline import LineOutput
 
 
 class Recorder:

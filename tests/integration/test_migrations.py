@@ -6,8 +6,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Engine, inspect
 
-from htrq.db import downgrade, make_engine, upgrade
+from htrq.db import make_engine
 from htrq.models import Base
+from migrations import downgrade, upgrade
 
 
 def _diff(engine: Engine) -> list[object]:

@@ -17,18 +17,18 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.main import create_app
 from htrq import jobs
-from htrq.claims import claim_pages
 from htrq.db import make_engine, make_sessions
+from htrq.jobs.claims import claim_pages
 from htrq.models import Job, Page
 from htrq.queue import CelerySender, make_celery, model_queue, page_queue
 from htrq.settings import Settings
 from htrq.storage import open_store
 from htrq.tenants import default_tenant
 from tests.images import page_png
-from worker.batch import BatchContext, backoff, process_batch
-from worker.pipeline import Pipeline
-from worker.reading import LineReader
-from worker.sweeper import sweep_once
+from worker.recognition.pipeline import Pipeline
+from worker.recognition.reading import LineReader
+from worker.serving.batch import BatchContext, backoff, process_batch
+from worker.serving.sweeper import sweep_once
 
 
 class Broken:
@@ -147,7 +147,7 @@ def test_two_identical_submits_racing_make_one_job(settings: Settings, engine) -
         with sessions() as s:
             assert s.scalar(select(func.count()).where(Job.idempotency_key == "racing-key")) == 1
     finally:
-        from htrq.deletion import delete_job
+        from htrq.jobs.deletion import delete_job
 
         for job, created in results:
             if created:
@@ -188,8 +188,8 @@ def test_review_below_takes_effect_in_the_api(
     settings: Settings, broker_url: str, sessions: sessionmaker[Session]
 ) -> None:
     """HTRQ_REVIEW_BELOW decides needs_review in the page resource the API answers."""
-    from htrq.claims import write_result
-    from worker.pipeline import LineOutput
+    from htrq.jobs.claims import write_result
+    from worker.recognition.pipeline import LineOutput
 
     job, _ = jobs.submit(
         sessions=sessions,
@@ -258,7 +258,7 @@ def test_retry_over_http_requeues_failed_pages_and_413_too_many_pages(
 def test_the_sweeper_thread_takes_back_expired_leases(settings: Settings, engine) -> None:  # type: ignore[no-untyped-def]
     """The worker's sweeper thread itself (not one sweep called by hand) puts a page whose
     lease expired back to queued and sends it again, within a few sweep intervals."""
-    from worker.sweeper import SweeperThread
+    from worker.serving.sweeper import SweeperThread
 
     sessions = make_sessions(engine)
     tenant = default_tenant(sessions)
@@ -298,7 +298,7 @@ def test_the_sweeper_thread_takes_back_expired_leases(settings: Settings, engine
             page = s.get_one(Page, job.pages[0].id)
             assert (page.status, page.error_code) == ("queued", "worker_lost")
     finally:
-        from htrq.deletion import delete_job
+        from htrq.jobs.deletion import delete_job
 
         delete_job(sessions=sessions, storage=storage, tenant_id=tenant, job_id=job.id)
 
@@ -344,7 +344,7 @@ def test_pipeline_settings_reach_the_pipeline(
     """HTRQ_SEGMENTER, HTRQ_PDF_DPI and HTRQ_LINE_MARGIN set in the environment are what
     the worker's pipeline (built by build_pipeline) uses."""
     from htrq.settings import load_settings
-    from worker.reading import build_pipeline
+    from worker.recognition.pipeline import build_pipeline
     from worker.segmentation.projection import ProjectionSegmenter
 
     class Rec:
@@ -373,7 +373,7 @@ def test_torch_threads_and_dtype_take_effect_in_a_worker_process(
     import sys
 
     code = (
-        "import torch, worker.app as a\n"
+        "import torch, worker.serving.app as a\n"
         "from htrq.settings import load_settings\n"
         "s = load_settings()\n"
         "torch.set_num_threads(s.threads_per_process(a.available_cpus()))\n"

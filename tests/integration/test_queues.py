@@ -14,7 +14,7 @@ from sqlalchemy import Engine, func, select
 
 from htrq import jobs
 from htrq.db import make_sessions, session_scope
-from htrq.deletion import delete_job
+from htrq.jobs.deletion import delete_job
 from htrq.models import Job, Page
 from htrq.queue import CelerySender, make_celery, tenant_queue
 from htrq.settings import Settings

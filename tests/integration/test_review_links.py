@@ -17,10 +17,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.main import create_app
 from htrq.db import make_sessions
 from htrq.models import Tenant
-from htrq.review_links import make_token
 from htrq.settings import Settings
 from htrq.storage import open_store
 from htrq.tenants import create_key
+from htrq.tenants.review_links import make_token
 from tests.finished import finished_letter
 
 TENANTS = ["review-a", "review-b"]

@@ -21,7 +21,7 @@ from htrq.settings import Settings
 from htrq.storage import open_store
 from htrq.tenants import ensure_tenant
 from tests.images import page_png
-from worker.sweeper import sweep_once
+from worker.serving.sweeper import sweep_once
 
 
 class Recorder:

@@ -14,14 +14,14 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from htrq import jobs
-from htrq.claims import claim_pages, release_for_retry, write_failure, write_result
 from htrq.db import make_sessions
+from htrq.delivery.webhooks import check_callback_url, deliver_due, verify
 from htrq.errors import PageError
+from htrq.jobs.claims import claim_pages, release_for_retry, write_failure, write_result
 from htrq.models import WebhookEvent
 from htrq.settings import Settings
 from htrq.storage import DirectoryStore
 from htrq.tenants import default_tenant, webhook_secret
-from htrq.webhooks import check_callback_url, deliver_due, verify
 from tests.images import corrupt_png, page_png
 from tests.receiver import Receiver
 from tests.services import Processes, poll_job, service_env, wait_for
@@ -89,7 +89,7 @@ def test_two_workers_finishing_the_last_pages_together_make_one_event(
             sessions=sessions, tenant_id=default_tenant(sessions), job_id=job.id
         )
         assert jobs_resource.finished_at is not None
-        from htrq.deletion import delete_job
+        from htrq.jobs.deletion import delete_job
 
         delete_job(sessions=sessions, storage=DirectoryStore(settings.storage_dir),
                    tenant_id=default_tenant(sessions), job_id=job.id)  # fmt: skip

@@ -17,10 +17,10 @@ from htrq.settings import Settings
 from htrq.storage import DirectoryStore
 from htrq.tenants import default_tenant
 from tests.pdfs import broken_pdf, pdf_of, text_pdf
-from worker.batch import BatchContext, process_batch
-from worker.embedded import LocalQueue
-from worker.reading import build_pipeline
-from worker.recognize import Recognizer
+from worker.recognition.pipeline import build_pipeline
+from worker.recognition.recognizer import Recognizer
+from worker.serving.batch import BatchContext, process_batch
+from worker.serving.embedded import LocalQueue
 from worker.training.synth_pages import SynthPage, render_page
 
 #: Seconds each (whole pages and PDFs rendered and read): left out of the fast subset.

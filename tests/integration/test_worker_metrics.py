@@ -19,7 +19,7 @@ from htrq.models import Line, Page
 from htrq.settings import Settings
 from tests.images import corrupt_png, page_png
 from tests.services import HTRQ, Processes, free_port, poll_job, service_env, wait_for
-from worker.pipeline import PageInput, PageOutput
+from worker.recognition.pipeline import PageInput, PageOutput
 
 
 def scrape(url: str) -> list[Sample]:
@@ -130,8 +130,8 @@ def test_recognizer_calls_are_timed_after_the_start_check_only_with_metrics(
 ) -> None:
     """A worker context times each batched recognizer call, not the line read at start;
     the context of ``htrq transcribe`` times none."""
-    from worker.app import load_context
-    from worker.embedded import LocalQueue
+    from worker.serving.app import load_context
+    from worker.serving.embedded import LocalQueue
 
     assert settings.database_url and settings.batch_size == 8
     series = ("htrq_worker_generate_seconds_count", {"model": str(settings.model)})

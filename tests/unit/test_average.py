@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 from transformers import VisionEncoderDecoderModel
 
 from htrq.cli import main
-from worker.ctc_prefix import CTC_HEAD_FILE
+from worker.recognition.ctc_prefix import CTC_HEAD_FILE
 from worker.training.average import average_checkpoints
 from worker.training.build import build_tiny_model
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from worker.ctc_prefix import CTCPrefixScore, load_ctc_head
-from worker.recognize import BUILTIN_MODEL, Recognizer
+from worker.recognition.ctc_prefix import CTCPrefixScore, load_ctc_head
+from worker.recognition.recognizer import BUILTIN_MODEL, Recognizer
 from worker.training.data import read_lines_tsv
 
 HELD_OUT = Path(__file__).parents[1] / "resources" / "heldout-lines"

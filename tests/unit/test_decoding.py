@@ -6,9 +6,9 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-import worker.decoding
-from worker.decoding import LengthLimit, length_limits
-from worker.recognize import Recognizer
+import worker.recognition.decoding
+from worker.recognition.decoding import LengthLimit, length_limits
+from worker.recognition.recognizer import Recognizer
 from worker.training.build import build_tiny_model
 
 
@@ -60,7 +60,7 @@ def test_a_crop_is_never_read_longer_than_it_can_hold(babbler, beams, monkeypatc
     for r, limit in zip(read, limits, strict=True):
         assert len(r.text) <= limit  # one character a token
         assert 0.0 <= r.confidence <= 1.0
-    monkeypatch.setattr(worker.decoding, "MAX_CHARS_PER_HEIGHT", 1e6)
+    monkeypatch.setattr(worker.recognition.decoding, "MAX_CHARS_PER_HEIGHT", 1e6)
     unlimited = rec(crops)
     if beams > 1:  # this random model writes visible characters only with beams
         assert len(unlimited[0].text) > limits[0] >= len(read[0].text)

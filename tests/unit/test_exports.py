@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
-from htrq.exports import (
+from htrq.exports.formats import (
     ALTO_NS,
     PAGE_NS,
     LineResult,

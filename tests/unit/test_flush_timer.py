@@ -8,8 +8,8 @@ from kombu.asynchronous.timer import Timer
 
 from htrq.queue import PROCESS_PAGE
 from htrq.settings import Settings
-from worker.app import create_app
-from worker.tasks import RestartFlushTimers
+from worker.serving.app import create_app
+from worker.serving.tasks import RestartFlushTimers
 
 
 def _fire(timer: Timer) -> None:

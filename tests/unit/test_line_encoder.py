@@ -6,10 +6,10 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from worker.ctc_prefix import load_ctc_head
-from worker.line_encoder import LineEncoderConfig, LineEncoderModel, column_states
-from worker.loading import load_model
-from worker.recognize import Recognizer
+from worker.recognition.ctc_prefix import load_ctc_head
+from worker.recognition.line_encoder import LineEncoderConfig, LineEncoderModel, column_states
+from worker.recognition.loading import load_model
+from worker.recognition.recognizer import Recognizer
 from worker.training.build import ModelShape, build_model, save
 from worker.training.train import attach_ctc_head, ctc_loss, one_patch_row
 

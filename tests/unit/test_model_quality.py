@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from worker.recognize import Recognizer
+from worker.recognition.recognizer import Recognizer
 from worker.training.data import read_lines_tsv
 from worker.training.evaluate import EvalResult, evaluate
 

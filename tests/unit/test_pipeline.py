@@ -9,10 +9,10 @@ from PIL import Image, ImageDraw
 
 from htrq.errors import PageError
 from tests.images import corrupt_png, page_png
-from worker.pipeline import LineOutput, PageInput, PageOutput, Pipeline, page_confidence
-from worker.reading import LineReader, line_reader
-from worker.recognize import Recognizer
-from worker.segment import LineBox
+from worker.recognition.pipeline import LineOutput, PageInput, PageOutput, Pipeline, page_confidence
+from worker.recognition.reading import LineReader, line_reader
+from worker.recognition.recognizer import Recognizer
+from worker.segmentation import LineBox
 
 
 @dataclass(frozen=True)

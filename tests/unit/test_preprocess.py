@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw
 
 from htrq.errors import PageError
 from htrq.inputs import render_page
-from worker.preprocess import (
+from worker.segmentation.preprocess import (
     BLANK_INFO_KEY,
     SKEW_INFO_KEY,
     estimate_skew,

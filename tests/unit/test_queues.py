@@ -10,7 +10,7 @@ import pytest
 
 from htrq.queue import LEGACY_QUEUE, model_queue, model_slug, page_queue, worker_queues
 from htrq.settings import Settings, SettingsError, load_settings
-from worker.queues import SendBack
+from worker.serving.queues import SendBack
 
 TENANT = uuid.UUID("6f1c1d1e-0000-4000-8000-000000000001")
 

@@ -128,7 +128,7 @@ def test_an_enlarged_input_reads_as_the_model_did_on_the_half_size_image(tmp_pat
     old one did on the block-averaged image, so every encoder output is the same."""
     from transformers import AutoProcessor
 
-    from worker.loading import load_model
+    from worker.recognition.loading import load_model
     from worker.training.reshape import enlarge_input
 
     small = build_tiny_model(tmp_path / "small")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from PIL import Image, ImageDraw
 
-from worker.ctc_prefix import CTC_HEAD_FILE
-from worker.recognize import Recognizer, balanced_chunk, resolve_model
+from worker.recognition.ctc_prefix import CTC_HEAD_FILE
+from worker.recognition.recognizer import Recognizer, balanced_chunk, resolve_model
 from worker.training.build import build_tiny_model
 
 
@@ -109,8 +109,8 @@ def test_int8_quantization_swaps_the_decoders_linear_layers_and_still_reads(tiny
 def test_each_line_keeps_its_likeliest_reading_over_the_widths(tiny_path, beams) -> None:
     """HTRQ_STRETCHES: every line is read at each width (limits from its own width) and the
     reading with the highest whole-text log-probability is the one returned."""
-    from worker.decoding import length_limits
-    from worker.lineimage import prepare_line, stretch_width
+    from worker.recognition.decoding import length_limits
+    from worker.recognition.lineimage import prepare_line, stretch_width
 
     widths = (1.0, 0.7, 1.4)
     rec = Recognizer.load(model=str(tiny_path), num_beams=beams, max_new_tokens=6, stretches=widths)
@@ -144,7 +144,7 @@ def test_one_width_reads_as_before_and_nonsense_widths_are_refused(tiny_path) ->
 
 
 def test_stretch_width_keeps_the_height_and_the_prepared_mark() -> None:
-    from worker.lineimage import PREPARED_KEY, prepare_line, stretch_width
+    from worker.recognition.lineimage import PREPARED_KEY, prepare_line, stretch_width
 
     line = prepare_line(_crops()[0])
     wide = stretch_width(line, 1.25)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import uuid
 
-from htrq.cli import _text_entry
 from htrq.resources import REVIEW_BELOW, LineResource, PageResource
+from worker.serving.cli import _text_entry
 
 
 def test_needs_review_is_part_of_the_line_schema():

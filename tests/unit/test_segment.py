@@ -6,20 +6,12 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from worker.preprocess import SKEW_INFO_KEY, normalise_page
-from worker.segment import (
-    LineBox,
-    WholeImageSegmenter,
-    crop_lines,
-    join_all,
-    join_pieces,
-    make_segmenter,
-    split_all,
-    split_wide,
-    to_source_frame,
-)
+from worker.recognition.splitting import join_all, join_pieces, split_all, split_wide
+from worker.segmentation import LineBox, WholeImageSegmenter, make_segmenter
 from worker.segmentation.classical import ClassicalSegmenter, prepare
-from worker.segmentation.evaluate import iou, match
+from worker.segmentation.crops import crop_lines, to_source_frame
+from worker.segmentation.preprocess import SKEW_INFO_KEY, normalise_page
+from worker.segmentation.scoring import iou, match
 from worker.training.synth_pages import archive_text, render_page
 
 

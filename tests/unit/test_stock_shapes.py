@@ -16,12 +16,12 @@ from PIL import Image, ImageDraw
 from htrq.settings import Settings
 from tests.images import page_png
 from tests.pdfs import text_pdf
-from worker.app import load_recognizer
-from worker.decoding import length_limits
-from worker.lineimage import prepare_line, split_aspect
-from worker.pipeline import PageInput, PageOutput
-from worker.provenance import read_by
-from worker.reading import build_pipeline, line_reader
+from worker.recognition.decoding import length_limits
+from worker.recognition.lineimage import prepare_line, split_aspect
+from worker.recognition.pipeline import PageInput, PageOutput, build_pipeline
+from worker.recognition.provenance import read_by
+from worker.recognition.reading import line_reader
+from worker.serving.app import load_recognizer
 from worker.training.data import LineEncoding, collate, write_lines_tsv
 
 
@@ -105,7 +105,7 @@ def test_labels_follow_the_models_own_tokens(stock_model: Path) -> None:
     <s>, the text's tokens, </s>; padding is -100."""
     from transformers import AutoProcessor
 
-    from worker.loading import load_model
+    from worker.recognition.loading import load_model
 
     model, processor = load_model(str(stock_model)), AutoProcessor.from_pretrained(stock_model)
     enc = LineEncoding.of(model, processor)

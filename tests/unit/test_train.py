@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoProcessor, VisionEncoderDecoderModel
 
-from worker.ctc_prefix import CTC_HEAD_FILE
+from worker.recognition.ctc_prefix import CTC_HEAD_FILE
 from worker.training.build import build_tiny_model
 from worker.training.data import collate, encode_label, to_pixels
 from worker.training.train import TrainConfig, hybrid_loss, train, use_bf16

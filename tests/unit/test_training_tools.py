@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 from transformers import AutoProcessor, VisionEncoderDecoderModel
 
-from worker.lineimage import fit_line
-from worker.recognize import LineResult
+from worker.recognition.lineimage import fit_line
+from worker.recognition.recognizer import LineResult
 from worker.training.build import CHARSET, build_tiny_model, build_tokenizer
 from worker.training.data import (
     collate,
@@ -21,8 +21,8 @@ from worker.training.data import (
     render_eval_set_in_fonts,
     write_lines_tsv,
 )
+from worker.training.error_rates import cer, edit_distance, wer
 from worker.training.evaluate import evaluate
-from worker.training.metrics import cer, edit_distance, wer
 from worker.training.synth import (
     HELD_OUT_FONTS,
     LineRenderer,
@@ -111,7 +111,7 @@ def test_line_crops_are_trimmed_to_their_ink():
     """Paper margins go (a small margin stays); specks and blank crops change nothing."""
     from PIL import ImageDraw
 
-    from worker.lineimage import prepare_line, trim_to_ink
+    from worker.recognition.lineimage import prepare_line, trim_to_ink
 
     im = Image.new("L", (400, 120), 255)
     ImageDraw.Draw(im).rectangle((100, 40, 299, 79), fill=0)  # 200 x 40 of "ink"

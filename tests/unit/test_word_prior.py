@@ -8,8 +8,7 @@ import math
 import pytest
 import torch
 
-from worker.training.build import build_tokenizer
-from worker.word_prior import (
+from worker.recognition.word_prior import (
     Lexicon,
     WordPrior,
     available_languages,
@@ -17,6 +16,7 @@ from worker.word_prior import (
     shipped_lexicon,
     token_texts,
 )
+from worker.training.build import build_tokenizer
 
 COUNTS = {"the": 50, "then": 10, "they": 10, "sincerely": 2, "most": 8, "l'étoffe": 1}
 
@@ -110,7 +110,7 @@ def test_the_recognizer_reads_through_the_prior_only_when_a_language_is_named(tm
     weight 0 read as without it; an unknown language fails when the recognizer loads."""
     from PIL import Image, ImageDraw
 
-    from worker.recognize import Recognizer
+    from worker.recognition.recognizer import Recognizer
     from worker.training.build import build_tiny_model
 
     torch.manual_seed(0)

@@ -15,9 +15,9 @@ from prometheus_client import REGISTRY
 
 from htrq.settings import Settings
 from tests.services import free_port
-from worker import metrics
-from worker.batch import BatchReport, GroupRead
-from worker.metrics_server import MULTIPROC_DIR_ENV, serve_worker_metrics
+from worker.serving import worker_metrics as metrics
+from worker.serving.batch import BatchReport, GroupRead
+from worker.serving.metrics_server import MULTIPROC_DIR_ENV, serve_worker_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -82,7 +82,7 @@ def test_port_zero_serves_nothing() -> None:
 MERGE = """
 import json, os, signal, sys, urllib.request
 from htrq.settings import Settings
-from worker.metrics_server import serve_worker_metrics
+from worker.serving.metrics_server import serve_worker_metrics
 
 def scrape(port):
     from prometheus_client.parser import text_string_to_metric_families
@@ -94,8 +94,8 @@ port = int(sys.argv[1])
 out = {}
 settings = Settings(worker_metrics_port=port, worker_metrics_addr="127.0.0.1")
 with serve_worker_metrics(settings) as path:
-    from worker import metrics
-    from worker.batch import BatchReport
+    from worker.serving import worker_metrics as metrics
+    from worker.serving.batch import BatchReport
     children = []
     for n in (2, 3):
         ready_r, ready_w = os.pipe()

@@ -26,15 +26,15 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from worker.preprocess import LINE_SHAPED_ASPECT, ink_mask
-from worker.segment import LineBox
+from worker.segmentation.base import LineBox
+from worker.segmentation.preprocess import LINE_SHAPED_ASPECT, ink_mask
 
 Points = list[tuple[int, int]]
 
 
 @dataclass(frozen=True)
 class ClassicalSegmenter:
-    """Line segmenter for handwritten pages; a :class:`worker.segment.Segmenter`.
+    """Line segmenter for handwritten pages; a :class:`worker.segmentation.base.Segmenter`.
 
     Lengths below are in units of the page's line pitch (distance between baselines, measured
     per page), so one setting serves small and large writing alike.

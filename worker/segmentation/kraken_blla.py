@@ -12,7 +12,7 @@ from typing import Any
 
 from PIL import Image
 
-from worker.segment import LineBox
+from worker.segmentation.base import LineBox
 
 
 class KrakenSegmenter:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from worker.segment import LineBox
+from worker.segmentation.base import LineBox
 from worker.segmentation.classical import prepare
 
 

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoProcessor
 from transformers.utils import CONFIG_NAME, GENERATION_CONFIG_NAME, SAFE_WEIGHTS_NAME
 
-from worker.ctc_prefix import CTC_HEAD_FILE
+from worker.recognition.ctc_prefix import CTC_HEAD_FILE
 
 #: Key prefix of the CTC head inside a Trainer checkpoint (it is one module of the model there).
 CTC_PREFIX = "ctc_head."

@@ -22,8 +22,8 @@ from transformers import (
     ViTImageProcessor,
 )
 
-from worker.ctc_prefix import CTC_HEAD_FILE
-from worker.line_encoder import LineEncoderConfig
+from worker.recognition.ctc_prefix import CTC_HEAD_FILE
+from worker.recognition.line_encoder import LineEncoderConfig
 
 #: Special tokens in TrOCR's order: start, pad, end, unknown.
 SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]
@@ -71,8 +71,8 @@ class ModelShape:
     ffn: int = 1024
     max_positions: int = 160
     #: "vit" (patches projected straight into the transformer) or "conv" (a convolutional
-    #: stem first: ``worker.line_encoder``); for "conv", ``patch`` is ignored and the stem's
-    #: pools set the reduction.
+    #: stem first: ``worker.recognition.line_encoder``); for "conv", ``patch`` is ignored and
+    #: the stem's pools set the reduction.
     encoder: str = "vit"
     stem_channels: tuple[int, ...] = (16, 32, 64, 128)
     stem_pools: tuple[tuple[int, int], ...] = ((1, 1), (2, 2), (2, 2), (1, 1))

@@ -1,4 +1,5 @@
-"""``htrq train``, ``eval``, ``synth`` and ``average``, registered by ``htrq.cli``."""
+"""``htrq train``, ``eval``, ``synth``, ``average`` and ``corrections export``, registered by
+``htrq.cli``."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ import argparse
 import json
 import sys
 from dataclasses import asdict
+from datetime import UTC, datetime
 from pathlib import Path
 
+from htrq.cli import database, progress
 from htrq.resources import CTC_WEIGHT, REVIEW_BELOW
-from htrq.settings import stretches_text
+from htrq.settings import load_settings, stretches_text
 
 
 def _ints(text: str) -> list[int]:
@@ -76,7 +79,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from PIL import Image
 
-    from worker.recognize import Recognizer
+    from worker.recognition.recognizer import Recognizer
     from worker.training.data import read_column, read_lines_tsv
     from worker.training.evaluate import evaluate
 
@@ -435,3 +438,62 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("out", type=Path, help="model folder to write")
     p.add_argument("--design", default="conv64", choices=["conv64"])
     p.set_defaults(func=cmd_graft)
+
+
+# -- corrections export -----------------------------------------------------------------------
+
+
+def cmd_corrections_export(args: argparse.Namespace) -> int:
+    from htrq.storage import open_store
+    from htrq.tenants import UnknownTenant
+
+    # The worker's image code (OpenCV): crops are cut exactly as the worker cut them.
+    from worker.training.reviewed_lines import export_corrections
+
+    settings = load_settings()
+    with database(settings) as sessions:
+        try:
+            report = export_corrections(
+                sessions=sessions,
+                storage=open_store(settings),
+                settings=settings,
+                out=args.out,
+                tenant=args.tenant,
+                since=args.since,
+            )
+        except UnknownTenant as exc:
+            print(f"htrq: {exc}", file=sys.stderr)
+            return 1
+    for problem in report.skipped:
+        progress(f"skipped {problem}")
+    empty = f", {report.empty} empty left out" if report.empty else ""
+    progress(f"{report.lines} lines of {report.pages} pages in {report.jobs} jobs{empty}")
+    print(report.path)
+    return 0
+
+
+def _since(text: str) -> datetime:
+    """An ISO date or time (UTC unless it says otherwise)."""
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a date such as 2026-12-01 or 2026-12-01T14:00: {text!r}"
+        ) from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def register_corrections(sub: argparse._SubParsersAction) -> None:
+    corrections = sub.add_parser("corrections", help="people's corrections (on the database)")
+    cs = corrections.add_subparsers(dest="corrections_command", required=True)
+    p = cs.add_parser(
+        "export",
+        help="write the corrected and reviewed lines as crops and lines.tsv, for htrq train "
+        "--lines OUT (needs the worker extra); prints the lines.tsv path",
+    )
+    p.add_argument("out", type=Path, help="folder for the crops and lines.tsv (made if new)")
+    p.add_argument("--tenant", help="only this tenant's jobs (default: every tenant's)")
+    p.add_argument(
+        "--since", type=_since, help="only lines checked at or after this date or time (UTC)"
+    )
+    p.set_defaults(func=cmd_corrections_export)

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
-from worker.lineimage import fit_line
+from worker.recognition.lineimage import fit_line
 from worker.training.augment import augment_scan
 from worker.training.synth import (
     Font,

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from PIL import Image
 
 from htrq.resources import REVIEW_BELOW
-from worker.reading import line_reader
-from worker.recognize import Recognizer
-from worker.training.metrics import cer, edit_distance, wer
+from worker.recognition.reading import line_reader
+from worker.recognition.recognizer import Recognizer
+from worker.training.error_rates import cer, edit_distance, wer
 
 
 @dataclass(frozen=True)

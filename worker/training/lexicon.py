@@ -1,4 +1,4 @@
-"""Build a language's lexicon for the word prior (``worker.word_prior``).
+"""Build a language's lexicon for the word prior (``worker.recognition.word_prior``).
 
 Two sources, both redistributable: ``wordfreq``'s word frequencies (Robyn Speer et al.;
 data CC BY-SA 4.0, code Apache-2.0), which know the words of today's language, and the
@@ -16,8 +16,8 @@ from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
+from worker.recognition.word_prior import letter_runs
 from worker.training.writers import split_collection
-from worker.word_prior import letter_runs
 
 #: Folders that must never feed a shipped lexicon (evaluation-only or reserved).
 FORBIDDEN = ("lathrop1905", "peraire_celestine_fr")

@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from transformers import AutoProcessor
 
-from worker.ctc_prefix import CTC_HEAD_FILE
-from worker.loading import load_model
+from worker.recognition.ctc_prefix import CTC_HEAD_FILE
+from worker.recognition.loading import load_model
 from worker.training.build import save, set_special_tokens
 
 

@@ -25,9 +25,9 @@ from transformers import (
 )
 from transformers.trainer_utils import get_last_checkpoint
 
-from worker.ctc_prefix import load_ctc_head
-from worker.line_encoder import column_states, reads_columns
-from worker.loading import load_model
+from worker.recognition.ctc_prefix import load_ctc_head
+from worker.recognition.line_encoder import column_states, reads_columns
+from worker.recognition.loading import load_model
 from worker.training.build import (
     DESIGNS,
     build_model,
@@ -43,7 +43,7 @@ from worker.training.data import (
     collate,
     render_eval_set,
 )
-from worker.training.metrics import cer
+from worker.training.error_rates import cer
 from worker.training.synth import load_fonts, split_fonts
 from worker.training.writers import Collection, split_collection
 
@@ -197,7 +197,8 @@ def hybrid_loss(model, outputs, labels: torch.Tensor, ctc_weight: float, *, head
 
 def one_patch_row(model) -> bool:
     """Whether the encoder's outputs are the line's columns left to right (see
-    ``worker.line_encoder.reads_columns``): only then can CTC align them with the text."""
+    ``worker.recognition.line_encoder.reads_columns``): only then can CTC align them with the
+    text."""
     return reads_columns(model)
 
 

@@ -1,0 +1,393 @@
+"""Page state changes that make at-least-once delivery give exactly-once results.
+
+A claim moves pages ``queued -> running`` and bumps ``attempts``, which becomes the claim's
+fencing token; it also takes over a ``running`` page whose lease has expired (its worker died
+and Redis redelivered the message), so late acks rescue a page without waiting for a sweeper.
+Every later write for the page matches ``status='running' AND attempts=token``, so a worker
+whose lease was taken back (or a duplicate message) can no longer change it.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from sqlalchemy import and_, bindparam, delete, false, insert, or_, select, true, update
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
+
+from htrq.delivery.completion import note_finished
+from htrq.models import Job, Line, Page, utcnow
+
+NO_SYNC = {"synchronize_session": False}
+
+
+@dataclass(frozen=True)
+class Claim:
+    page_id: uuid.UUID
+    token: int  #: ``attempts`` after the claim
+    attempt_limit: int
+    blob_key: str
+    frame: int
+    read_alone: bool = False  #: its last group ran out of time: read it in a group of its own
+    job_id: uuid.UUID | None = None
+    created_at: datetime | None = None  #: when the page was submitted
+
+
+Points = Sequence[tuple[int, int]]
+
+
+@dataclass(frozen=True)
+class ReadBy:
+    """The provenance a worker stores with each page it reads."""
+
+    model_sha256: str | None
+    decoding: dict[str, object]
+    htrq_version: str
+
+
+class LineLike(Protocol):
+    # Read-only members, so that frozen dataclasses (the pipeline's LineOutput) match.
+    @property
+    def text(self) -> str: ...
+    @property
+    def confidence(self) -> float: ...
+    @property
+    def bbox(self) -> tuple[int, int, int, int]: ...
+    @property
+    def polygon(self) -> Points | None: ...
+    @property
+    def baseline(self) -> Points | None: ...
+
+
+def claim_pages(
+    session: Session, page_ids: Sequence[uuid.UUID], *, lease_seconds: float
+) -> list[Claim]:
+    """Claim the claimable pages among ``page_ids`` in one statement; others are skipped.
+
+    Claimable: ``queued``, or ``running`` with an expired lease and attempts left. The second
+    is a message redelivered after its worker died (the visibility timeout is at least twice
+    the lease, so by then the dead worker's lease has run out): without it, such a message
+    would claim nothing and the page would wait for a sweeper. A page whose lease still holds
+    is someone's work in progress, and a duplicate for it claims nothing; a page with its
+    attempts spent is left to the sweeper, which fails it.
+    """
+    if not page_ids:
+        return []
+    now = utcnow()
+    claimable = or_(
+        Page.status == "queued",
+        and_(
+            Page.status == "running",
+            Page.lease_until < now,
+            Page.attempts < Page.attempt_limit,
+        ),
+    )
+    rows = session.execute(
+        update(Page)
+        .where(Page.id.in_(set(page_ids)), claimable)
+        .values(
+            status="running",
+            attempts=Page.attempts + 1,
+            lease_until=now + timedelta(seconds=lease_seconds),
+            started_at=now,
+        )
+        .returning(
+            Page.id,
+            Page.attempts,
+            Page.attempt_limit,
+            Page.blob_key,
+            Page.frame,
+            Page.read_alone,
+            Page.job_id,
+            Page.created_at,
+        )
+        .execution_options(**NO_SYNC)
+    ).all()
+    return [
+        Claim(
+            r.id,
+            r.attempts,
+            r.attempt_limit,
+            r.blob_key,
+            r.frame,
+            r.read_alone,
+            job_id=r.job_id,
+            created_at=r.created_at,
+        )
+        for r in rows
+    ]
+
+
+def _fenced_update(session: Session, claim: Claim, **values: object) -> bool:
+    """UPDATE the page only while ``claim`` holds it; True if it did."""
+    done = session.execute(
+        update(Page)
+        .where(Page.id == claim.page_id, Page.status == "running", Page.attempts == claim.token)
+        .values(lease_until=None, **values)
+        .execution_options(**NO_SYNC)
+    )
+    return done.rowcount == 1  # type: ignore[attr-defined]
+
+
+# The statements a page's result takes: Core statements on the tables (the ORM's bulk path
+# costs more Python time per page than the round trips do), built once with bound parameters.
+_pages, _lines = Page.__table__, Line.__table__
+_STORE_RESULT = (
+    update(_pages)
+    .where(
+        _pages.c.id == bindparam("claimed_id"),
+        _pages.c.status == "running",
+        _pages.c.attempts == bindparam("token"),
+    )
+    .values(
+        status="succeeded",
+        lease_until=None,
+        error_code=None,
+        error_message=None,
+        text=bindparam("new_text"),
+        confidence=bindparam("new_confidence"),
+        model=bindparam("new_model"),
+        model_sha256=bindparam("new_model_sha256"),
+        decoding=bindparam("new_decoding"),
+        htrq_version=bindparam("new_htrq_version"),
+        processing_ms=bindparam("new_processing_ms"),
+        finished_at=bindparam("new_finished_at"),
+        width=bindparam("new_width"),
+        height=bindparam("new_height"),
+    )
+)
+_DROP_LINES = delete(_lines).where(_lines.c.page_id == bindparam("claimed_id"))
+_ADD_LINES = insert(_lines)
+
+
+def write_result(
+    session: Session,
+    claim: Claim,
+    *,
+    text: str,
+    confidence: float | None,
+    lines: Sequence[LineLike],
+    model: str,
+    processing_ms: int,
+    size: tuple[int, int] | None = None,
+    provenance: ReadBy | None = None,
+) -> bool:
+    """Store a page's result if the claim still holds; False means it was thrown away.
+
+    ``size`` is the width and height of the page image the line coordinates refer to.
+
+    The fenced UPDATE comes first: it locks the row, so the line replacement below cannot
+    interleave with another writer of the same page.
+    """
+    done = session.execute(
+        _STORE_RESULT,
+        {
+            "claimed_id": claim.page_id,
+            "token": claim.token,
+            "new_text": text,
+            "new_confidence": confidence,
+            "new_model": model,
+            "new_model_sha256": provenance.model_sha256 if provenance else None,
+            "new_decoding": json.dumps(provenance.decoding) if provenance else None,
+            "new_htrq_version": provenance.htrq_version if provenance else None,
+            "new_processing_ms": processing_ms,
+            "new_finished_at": utcnow(),
+            "new_width": size[0] if size else None,
+            "new_height": size[1] if size else None,
+        },
+    )
+    if done.rowcount != 1:  # type: ignore[attr-defined]
+        return False
+    session.execute(_DROP_LINES, {"claimed_id": claim.page_id})
+    if lines:
+        session.execute(
+            _ADD_LINES,
+            [
+                {
+                    "page_id": claim.page_id,
+                    "index": i,
+                    "text": ln.text,
+                    "confidence": ln.confidence,
+                    "x0": ln.bbox[0],
+                    "y0": ln.bbox[1],
+                    "x1": ln.bbox[2],
+                    "y1": ln.bbox[3],
+                    "polygon": _points_json(ln.polygon),
+                    "baseline": _points_json(ln.baseline),
+                }
+                for i, ln in enumerate(lines)
+            ],
+        )
+    note_finished(session, [_job_of(session, claim)])
+    return True
+
+
+def _points_json(points: Points | None) -> str | None:
+    return json.dumps([[int(x), int(y)] for x, y in points]) if points else None
+
+
+def write_failure(session: Session, claim: Claim, *, code: str, message: str) -> bool:
+    """Mark the page ``failed`` (no retry) if the claim still holds."""
+    kept = _fenced_update(
+        session,
+        claim,
+        status="failed",
+        error_code=code,
+        error_message=message,
+        finished_at=utcnow(),
+    )
+    if kept:
+        note_finished(session, [_job_of(session, claim)])
+    return kept
+
+
+def _job_of(session: Session, claim: Claim) -> uuid.UUID:
+    if claim.job_id is not None:
+        return claim.job_id
+    return session.execute(select(Page.job_id).where(Page.id == claim.page_id)).scalar_one()
+
+
+def release_for_retry(session: Session, claim: Claim, *, code: str, message: str) -> str | None:
+    """After a transient error: back to ``queued``, or ``failed`` once attempts are spent.
+
+    Returns the new status, or None if the claim no longer holds. The error is kept on the
+    page either way, so a page that runs out of attempts shows the last one.
+    """
+    if claim.token >= claim.attempt_limit:
+        return "failed" if write_failure(session, claim, code=code, message=message) else None
+    kept = _fenced_update(
+        session,
+        claim,
+        status="queued",
+        error_code=code,
+        error_message=message,
+        queued_at=utcnow(),
+    )
+    return "queued" if kept else None
+
+
+def release_to_read_alone(session: Session, claim: Claim) -> bool:
+    """After its group ran out of time: back to ``queued``, to be read in a group of its own.
+
+    The attempt is given back (``attempt_limit`` + 1): the page did nothing wrong yet. It
+    can happen once per page, since a page read alone that runs out of time fails instead.
+    """
+    return _fenced_update(
+        session,
+        claim,
+        status="queued",
+        read_alone=True,
+        attempt_limit=Page.attempt_limit + 1,
+        queued_at=utcnow(),
+    )
+
+
+@dataclass(frozen=True)
+class Swept:
+    requeued: list[uuid.UUID]  #: lease expired, attempts left: send again
+    failed: list[uuid.UUID]  #: lease expired, attempts spent
+    resend: list[uuid.UUID]  #: queued so long that their message is presumed lost
+
+
+LEASE_EXPIRED = (
+    "worker_lost",
+    "the worker processing this page stopped before finishing (crash, kill or lease expiry); "
+    "retry the job, and raise HTRQ_LEASE_SECONDS if batches take longer than the lease",
+)
+
+
+#: Where a job's pages are queued: its tenant and the model it asked for (None: the default).
+Route = tuple[uuid.UUID, str | None]
+
+
+def stale_routes(session: Session, *, older_than: datetime) -> list[Route]:
+    """The routes of the pages ``queued`` since before ``older_than`` (their message may be
+    lost), each once."""
+    rows = session.execute(
+        select(Job.tenant_id, Job.model)
+        .join(Page, Page.job_id == Job.id)
+        .where(Page.status == "queued", Page.queued_at < older_than)
+        .distinct()
+    ).all()
+    return [(r.tenant_id, r.model) for r in rows]
+
+
+def routes_of(session: Session, page_ids: Collection[uuid.UUID]) -> dict[uuid.UUID, Route]:
+    """Each page's route, to send it to its tenant's queue of its job's model."""
+    if not page_ids:
+        return {}
+    rows = session.execute(
+        select(Page.id, Job.tenant_id, Job.model)
+        .join(Job, Page.job_id == Job.id)
+        .where(Page.id.in_(set(page_ids)))
+    ).all()
+    return {r.id: (r.tenant_id, r.model) for r in rows}
+
+
+def sweep(
+    session: Session,
+    *,
+    now: datetime | None = None,
+    resend_older_than: datetime | None = None,
+    resend_routes: Collection[Route] | None = None,
+) -> Swept:
+    """Take back pages whose lease expired; pick ``queued`` pages older than the given time
+    (only those of ``resend_routes``, where given: the routes whose queue is empty).
+
+    Each statement only matches rows still in the state it expects, so several sweepers
+    (one per worker) can run at once without doing anything twice.
+    """
+    now = now or utcnow()
+    expired = and_(Page.status == "running", Page.lease_until < now)
+    code, message = LEASE_EXPIRED
+    failed_rows = session.execute(
+        update(Page)
+        .where(expired, Page.attempts >= Page.attempt_limit)
+        .values(
+            status="failed",
+            error_code=code,
+            error_message=message,
+            lease_until=None,
+            finished_at=now,
+        )
+        .returning(Page.id, Page.job_id)
+        .execution_options(**NO_SYNC)
+    ).all()
+    failed = [r.id for r in failed_rows]
+    note_finished(session, [r.job_id for r in failed_rows])
+    requeued = session.scalars(
+        update(Page)
+        .where(expired, Page.attempts < Page.attempt_limit)
+        .values(
+            status="queued", error_code=code, error_message=message, lease_until=None, queued_at=now
+        )
+        .returning(Page.id)
+        .execution_options(**NO_SYNC)
+    ).all()
+    resend: Sequence[uuid.UUID] = []
+    if resend_older_than is not None and (resend_routes is None or resend_routes):
+        of_routes = (
+            Page.job_id.in_(select(Job.id).where(or_(false(), *map(_on_route, resend_routes))))
+            if resend_routes is not None
+            else true()
+        )
+        resend = session.scalars(
+            update(Page)
+            .where(Page.status == "queued", Page.queued_at < resend_older_than, of_routes)
+            .values(queued_at=now)
+            .returning(Page.id)
+            .execution_options(**NO_SYNC)
+        ).all()
+    return Swept(list(requeued), list(failed), list(resend))
+
+
+def _on_route(route: Route) -> ColumnElement[bool]:
+    tenant_id, model = route
+    return and_(
+        Job.tenant_id == tenant_id, Job.model.is_(None) if model is None else Job.model == model
+    )

@@ -1,0 +1,149 @@
+"""The reading path, built in one place: line crops in, text and confidence per line out.
+
+Every line, whoever reads it (the worker, ``htrq transcribe``, ``htrq eval``, the
+benchmarks), goes through the same steps: trimmed to its ink, split into overlapping pieces
+when it is wider than the model can take, the pieces recognised together with every other
+line's, their texts re-joined. How wide is too wide depends on the model's input shape, so
+the reader is made from the loaded recognizer (:func:`line_reader`) and the page pipeline
+from settings and that recognizer
+(:func:`worker.recognition.pipeline.build_pipeline`); nothing else assembles them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from PIL import Image
+
+from htrq.text import clean_line_text
+from worker.recognition.lineimage import prepare_line, split_aspect
+from worker.recognition.splitting import join_all, split_all
+
+log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    from worker.recognition.recognizer import Recognizer
+
+
+class Recognized(Protocol):
+    text: str
+    confidence: float
+
+
+#: The recognizer seen from here: crops in, one result per crop out, in order.
+#: A recognizer may take a language as its second argument (``Recognizer`` does).
+Recognize = Callable[..., Sequence[Recognized]]
+#: What the page pipeline calls: line crops in, ``(text, confidence)`` per crop out (None
+#: for a line the recognizer failed on while it read the others).
+ReadLines = Callable[[Sequence[Image.Image]], list[tuple[str, float] | None]]
+
+
+@dataclass(frozen=True)
+class LineReader:
+    """``reader(crops) -> [(text, confidence), ...]``, one per crop, in order.
+
+    When the recognizer raises on the group's pieces, they are read again in halves, and the
+    halves of the half that fails, so that a piece that breaks the model on its own is found
+    in a few calls and only its line comes back as None; the others are read. When every
+    piece fails alone too, the recognizer itself is broken: the first error is raised.
+    """
+
+    recognize: Recognize
+    #: Crops wider than this many heights are read in overlapping pieces; None reads every
+    #: line whole (models with a square input stretch any line into it anyway).
+    max_aspect: float | None
+
+    def __call__(
+        self, crops: Sequence[Image.Image], language: str | None = None
+    ) -> list[tuple[str, float] | None]:
+        """``language`` names the lexicon that steers the reading (None: the recognizer's
+        default; "none": no lexicon); recognizers without one ignore it."""
+        if not crops:
+            return []
+        # Trimmed before splitting, so that a line's width is measured against its ink height.
+        pieces, counts = split_all([prepare_line(c) for c in crops], max_aspect=self.max_aspect)
+        try:
+            results: list[Recognized | None] = list(self._recognize(pieces, language))
+        except Exception:
+            if len(pieces) == 1:
+                raise
+            mid = len(pieces) // 2
+            results = self._halves(pieces[:mid], language) + self._halves(pieces[mid:], language)
+            if all(r is None for r in results):
+                raise
+            log.warning(
+                "the recognizer failed on %d of %d pieces; their lines are left unread",
+                sum(r is None for r in results),
+                len(results),
+            )
+        out: list[tuple[str, float] | None] = []
+        start = 0
+        for n in counts:
+            part = results[start : start + n]
+            start += n
+            if any(r is None for r in part):
+                out.append(None)
+                continue
+            flat = [
+                (clean_line_text(r.text), min(1.0, max(0.0, float(r.confidence))))
+                for r in part
+                if r is not None
+            ]
+            out.append(join_all(flat, [n])[0])
+        return out
+
+    def _recognize(
+        self, pieces: Sequence[Image.Image], language: str | None
+    ) -> Sequence[Recognized]:
+        # Only a recognizer that knows languages is told one (test doubles and plain
+        # callables take the crops alone).
+        results = self.recognize(pieces, language) if language else self.recognize(pieces)
+        if len(results) != len(pieces):
+            raise RuntimeError(
+                f"recognizer returned {len(results)} results for {len(pieces)} pieces"
+            )
+        return results
+
+    def _halves(
+        self, pieces: Sequence[Image.Image], language: str | None
+    ) -> list[Recognized | None]:
+        try:
+            return list(self._recognize(pieces, language))
+        except Exception:
+            if len(pieces) == 1:
+                log.debug("a piece broke the recognizer", exc_info=True)
+                return [None]
+            mid = len(pieces) // 2
+            return self._halves(pieces[:mid], language) + self._halves(pieces[mid:], language)
+
+
+def line_reader(recognizer: Recognizer) -> LineReader:
+    """The reader for a loaded recognizer: split where its input shape says."""
+    return LineReader(recognizer, split_aspect(recognizer.width, recognizer.height))
+
+
+class CannotRead(RuntimeError):
+    """The model loaded but fails to read a line: a worker with it must not take pages."""
+
+
+def check_reads(reader: ReadLines) -> None:
+    """Read one small generated line, or raise :class:`CannotRead` saying why.
+
+    A model that loads but cannot read (an image size its processor and encoder disagree on,
+    a broken tokenizer, a dtype the device lacks) would otherwise fail every page it claims
+    with ``model_error`` until their attempts run out.
+    """
+    from PIL import ImageDraw
+
+    line = Image.new("L", (160, 24), 255)
+    ImageDraw.Draw(line).text((4, 6), "htrq reads this line", fill=0)
+    try:
+        (read,) = reader([line])
+    except Exception as exc:
+        raise CannotRead(f"{type(exc).__name__}: {exc}") from exc
+    if read is None or not isinstance(read[0], str):
+        raise CannotRead(f"the reader returned {read!r} for a line")
+
