@@ -153,6 +153,8 @@ NOTES: dict[str, str] = {
     "further than this.",
     "max_pixels": "`too_large`, from the header (or the PDF page size at `HTRQ_PDF_DPI`).",
     "max_aspect": "`extreme_aspect`.",
+    "pdf_render_seconds": "Rendered in a child process, so that a page past the limit can be "
+    "stopped.",
     "api_db_pool": "Size PostgreSQL's `max_connections` for API processes x this + workers.",
     "review_secret": "Never shown in an error message.",
     "public_url": "Set it where the API sits behind a reverse proxy "
