@@ -26,6 +26,7 @@ from htrq.errors import PageError
 from htrq.jobs import IdempotencyConflict, NotFound
 from htrq.models import DEFAULT_TENANT
 from htrq.queue import CelerySender, make_celery
+from htrq.rendering import RenderUnavailable
 from htrq.settings import Settings, load_settings
 from htrq.storage import StorageUnavailable, open_store
 
@@ -153,6 +154,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def _storage(_: Request, exc: StorageUnavailable) -> JSONResponse:
         # Nothing was written to the database: the client may send the same request again.
         return error(503, "storage_unavailable", f"{exc}; try again later")
+
+    @app.exception_handler(RenderUnavailable)
+    def _render(_: Request, exc: RenderUnavailable) -> JSONResponse:
+        # No PDF renderer answered (all busy, out of time, or one died): the API itself is
+        # fine and the same request may succeed later.
+        response = error(503, exc.code, exc.message)
+        response.headers["Retry-After"] = str(exc.retry_after)
+        return response
 
     @app.exception_handler(PageNotSucceeded)
     def _not_succeeded(_: Request, exc: PageNotSucceeded) -> JSONResponse:

@@ -21,9 +21,9 @@ from htrq.blobs import lock_blobs
 from htrq.completion import reopen
 from htrq.db import read_scope, session_scope
 from htrq.errors import PERMANENT_CODES, PageError
-from htrq.inputs import inspect_upload
 from htrq.models import JOB_MODES, Job, Line, Page, WebhookEvent, utcnow
 from htrq.queue import Send, page_queue
+from htrq.rendering import RenderBusy, RenderUnavailable, pdf_renderer
 from htrq.resources import (
     REVIEW_BELOW,
     ErrorInfo,
@@ -89,7 +89,8 @@ def submit(
     its code and is never queued. Raises :class:`PageError` (and stores nothing) only for what
     concerns the whole request: no files, a file over the byte limit, too many pages in all,
     a callback URL that is refused, or no readable file at all. Raises
-    :class:`IdempotencyConflict` when the key was used for other content.
+    :class:`IdempotencyConflict` when the key was used for other content, and
+    :class:`htrq.rendering.RenderBusy` (storing nothing) when no PDF renderer was free.
     """
     if mode not in JOB_MODES:
         raise PageError("invalid_mode", f"mode must be one of {', '.join(JOB_MODES)}")
@@ -192,12 +193,19 @@ def _inspect(up: Upload, settings: Settings) -> int | PageError:
             f"{name}: {up.size} bytes, over the limit of {settings.max_upload_bytes}",
         )
     try:
-        info = inspect_upload(
+        # PDFs are opened in a render process (PDFium is not thread-safe).
+        info = pdf_renderer(settings).inspect(
             up.source,
             max_pages=settings.max_pages_per_job,
             max_pixels=settings.max_pixels,
             max_aspect=settings.max_aspect,
         )
+    except RenderBusy:
+        raise  # no renderer free: the whole request is answered 503, nothing stored
+    except RenderUnavailable as exc:
+        # Opening a PDF takes milliseconds: one that outlasts HTRQ_PDF_RENDER_SECONDS or
+        # crashes the renderer is this file's fault, and would do the same in the worker.
+        return PageError("invalid_pdf", f"the PDF could not be read ({exc.code})")
     except PageError as exc:
         if exc.code == "too_many_pages":  # the job would be over the limit too
             raise PageError(exc.code, f"{name}: {exc.message}") from exc

@@ -4,6 +4,8 @@ coordinates refer to.
 The worker reads a page after :func:`htrq.inputs.render_page` and EXIF orientation
 (``worker.preprocess.normalise_page``), and stores line coordinates in that upright image;
 this renders the same way, keeping the scan's colours, so the outlines fall on their lines.
+PDF pages are rendered by this process's :func:`htrq.rendering.pdf_renderer`, never in the
+calling (request) thread.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import io
 
 from PIL import Image, ImageOps
 
-from htrq.inputs import render_page
+from htrq.rendering import pdf_renderer
 from htrq.settings import Settings
 
 #: Pages up to this many pixels are sent as PNG (lossless: line images, small scans); larger
@@ -23,8 +25,12 @@ JPEG_QUALITY = 88
 
 def upright_page(data: bytes, frame: int, settings: Settings) -> Image.Image:
     """Page ``frame`` of a stored upload, decoded and upright, as the worker saw it before
-    normalising (a PDF page at ``HTRQ_PDF_DPI``, which its ``dpi`` says)."""
-    im = render_page(
+    normalising (a PDF page at ``HTRQ_PDF_DPI``, which its ``dpi`` says).
+
+    Raises ``PageError`` as :func:`htrq.inputs.render_page` does, and
+    :class:`htrq.rendering.RenderUnavailable` when no PDF renderer answered in time.
+    """
+    im = pdf_renderer(settings).render(
         data,
         frame,
         dpi=settings.pdf_dpi,
@@ -42,7 +48,7 @@ def page_image(
 
     ``size`` is the page's stored width and height: a PDF rendered at another
     ``HTRQ_PDF_DPI`` than when it was read is scaled to it, so that the coordinates still
-    fit. Raises ``PageError`` as :func:`render_page` does.
+    fit. Raises as :func:`upright_page` does.
     """
     im = upright_page(data, frame, settings)
     if im.mode not in ("L", "RGB"):

@@ -174,6 +174,12 @@ class Settings(BaseSettings):
     group_time_limit: float | None = Field(None, gt=0)
     #: Seconds one PDF page may take to render (``too_slow`` past it).
     pdf_render_seconds: float = Field(30.0, gt=0)
+    #: PDF render processes each API process keeps (``htrq.rendering``): PDFium is not
+    #: thread-safe, so it never runs in the request threads. Page images, PDF exports and the
+    #: inspection at submit share them; a request that waits longer than
+    #: ``pdf_render_seconds`` for a free one is answered 503 ``render_busy``. Each costs a
+    #: process and, while it renders, one page's pixels in memory.
+    pdf_renderers: int = Field(2, ge=1, le=64)
     #: Resolution at which PDF pages are rendered.
     pdf_dpi: int = Field(300, ge=50, le=1200)
     #: Margin in pixels added around each line box before recognition.

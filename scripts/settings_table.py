@@ -93,7 +93,8 @@ READERS: dict[str, str] = {
     "max_aspect": f"{API}, {WORKER}, {CLI}",
     "max_lines_per_page": WORKER,
     "group_time_limit": WORKER,
-    "pdf_render_seconds": WORKER,
+    "pdf_render_seconds": f"{API}, {WORKER}",
+    "pdf_renderers": API,
     "pdf_dpi": f"{API}, {WORKER}, {CLI}",
     "line_margin": f"{WORKER}, {CLI}",
     "segmenter": WORKER,
@@ -154,7 +155,10 @@ NOTES: dict[str, str] = {
     "max_pixels": "`too_large`, from the header (or the PDF page size at `HTRQ_PDF_DPI`).",
     "max_aspect": "`extreme_aspect`.",
     "pdf_render_seconds": "Rendered in a child process, so that a page past the limit can be "
-    "stopped.",
+    "stopped: the worker's own helper, and in the API the `HTRQ_PDF_RENDERERS` processes, "
+    "where it also bounds the wait for a free one.",
+    "pdf_renderers": "Read by the API (and `htrq transcribe`, at submit); each worker process "
+    "has one render helper of its own.",
     "api_db_pool": "Size PostgreSQL's `max_connections` for API processes x this + workers.",
     "review_secret": "Never shown in an error message.",
     "public_url": "Set it where the API sits behind a reverse proxy "

@@ -43,6 +43,11 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorBody, "description": "unknown job or page"},
     409: {"model": ErrorBody, "description": "the page (or job) has not finished (yet)"},
     422: {"model": ErrorBody, "description": "invalid request (such as an unknown format)"},
+    503: {
+        "model": ErrorBody,
+        "description": "pdf: no PDF renderer answered in time (`render_busy`, "
+        "`render_too_slow`, `render_failed`); try again after `Retry-After` seconds",
+    },
 }
 
 

@@ -20,6 +20,11 @@ ERRORS = {
     401: {"model": ErrorBody, "description": "no API key or review token, or a bad one"},
     404: {"model": ErrorBody, "description": "unknown job or page, or its file is gone"},
     409: {"model": ErrorBody, "description": "the page has not succeeded"},
+    503: {
+        "model": ErrorBody,
+        "description": "no PDF renderer answered in time (`render_busy`, `render_too_slow`, "
+        "`render_failed`); try again after `Retry-After` seconds",
+    },
 }
 
 

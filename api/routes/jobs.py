@@ -46,7 +46,15 @@ NO_NUL = r"^[^\x00]*$"
     "",
     status_code=201,
     response_model=JobResource,
-    responses={200: {"model": JobResource, "description": "repeat of a submitted job"}, **ERRORS},
+    responses={
+        200: {"model": JobResource, "description": "repeat of a submitted job"},
+        **ERRORS,
+        503: {
+            "model": ErrorBody,
+            "description": "no PDF renderer was free to open a PDF (`render_busy`); nothing "
+            "was stored: send it again after `Retry-After` seconds",
+        },
+    },
 )
 def create_job(
     response: Response,

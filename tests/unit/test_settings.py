@@ -130,3 +130,16 @@ def test_stretches_are_width_factors(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv("HTRQ_STRETCHES", bad)
         with pytest.raises(SettingsError, match="HTRQ_STRETCHES"):
             load_settings()
+
+
+def test_every_setting_has_a_row_in_the_settings_table() -> None:
+    """The settings table (docs/settings.md) names every Settings field, and nothing that is
+    not one."""
+    import re
+
+    table = Path(__file__).resolve().parents[2] / "docs" / "settings.md"
+    rows: set[str] = set()
+    for line in table.read_text().splitlines():
+        if line.startswith("| `HTRQ_"):
+            rows |= set(re.findall(r"`HTRQ_([A-Z0-9_]+)`", line.split("|")[1]))
+    assert rows == {name.upper() for name in Settings.model_fields}
