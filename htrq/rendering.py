@@ -32,6 +32,7 @@ import math
 import os
 import pickle
 import select
+import signal
 import struct
 import subprocess
 import sys
@@ -114,13 +115,13 @@ class _Helper:
     """One helper process and its pipes; used by one caller at a time."""
 
     def __init__(self) -> None:
+        # In the caller's process group, so that stopping the group (a supervisor, the
+        # tests) stops the helpers too, even one deep in a hostile page; it ends on its own
+        # when its caller's process exits and the pipe closes.
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "htrq.rendering"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            # Its own session: a terminal's Ctrl-C (or a signal to the API's process group)
-            # reaches the API, which closes the pipes; the helper then ends on its own.
-            start_new_session=True,
         )
 
     def alive(self) -> bool:
@@ -341,6 +342,9 @@ def _answer(request: _Render | _Inspect) -> Any:
 
 def _serve() -> None:
     """The helper's loop: one request in, one answer out, until the caller closes the pipe."""
+    # A terminal's Ctrl-C reaches the whole group: the API (or worker) shuts down and closes
+    # the pipe, and the helper ends then, instead of failing the renders still in flight.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     stdin = sys.stdin.buffer
     # The answers go to a descriptor of their own; what PDFium or Python might print to
     # standard output goes to standard error instead of into the pipe.
