@@ -277,7 +277,7 @@ def main() -> None:
         "--flush-every",
         type=int,
         default=128,
-        help="pages per worker group; the README advises 8 batches' worth for one-line pages",
+        help="pages per worker group; docs/settings.md advises 8 batches' worth for one-line pages",
     )
     p.add_argument("--num-beams", type=int, default=4)
     p.add_argument("--max-new-tokens", type=int, default=64)

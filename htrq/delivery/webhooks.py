@@ -74,7 +74,7 @@ def sign(secret: str, body: bytes, timestamp: int | None = None) -> str:
 
 def verify(secret: str, body: bytes, header: str, tolerance: float = 300) -> bool:
     """What a receiver does: the HMAC matches and the timestamp is recent (for tests, and as
-    the reference the README's snippet follows)."""
+    the reference the API guide's snippet follows, docs/api.md)."""
     fields = dict(part.split("=", 1) for part in header.split(",") if "=" in part)
     try:
         t = int(fields["t"])

@@ -1,4 +1,4 @@
-"""Promises of the README that had no test that would fail if they broke."""
+"""Promises of the README and docs/ that had no test that would fail if they broke."""
 
 from __future__ import annotations
 
@@ -368,7 +368,7 @@ def test_torch_threads_and_dtype_take_effect_in_a_worker_process(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """HTRQ_TORCH_THREADS sets torch's threads in the worker process; HTRQ_DTYPE=bfloat16 on
-    the CPU loads the model in float32 (with a warning), as the README says."""
+    the CPU loads the model in float32 (with a warning), as docs/settings.md says."""
     import subprocess
     import sys
 

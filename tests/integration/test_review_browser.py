@@ -27,8 +27,8 @@ from tests.services import Processes, service_env, wait_for
 pytestmark = pytest.mark.slow
 
 TENANT = "review-browser"
-#: Where to keep the test's screenshot of the page besides its tmp folder. The README's
-#: docs/review.png is made so (HTRQ_TEST_REVIEW_SCREENSHOT=docs/review.png), reduced to 128
+#: Where to keep the test's screenshot of the page besides its tmp folder. The picture on
+#: docs/review.md is made so (HTRQ_TEST_REVIEW_SCREENSHOT=docs/review.png), reduced to 128
 #: colours to halve its size.
 SCREENSHOT = os.environ.get("HTRQ_TEST_REVIEW_SCREENSHOT")
 #: Collects uncaught errors and rejected promises from the first script on.
