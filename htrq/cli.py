@@ -145,6 +145,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
                 callback_url=args.callback_url,
                 idempotency_key=args.idempotency_key,
                 model=args.model,
+                reuse=not args.no_reuse,
             )
             progress(f"job {job.id}: {len(job.pages)} pages")
             if not args.wait:
@@ -209,6 +210,12 @@ def _register_submit(sub: Subparsers) -> None:
     p.add_argument("--external-id")
     p.add_argument("--idempotency-key", help="default: a new one, reused by retries")
     p.add_argument("--model", help="one of the server's HTRQ_MODELS (default: its default)")
+    p.add_argument(
+        "--no-reuse",
+        action="store_true",
+        help="read every page afresh, even one this tenant already had read with the same "
+        "model and settings (whose reading is otherwise copied)",
+    )
     p.add_argument("--callback-url", help="where to POST a signed event when the job finishes")
     p.add_argument("--mode", default="page", choices=["page", "line"])
     p.set_defaults(func=cmd_submit)

@@ -28,6 +28,8 @@ from sqlalchemy import (
     UniqueConstraint,
     Uuid,
     false,
+    text,
+    true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -133,6 +135,9 @@ class Job(Base):
     completions: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     #: The model the job asked for (one of ``HTRQ_MODELS``); NULL: the deployment's default.
     model: Mapped[str | None] = mapped_column(String(255))
+    #: Its pages may take the reading of an identical page the tenant already had read
+    #: (``htrq.jobs.reuse``); False: each page is read afresh.
+    reuse: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
 
     pages: Mapped[list[Page]] = relationship(
         back_populates="job", order_by="Page.index", cascade="all, delete-orphan"
@@ -150,6 +155,15 @@ class Page(Base):
         Index("ix_pages_status_lease_until", "status", "lease_until"),
         Index("ix_pages_status_queued_at", "status", "queued_at"),
         Index("ix_pages_blob_key", "blob_key"),
+        # Reuse (htrq.jobs.reuse): a page's earlier readings by key, and the few pages that
+        # wait for one being read (a partial index: nearly every page waits for nothing).
+        Index("ix_pages_reading_key", "reading_key"),
+        Index(
+            "ix_pages_waiting_on",
+            "waiting_on",
+            postgresql_where=text("waiting_on IS NOT NULL"),
+            sqlite_where=text("waiting_on IS NOT NULL"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
@@ -193,6 +207,19 @@ class Page(Base):
     #: Read in a group of its own: its last group ran past the time limit. Such a page that
     #: runs past it alone fails with ``too_slow`` instead of being put back again.
     read_alone: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    #: What its reading depends on, digested (``htrq.jobs.reuse.reading_key``: the tenant, the
+    #: file and frame, the job's mode, the model's name and weights, the reading settings),
+    #: set by the worker that claims it; pages with the same key read alike. NULL: never
+    #: claimed, or claimed by a worker whose weights could not be digested.
+    reading_key: Mapped[str | None] = mapped_column(String(64))
+    #: The page with the same key that is being read and whose reading this page takes when
+    #: it is stored (this one is ``running`` meanwhile and reads nothing). Not a foreign key:
+    #: the reader's deletion frees its waiters (``htrq.jobs.deletion``).
+    waiting_on: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    #: The page whose reading was copied into this one: its job and index, kept as values,
+    #: not references, so that deleting that job leaves this page as it is.
+    reused_from_job: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    reused_from_page: Mapped[int | None] = mapped_column(Integer)
 
     job: Mapped[Job] = relationship(back_populates="pages")
     lines: Mapped[list[Line]] = relationship(

@@ -53,6 +53,11 @@ class JobSummary(BaseModel):
     model: str | None = Field(
         None, description="the model the job asked for (null: the default, for older jobs)"
     )
+    reuse: bool = Field(
+        True,
+        description="whether its pages may take the reading of an identical page the tenant "
+        "already had read (false: each page read afresh)",
+    )
     created_at: datetime
     finished_at: datetime | None = Field(
         description="when its last page finished; null while any is queued or running"
@@ -138,9 +143,17 @@ class Provenance(BaseModel):
     model: str | None
     model_sha256: str | None = Field(description="SHA-256 of the model's weight files")
     decoding: dict[str, Any] | None = Field(
-        description="num_beams, ctc_weight, dtype, device, max_new_tokens, quantize, stretches"
+        description="the reading settings: num_beams, ctc_weight, dtype, device, "
+        "max_new_tokens, batch_size, quantize, stretches, segmenter, line_margin, pdf_dpi"
     )
     htrq_version: str | None
+
+
+class ReusedFrom(BaseModel):
+    """The page whose reading was copied into this one (it may have been deleted since)."""
+
+    job_id: uuid.UUID
+    page: int = Field(description="the page's index in that job")
 
 
 class PageResource(BaseModel):
@@ -160,6 +173,12 @@ class PageResource(BaseModel):
     model: str | None
     provenance: Provenance | None = Field(
         None, description="what read the page: model, weights digest, decoding, htrq version"
+    )
+    reused_from: ReusedFrom | None = Field(
+        None,
+        description="the tenant's earlier page with the same file, frame, model and reading "
+        "settings whose reading this page took instead of being read again (its machine "
+        "reading, not a person's corrections); null: read for itself",
     )
     started_at: datetime | None
     finished_at: datetime | None

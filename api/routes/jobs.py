@@ -88,6 +88,14 @@ def create_job(
             "(422 unknown_model otherwise); default: the server's default model",
         ),
     ] = None,
+    reuse: Annotated[
+        bool,
+        Form(
+            description="false: read every page afresh. By default a page this tenant already "
+            "had read (same bytes and frame, model and reading settings) takes that reading, "
+            "and says `reused_from`",
+        ),
+    ] = True,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> JobResource:
     """Upload pages; each file becomes one page or more (PDF, multi-page TIFF).
@@ -115,6 +123,7 @@ def create_job(
             mode=mode,
             callback_url=callback_url,
             model=model,
+            reuse=reuse,
         )
     response.status_code = 201 if created else 200
     response.headers["Location"] = f"/v1/jobs/{job.id}"
@@ -169,11 +178,25 @@ def read_job(job_id: str, sessions: SessionsDep, tenant: ReviewerDep) -> JobReso
 
 @router.delete("/{job_id}", status_code=204, responses=ERRORS)
 def remove_job(
-    job_id: str, sessions: SessionsDep, storage: StorageDep, tenant: TenantDep
+    job_id: str,
+    sessions: SessionsDep,
+    storage: StorageDep,
+    sender: SenderDep,
+    settings: SettingsDep,
+    tenant: TenantDep,
 ) -> Response:
     """Delete the job, its pages, lines and webhook events, and its stored files (those no
-    other job uses). A page being read meanwhile finishes into nothing."""
-    delete_job(sessions=sessions, storage=storage, tenant_id=tenant, job_id=job_id)
+    other page uses). A page being read meanwhile finishes into nothing. Pages of other jobs
+    that took a reading from this job's keep it; those waiting for one of its pages being
+    read are read themselves."""
+    delete_job(
+        sessions=sessions,
+        storage=storage,
+        tenant_id=tenant,
+        job_id=job_id,
+        send=sender,
+        settings=settings,
+    )
     return Response(status_code=204)
 
 

@@ -37,6 +37,7 @@ from htrq.resources import (
     PageResource,
     PageSummary,
     Provenance,
+    ReusedFrom,
     StatusCounts,
     job_status,
 )
@@ -87,6 +88,7 @@ def submit(
     mode: str = "page",
     callback_url: str | None = None,
     model: str | None = None,
+    reuse: bool = True,
 ) -> tuple[JobResource, bool]:
     """Store the files, create the job and its pages, then enqueue the pages.
 
@@ -95,6 +97,10 @@ def submit(
 
     ``model`` is one of ``settings.allowed_models`` (None: ``settings.model``); the job keeps
     it, and its pages go to that model's queue, where only its workers take them.
+
+    ``reuse``: a page the tenant already had read (same file and frame, model and reading
+    settings) takes that reading instead of being read again (``htrq.jobs.reuse``); False
+    reads every page afresh.
 
     A file that cannot be read (broken or encrypted PDF, unknown format, empty, too many
     pixels) does not sink the others: it becomes one page that is ``failed`` at once with
@@ -115,7 +121,7 @@ def submit(
     key = idempotency_key or (f"external_id:{external_id}" if external_id else None)
     # A repeat that names the default model is the same job as one that names none.
     asked = None if model in (None, settings.model) else model
-    fingerprint = _fingerprint(mode, callback_url, uploads, asked)
+    fingerprint = _fingerprint(mode, callback_url, uploads, asked, reuse)
     if key and (existing := _find_repeat(sessions, tenant_id, key, fingerprint)):
         return existing, False
 
@@ -127,6 +133,7 @@ def submit(
         mode=mode,
         callback_url=callback_url,
         model=model or settings.model,
+        reuse=reuse,
     )
     try:
         job_id, page_ids = _store_and_insert(sessions, storage, settings, job, uploads, inspected)
@@ -339,6 +346,7 @@ def get_job(
         external_id=job.external_id,
         mode=job.mode,
         model=job.model,
+        reuse=job.reuse,
         created_at=job.created_at,
         finished_at=job.finished_at,
         callback_url=job.callback_url,
@@ -398,6 +406,9 @@ def page_resource(
             htrq_version=page.htrq_version,
         )
         if page.model
+        else None,
+        reused_from=ReusedFrom(job_id=page.reused_from_job, page=page.reused_from_page)
+        if page.reused_from_job is not None and page.reused_from_page is not None
         else None,
         started_at=page.started_at,
         finished_at=page.finished_at,
@@ -476,12 +487,19 @@ def _owned(
 
 
 def _fingerprint(
-    mode: str, callback_url: str | None, uploads: Sequence[Upload], model: str | None = None
+    mode: str,
+    callback_url: str | None,
+    uploads: Sequence[Upload],
+    model: str | None = None,
+    reuse: bool = True,
 ) -> str:
     h = hashlib.sha256(mode.encode())
     h.update(b"\0" + (callback_url or "").encode() + b"\0")
-    if model is not None:  # only when not the default: earlier jobs keep their fingerprint
+    # Only what differs from the defaults: earlier jobs keep their fingerprint.
+    if model is not None:
         h.update(b"model:" + model.encode() + b"\0")
+    if not reuse:
+        h.update(b"reuse:false\0")
     for up in uploads:
         h.update(bytes.fromhex(up.digest))
     return h.hexdigest()

@@ -5,6 +5,11 @@ fencing token; it also takes over a ``running`` page whose lease has expired (it
 and Redis redelivered the message), so late acks rescue a page without waiting for a sweeper.
 Every later write for the page matches ``status='running' AND attempts=token``, so a worker
 whose lease was taken back (or a duplicate message) can no longer change it.
+
+A page being read may have identical pages waiting for its reading (``htrq.jobs.reuse``): the
+transaction that stores its result copies the result into them, and one that takes it out of
+``running`` without a result sends them back to the queue (``freed``: the caller sends them
+after the commit; without it, the sweeper re-sends them as lost messages).
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
 
@@ -21,6 +26,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from htrq.delivery.completion import note_finished
+from htrq.jobs.reuse import copy_to_waiters, release_waiters
 from htrq.models import Job, Line, Page, utcnow
 
 NO_SYNC = {"synchronize_session": False}
@@ -36,6 +42,9 @@ class Claim:
     read_alone: bool = False  #: its last group ran out of time: read it in a group of its own
     job_id: uuid.UUID | None = None
     created_at: datetime | None = None  #: when the page was submitted
+    #: Its reading key, once the worker has settled it as its key's reader
+    #: (``htrq.jobs.reuse.settle``): identical pages may then wait for its result.
+    reading_key: str | None = None
 
 
 Points = Sequence[tuple[int, int]]
@@ -95,6 +104,7 @@ def claim_pages(
             attempts=Page.attempts + 1,
             lease_until=now + timedelta(seconds=lease_seconds),
             started_at=now,
+            waiting_on=None,  # a waiter taken over waits for nothing until settled again
         )
         .returning(
             Page.id,
@@ -176,10 +186,13 @@ def write_result(
     processing_ms: int,
     size: tuple[int, int] | None = None,
     provenance: ReadBy | None = None,
+    copied_into: list[uuid.UUID] | None = None,
 ) -> bool:
     """Store a page's result if the claim still holds; False means it was thrown away.
 
-    ``size`` is the width and height of the page image the line coordinates refer to.
+    ``size`` is the width and height of the page image the line coordinates refer to. The
+    pages waiting for this reading get a copy of it in the same transaction (their ids are
+    appended to ``copied_into``), and their jobs complete with this page's where they finish.
 
     The fenced UPDATE comes first: it locks the row, so the line replacement below cannot
     interleave with another writer of the same page.
@@ -223,7 +236,12 @@ def write_result(
                 for i, ln in enumerate(lines)
             ],
         )
-    note_finished(session, [_job_of(session, claim)])
+    waiters = copy_to_waiters(session, claim.page_id) if claim.reading_key else []
+    if copied_into is not None:
+        copied_into.extend(page_id for page_id, _ in waiters)
+    # One call for all the jobs: note_finished locks them in one order, so that two writers
+    # whose originals and copies cross between two jobs never wait on each other.
+    note_finished(session, [_job_of(session, claim), *(job_id for _, job_id in waiters)])
     return True
 
 
@@ -231,8 +249,17 @@ def _points_json(points: Points | None) -> str | None:
     return json.dumps([[int(x), int(y)] for x, y in points]) if points else None
 
 
-def write_failure(session: Session, claim: Claim, *, code: str, message: str) -> bool:
-    """Mark the page ``failed`` (no retry) if the claim still holds."""
+def write_failure(
+    session: Session,
+    claim: Claim,
+    *,
+    code: str,
+    message: str,
+    freed: list[uuid.UUID] | None = None,
+) -> bool:
+    """Mark the page ``failed`` (no retry) if the claim still holds; the pages waiting for its
+    reading go back to the queue (appended to ``freed``), to be read themselves: a copy is
+    never failed by its original's failure."""
     kept = _fenced_update(
         session,
         claim,
@@ -242,8 +269,18 @@ def write_failure(session: Session, claim: Claim, *, code: str, message: str) ->
         finished_at=utcnow(),
     )
     if kept:
+        _free_waiters(session, claim, freed)
         note_finished(session, [_job_of(session, claim)])
     return kept
+
+
+def _free_waiters(session: Session, claim: Claim, freed: list[uuid.UUID] | None) -> None:
+    """The claim's page left ``running`` without a reading: its waiters go back to the queue."""
+    if claim.reading_key is None:
+        return  # never settled as a reader: nothing waits for it
+    released = release_waiters(session, [claim.page_id])
+    if freed is not None:
+        freed.extend(released)
 
 
 def _job_of(session: Session, claim: Claim) -> uuid.UUID:
@@ -252,14 +289,24 @@ def _job_of(session: Session, claim: Claim) -> uuid.UUID:
     return session.execute(select(Page.job_id).where(Page.id == claim.page_id)).scalar_one()
 
 
-def release_for_retry(session: Session, claim: Claim, *, code: str, message: str) -> str | None:
+def release_for_retry(
+    session: Session,
+    claim: Claim,
+    *,
+    code: str,
+    message: str,
+    freed: list[uuid.UUID] | None = None,
+) -> str | None:
     """After a transient error: back to ``queued``, or ``failed`` once attempts are spent.
 
     Returns the new status, or None if the claim no longer holds. The error is kept on the
-    page either way, so a page that runs out of attempts shows the last one.
+    page either way, so a page that runs out of attempts shows the last one. Its waiters go
+    back to the queue either way (appended to ``freed``): a copy waits only for a reading in
+    progress.
     """
     if claim.token >= claim.attempt_limit:
-        return "failed" if write_failure(session, claim, code=code, message=message) else None
+        failed = write_failure(session, claim, code=code, message=message, freed=freed)
+        return "failed" if failed else None
     kept = _fenced_update(
         session,
         claim,
@@ -268,16 +315,21 @@ def release_for_retry(session: Session, claim: Claim, *, code: str, message: str
         error_message=message,
         queued_at=utcnow(),
     )
+    if kept:
+        _free_waiters(session, claim, freed)
     return "queued" if kept else None
 
 
-def release_to_read_alone(session: Session, claim: Claim) -> bool:
+def release_to_read_alone(
+    session: Session, claim: Claim, freed: list[uuid.UUID] | None = None
+) -> bool:
     """After its group ran out of time: back to ``queued``, to be read in a group of its own.
 
     The attempt is given back (``attempt_limit`` + 1): the page did nothing wrong yet. It
     can happen once per page, since a page read alone that runs out of time fails instead.
+    Its waiters go back to the queue (appended to ``freed``).
     """
-    return _fenced_update(
+    kept = _fenced_update(
         session,
         claim,
         status="queued",
@@ -285,6 +337,9 @@ def release_to_read_alone(session: Session, claim: Claim) -> bool:
         attempt_limit=Page.attempt_limit + 1,
         queued_at=utcnow(),
     )
+    if kept:
+        _free_waiters(session, claim, freed)
+    return kept
 
 
 @dataclass(frozen=True)
@@ -292,6 +347,8 @@ class Swept:
     requeued: list[uuid.UUID]  #: lease expired, attempts left: send again
     failed: list[uuid.UUID]  #: lease expired, attempts spent
     resend: list[uuid.UUID]  #: queued so long that their message is presumed lost
+    #: Waited for the reading of a page taken back here: back to the queue, send again.
+    freed: list[uuid.UUID] = field(default_factory=list)
 
 
 LEASE_EXPIRED = (
@@ -369,6 +426,7 @@ def sweep(
         .returning(Page.id)
         .execution_options(**NO_SYNC)
     ).all()
+    freed = release_waiters(session, [*failed, *requeued])
     resend: Sequence[uuid.UUID] = []
     if resend_older_than is not None and (resend_routes is None or resend_routes):
         of_routes = (
@@ -383,7 +441,7 @@ def sweep(
             .returning(Page.id)
             .execution_options(**NO_SYNC)
         ).all()
-    return Swept(list(requeued), list(failed), list(resend))
+    return Swept(list(requeued), list(failed), list(resend), freed)
 
 
 def _on_route(route: Route) -> ColumnElement[bool]:

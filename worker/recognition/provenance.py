@@ -57,7 +57,9 @@ def read_by(
     settings: Settings, model_dir: str, ctc_weight: float, stretches: tuple[float, ...]
 ) -> ReadBy:
     """The provenance of this worker's readings (``ctc_weight`` and ``stretches``: those in
-    force, 0 for a model without a CTC head, one width for a model that reads squares)."""
+    force, 0 for a model without a CTC head, one width for a model that reads squares): the
+    decoding settings and those that find and cut the lines. Everything in it but the batch
+    size makes a page's reading key (``htrq.jobs.reuse.reading_key``)."""
     return ReadBy(
         model_sha256=weights_digest(model_dir),
         decoding={
@@ -69,6 +71,11 @@ def read_by(
             "batch_size": settings.batch_size,
             "quantize": settings.quantize,
             "stretches": stretches_text(stretches),
+            # What finds and cuts the lines shapes the reading as much as the decoder does:
+            # recorded so that a reading can be reused only under the same (htrq.jobs.reuse).
+            "segmenter": settings.segmenter,
+            "line_margin": settings.line_margin,
+            "pdf_dpi": settings.pdf_dpi,
         },
         htrq_version=htrq_version(),
     )

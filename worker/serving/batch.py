@@ -1,4 +1,4 @@
-"""Process one group of page ids: claim, load, run the pipeline, write each page.
+"""Process one group of page ids: claim, settle reuse, load, run the pipeline, write each page.
 
 Shared by the Celery batch task and the in-process queue of ``htrq transcribe``, so both run
 the same code between the broker and the database.
@@ -6,10 +6,11 @@ the same code between the broker and the database.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import uuid
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -18,6 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from htrq.db import session_scope
+from htrq.delivery.completion import note_finished
 from htrq.errors import PageError, public_message
 from htrq.jobs.claims import (
     Claim,
@@ -25,11 +27,13 @@ from htrq.jobs.claims import (
     claim_pages,
     release_for_retry,
     release_to_read_alone,
+    routes_of,
     write_failure,
     write_result,
 )
+from htrq.jobs.reuse import Candidate, reading_key, settle
 from htrq.models import Job, Page, utcnow
-from htrq.queue import Send
+from htrq.queue import Send, page_queue
 from htrq.settings import Settings
 from htrq.storage import BlobMissing, BlobStore, StorageUnavailable
 from worker.recognition.pipeline import PageInput, PageOutput, Pipeline
@@ -74,6 +78,12 @@ class BatchReport:
     failed: int = 0
     requeued: int = 0
     discarded: int = 0  #: results thrown away because the claim was lost
+    read: int = 0  #: pages handed to the pipeline (a reading of their own)
+    #: Pages stored with a copy of an identical page's reading (``htrq.jobs.reuse``): at their
+    #: claim, or when the reading they waited for was stored here. Counted in ``succeeded``.
+    reused: int = 0
+    #: Pages left waiting for an identical page being read (they finish with its result).
+    waiting: int = 0
     pipeline_ms: int = 0  #: decoding, segmentation and recognition of the whole group
     write_ms: int = 0  #: storing the results, one transaction per page
     requeued_ids: list[str] = field(default_factory=list)
@@ -97,15 +107,20 @@ def process_batch(page_ids: Sequence[str], ctx: BatchContext) -> BatchReport:
     claimed = _claim(ctx, _parse_ids(page_ids), report)
     if claimed is None:
         return report  # the database is down: the ids were sent again for later
-    claims, modes = claimed
+    claims, jobs = claimed
     report.claimed = len(claims)
     if not claims:
         return report
+    claims = _settle(ctx, claims, jobs, report)
+    if not claims:
+        return report
+    modes = {page_id: job.mode for page_id, job in jobs.items()}
     claims = _one_alone(ctx, claims, report)
     outcomes: dict[object, PageOutput | PageError] = {}
     inputs = _load_inputs(ctx, claims, modes, outcomes, report)
     together = [c for c in claims if c.page_id in inputs and not c.read_alone]
     alone = [c for c in claims if c.page_id in inputs and c.read_alone]
+    report.read = len(together) + len(alone)
     started = time.perf_counter()
     for group in [g for g in (together, alone) if g]:
         _read_group(ctx, group, [inputs[c.page_id] for c in group], outcomes, report)
@@ -123,15 +138,24 @@ def _parse_ids(page_ids: Sequence[str]) -> list[uuid.UUID]:
     return ids
 
 
+@dataclass(frozen=True)
+class JobOf:
+    """What a claimed page's job says about reading it."""
+
+    mode: str
+    tenant_id: uuid.UUID
+    reuse: bool
+
+
 def _claim(
     ctx: BatchContext, ids: list[uuid.UUID], report: BatchReport
-) -> tuple[list[Claim], dict[uuid.UUID, str]] | None:
-    """The pages this batch may read and each one's job mode; None when the database could
-    not be reached (the ids are then sent again, later each time it stays down)."""
+) -> tuple[list[Claim], dict[uuid.UUID, JobOf]] | None:
+    """The pages this batch may read and what each one's job says; None when the database
+    could not be reached (the ids are then sent again, later each time it stays down)."""
     try:
         with session_scope(ctx.sessions) as s:
             claims = claim_pages(s, ids, lease_seconds=ctx.settings.lease_seconds)
-            modes = _modes(s, [c.page_id for c in claims])
+            jobs = _jobs_of(s, [c.page_id for c in claims])
     except SQLAlchemyError:
         # Nothing was claimed: send the ids again later, later each time while the database
         # stays down (no attempt was counted, so the page's own attempts cannot say how
@@ -149,7 +173,76 @@ def _claim(
         report.requeued = len(ids)
         return None
     ctx.claim_failures = 0
-    return claims, modes
+    return claims, jobs
+
+
+def _settle(
+    ctx: BatchContext, claims: list[Claim], jobs: dict[uuid.UUID, JobOf], report: BatchReport
+) -> list[Claim]:
+    """Reuse (``htrq.jobs.reuse``): the claimed pages whose reading the tenant already has
+    are stored as copies, those whose twin is being read wait for it; returns the claims to
+    read, each marked as its key's reader. Without a weights digest, or with the database
+    failing here, every page is read (a reading is never lost for want of a copy)."""
+    by = ctx.read_by
+    if by is None or not by.model_sha256:
+        return claims
+    keys = {
+        c.page_id: reading_key(
+            tenant_id=jobs[c.page_id].tenant_id,
+            blob_key=c.blob_key,
+            frame=c.frame,
+            mode=jobs[c.page_id].mode,
+            model=ctx.model_name,
+            model_sha256=by.model_sha256,
+            decoding=by.decoding,
+            htrq_version=by.htrq_version,
+        )
+        for c in claims
+    }
+    candidates = [
+        Candidate(c.page_id, c.token, jobs[c.page_id].tenant_id, key, jobs[c.page_id].reuse)
+        for c in claims
+        if (key := keys[c.page_id]) is not None
+    ]
+    try:
+        with session_scope(ctx.sessions) as s:
+            settled = settle(s, candidates, lease_seconds=ctx.settings.lease_seconds)
+            note_finished(s, settled.jobs)
+    except SQLAlchemyError:
+        log.warning("could not look for earlier readings; reading the %d pages", len(claims))
+        return claims
+    report.reused += len(settled.copied)
+    report.succeeded += len(settled.copied)
+    report.waiting += len(settled.waiting)
+    for c in claims:
+        if c.page_id in settled.copied:
+            _finished(report, c)
+    readers = set(settled.read)
+    skip = set(settled.copied) | set(settled.waiting) | set(settled.lost)
+    return [
+        dataclasses.replace(c, reading_key=keys[c.page_id]) if c.page_id in readers else c
+        for c in claims
+        if c.page_id not in skip
+    ]
+
+
+def _send_freed(ctx: BatchContext, freed: list[uuid.UUID]) -> None:
+    """Send the pages that waited for a reading that did not come back to their queues
+    (each to its tenant's queue of its job's model); the sweeper re-sends them if this fails."""
+    if not freed:
+        return
+    try:
+        with ctx.sessions() as s:
+            routes = routes_of(s, freed)
+        by_queue: dict[str, list[str]] = defaultdict(list)
+        for page_id in freed:
+            tenant_id, model = routes[page_id]
+            queue = page_queue(ctx.settings, model=model, tenant_id=tenant_id)
+            by_queue[queue].append(str(page_id))
+        for queue, ids in by_queue.items():
+            ctx.send(ids, 0, queue=queue)
+    except Exception:
+        log.exception("could not re-send %d waiting pages; the sweeper will", len(freed))
 
 
 def _load_inputs(
@@ -258,12 +351,14 @@ def _one_alone(ctx: BatchContext, claims: list[Claim], report: BatchReport) -> l
 
 
 def _release_alone(ctx: BatchContext, c: Claim, report: BatchReport) -> None:
+    freed: list[uuid.UUID] = []
     try:
         with session_scope(ctx.sessions) as s:
-            kept = release_to_read_alone(s, c)
+            kept = release_to_read_alone(s, c, freed)
     except SQLAlchemyError:
         log.exception("could not release page %s; its lease will expire", c.page_id)
         return
+    _send_freed(ctx, freed)
     if kept:
         report.requeued += 1
         report.requeued_ids.append(str(c.page_id))
@@ -285,10 +380,14 @@ def _finish(
         outcome = outcomes.get(c.page_id)
         if outcome is None:
             continue  # released above
+        freed: list[uuid.UUID] = []
+        copied: list[uuid.UUID] = []
         try:
             with session_scope(ctx.sessions) as s:
                 if isinstance(outcome, PageError):
-                    kept = write_failure(s, c, code=outcome.code, message=outcome.message)
+                    kept = write_failure(
+                        s, c, code=outcome.code, message=outcome.message, freed=freed
+                    )
                 else:
                     kept = write_result(
                         s,
@@ -300,11 +399,15 @@ def _finish(
                         provenance=ctx.read_by,
                         processing_ms=elapsed_ms,
                         size=outcome.size,
+                        copied_into=copied,
                     )
         except SQLAlchemyError:
             # The page stays `running`; when its lease expires the sweeper re-queues it.
             log.exception("could not store page %s; its lease will expire", c.page_id)
             continue
+        _send_freed(ctx, freed)
+        report.reused += len(copied)
+        report.succeeded += len(copied)
         if not kept:
             report.discarded += 1
             log.info("page %s: claim %d lost, result discarded", c.page_id, c.token)
@@ -321,12 +424,14 @@ def _finish(
 
 
 def _release(ctx: BatchContext, c: Claim, code: str, message: str, report: BatchReport) -> None:
+    freed: list[uuid.UUID] = []
     try:
         with session_scope(ctx.sessions) as s:
-            status = release_for_retry(s, c, code=code, message=message)
+            status = release_for_retry(s, c, code=code, message=message, freed=freed)
     except SQLAlchemyError:
         log.exception("could not release page %s; its lease will expire", c.page_id)
         return
+    _send_freed(ctx, freed)
     if status is not None:
         report.errors[code] += 1
     if status == "queued":
@@ -347,10 +452,12 @@ def _finished(report: BatchReport, c: Claim) -> None:
         report.latencies.append(max(0.0, (utcnow() - c.created_at).total_seconds()))
 
 
-def _modes(s: Session, page_ids: list[uuid.UUID]) -> dict[uuid.UUID, str]:
+def _jobs_of(s: Session, page_ids: list[uuid.UUID]) -> dict[uuid.UUID, JobOf]:
     if not page_ids:
         return {}
     rows = s.execute(
-        select(Page.id, Job.mode).join(Job, Page.job_id == Job.id).where(Page.id.in_(page_ids))
+        select(Page.id, Job.mode, Job.tenant_id, Job.reuse)
+        .join(Job, Page.job_id == Job.id)
+        .where(Page.id.in_(page_ids))
     ).all()
-    return {r.id: r.mode for r in rows}
+    return {r.id: JobOf(r.mode, r.tenant_id, r.reuse) for r in rows}

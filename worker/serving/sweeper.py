@@ -43,7 +43,7 @@ def sweep_once(
     with session_scope(sessions) as s:
         idle = _idle_routes(s, sender=sender, settings=settings, older_than=cutoff)
         swept = sweep(s, now=now, resend_older_than=cutoff, resend_routes=idle)
-        to_send = swept.requeued + swept.resend
+        to_send = swept.requeued + swept.resend + swept.freed
         routes = routes_of(s, to_send)
     by_queue: dict[str, list[str]] = defaultdict(list)
     for page_id in to_send:
@@ -53,10 +53,12 @@ def sweep_once(
         sender(ids, queue=queue)
     if to_send or swept.failed:
         log.warning(
-            "sweeper: %d expired leases re-queued, %d failed, %d lost messages re-sent",
+            "sweeper: %d expired leases re-queued, %d failed, %d lost messages re-sent, "
+            "%d pages that waited for them re-sent",
             len(swept.requeued),
             len(swept.failed),
             len(swept.resend),
+            len(swept.freed),
         )
     return swept
 

@@ -45,14 +45,17 @@ def register_tasks(app: Celery, settings: Settings, context: Callable[[], BatchC
         report = process_batch(ids, dataclasses.replace(ctx, send=back))
         record_batch(report, model=ctx.model_name)
         log.info(
-            "batch of %d: claimed %d, succeeded %d, failed %d, requeued %d, discarded %d "
-            "(pipeline %d ms, writes %d ms)",
+            "batch of %d: claimed %d, succeeded %d, failed %d, requeued %d, discarded %d; "
+            "read %d, reused %d, waiting %d (pipeline %d ms, writes %d ms)",
             report.received,
             report.claimed,
             report.succeeded,
             report.failed,
             report.requeued,
             report.discarded,
+            report.read,
+            report.reused,
+            report.waiting,
             report.pipeline_ms,
             report.write_ms,
         )

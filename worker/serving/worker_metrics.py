@@ -32,6 +32,16 @@ PAGES = Counter(
     ["model", "outcome"],
 )
 LINES = Counter("htrq_worker_lines", "Lines of the pages stored as succeeded", ["model"])
+#: How a claimed page was handled besides its outcome: ``read`` by the pipeline, or not
+#: read because its tenant already had its reading (``htrq.jobs.reuse``): ``reused`` (stored
+#: as a copy, counted in succeeded too) or ``waiting`` (for an identical page being read).
+READINGS = Counter(
+    "htrq_worker_readings",
+    "Pages by how they were handled: read (by the pipeline), reused (stored with a copy of an "
+    "identical page's reading), waiting (for an identical page being read)",
+    ["model", "how"],
+)
+HOW = ("read", "reused", "waiting")
 ERRORS = Counter(
     "htrq_worker_errors",
     "Error codes given to pages, whether they failed or were put back to be tried again",
@@ -79,6 +89,7 @@ PROCESSES = Gauge(
 ALL = (
     PAGES,
     LINES,
+    READINGS,
     ERRORS,
     GROUP_PAGES,
     GROUP_LINES,
@@ -96,6 +107,8 @@ def record_batch(report: BatchReport, model: str) -> None:
         # that rates over it are 0 rather than missing.
         PAGES.labels(model, outcome).inc(getattr(report, outcome))
     LINES.labels(model).inc(report.lines)
+    for how in HOW:
+        READINGS.labels(model, how).inc(getattr(report, how))
     for code, n in report.errors.items():
         ERRORS.labels(model, code).inc(n)
     for group in report.groups:
