@@ -104,10 +104,14 @@ def process_batch(page_ids: Sequence[str], ctx: BatchContext) -> BatchReport:
     """Claim the pages, read them (the group together, a page to be read alone after it) and
     store each page's outcome; the report says what became of each."""
     report = BatchReport(received=len(page_ids))
-    claimed = _claim(ctx, _parse_ids(page_ids), report)
+    ids = _parse_ids(page_ids)
+    claimed = _claim(ctx, ids, report)
     if claimed is None:
         return report  # the database is down: the ids were sent again for later
     claims, jobs = claimed
+    # In the order their messages came (of two identical pages, the first one sent reads).
+    order = {page_id: i for i, page_id in reversed(list(enumerate(ids)))}
+    claims.sort(key=lambda c: order[c.page_id])
     report.claimed = len(claims)
     if not claims:
         return report
