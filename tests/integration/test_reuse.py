@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import threading
 import uuid
 from collections.abc import Callable, Hashable, Sequence
 from datetime import timedelta
@@ -18,7 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, func, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from htrq import jobs
@@ -419,6 +420,61 @@ def test_a_reader_taken_back_by_the_sweeper_frees_its_waiters(
     with sessions() as s:
         waiter = s.get_one(Page, ids[1])
         assert (waiter.status, waiter.waiting_on, waiter.attempt_limit) == ("queued", None, 3)
+
+
+def test_two_identical_pages_settled_at_once_make_one_reader(
+    engine: Engine, settings: Settings
+) -> None:
+    """Two workers settle identical pages at the same moment, on two connections: the second
+    waits for the first's lock on the key and then waits for its page, instead of reading
+    it a second time."""
+    sessions = make_sessions(engine)
+    tenant, key = default_tenant(sessions), "c" * 64
+    storage = DirectoryStore(settings.storage_dir)
+    made = [
+        jobs.submit(
+            sessions=sessions, storage=storage, send=lambda ids, countdown=0, queue=None: None,
+            settings=settings, tenant_id=tenant, uploads=[jobs.Upload("p.png", page_png())],
+        )[0]
+        for _ in range(2)
+    ]  # fmt: skip
+    try:
+        with session_scope(sessions) as s:
+            claims = claim_pages(s, [j.pages[0].id for j in made], lease_seconds=60)
+        first, second = sorted(
+            (Candidate(c.page_id, c.token, tenant, key, True) for c in claims),
+            key=lambda c: c.page_id != made[0].pages[0].id,
+        )
+        outcome: dict[str, Any] = {}
+
+        def other_worker() -> None:
+            with session_scope(sessions) as s2:
+                outcome["pid"] = s2.scalar(text("SELECT pg_backend_pid()"))
+                outcome["settled"] = settle(s2, [second], lease_seconds=60)
+
+        with session_scope(sessions) as s1:
+            assert settle(s1, [first], lease_seconds=60).read == [first.page_id]
+            thread = threading.Thread(target=other_worker)
+            thread.start()
+
+            def blocked_or_done() -> bool:
+                if "settled" in outcome:
+                    return True
+                with engine.connect() as conn:
+                    waits = conn.scalar(
+                        text("SELECT wait_event_type FROM pg_stat_activity WHERE pid = :p"),
+                        {"p": outcome.get("pid", -1)},
+                    )
+                return waits == "Lock"
+
+            wait_for(blocked_or_done, "the second settle to block or finish", interval=0.05)
+            assert "settled" not in outcome  # it waits for the first's transaction
+        thread.join(timeout=DEADLINE)
+        settled = outcome["settled"]
+        assert (settled.read, settled.waiting) == ([], [second.page_id])
+    finally:
+        for job in made:
+            delete_job(sessions=sessions, storage=storage, tenant_id=tenant, job_id=job.id)
 
 
 def test_a_reading_key_is_the_same_only_for_the_same_reading() -> None:
