@@ -1,0 +1,275 @@
+"""Reuse: the same pages sent again as a new job, against their first reading.
+
+A real ``htrq worker`` (Celery with celery-batches on Redis, results in PostgreSQL) reads
+``--pages`` distinct one-line pages submitted as one job through the job service; then the
+same pages are submitted again as a new job of the same tenant, whose pages take the first
+job's readings instead of being read (``htrq.jobs.reuse``). For each job the bench prints
+the time from the submit call to the last page's ``finished_at``, the submit call's own
+seconds, the worker's CPU seconds (its whole process group, from /proc) and those of the
+PostgreSQL backends serving the bench's database, side by side, and the ratios. It checks
+that every page of the second job succeeded with ``reused_from`` and its original's lines,
+and counts the readings from the worker's batch lines (``read N, reused N``). ``--fresh``
+adds a third job of the same pages with ``reuse=False``: the cost of reading them again.
+
+    .venv/bin/python bench/reuse.py                       # built-in model, 1,000 pages
+    .venv/bin/python bench/reuse.py --model tiny --pages 200
+
+Needs PostgreSQL and Redis (``--admin-url`` / ``--broker-url``); it creates and drops its own
+database and flushes the Redis database it is given (default db 14).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import re
+import signal
+import subprocess
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from fair_share import make_pages
+from PIL import Image, ImageDraw
+from scratch import group_cpu_seconds, scratch_database, settings_env, start_service
+from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from htrq import jobs
+from htrq.db import make_engine, make_sessions
+from htrq.models import Line, Page
+from htrq.queue import CelerySender, make_celery
+from htrq.settings import Settings, load_settings
+from htrq.storage import open_store
+from htrq.tenants import default_tenant
+from migrations import upgrade
+
+
+@dataclass(frozen=True)
+class Run:
+    """One job's figures."""
+
+    pages: int
+    submit_s: float  #: the submit call alone (storing the files, inserting the rows, sending)
+    wall_s: float  #: from the submit call to the last page's finished_at
+    worker_cpu_s: float
+    db_cpu_s: float
+    read: int  #: pages the worker read (its batch lines)
+    reused: int  #: pages the worker stored as copies
+
+
+def backend_cpu_seconds(sessions: sessionmaker[Session], database: str) -> float:
+    """CPU time used so far by the PostgreSQL backends connected to ``database`` (/proc;
+    the server runs on this machine). Pooled connections live through a run, so the
+    difference over a run is the database's work for it."""
+    with sessions() as s:
+        pids = s.scalars(
+            text("SELECT pid FROM pg_stat_activity WHERE datname = :d"), {"d": database}
+        ).all()
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+class Service:
+    def __init__(self, settings: Settings, log: Path) -> None:
+        assert settings.database_url
+        self.settings, self.log = settings, log
+        env = settings_env(settings, TRANSFORMERS_VERBOSITY="error")
+        self.worker = start_service(["worker", "--loglevel=info"], env, log)
+        self.engine = make_engine(settings.database_url)
+        self.sessions = make_sessions(self.engine)
+        self.database = settings.database_url.rsplit("/", 1)[1]
+        self.sender = CelerySender(make_celery(settings))
+        self.storage = open_store(settings)
+        self.tenant = default_tenant(self.sessions)
+        self.last_job: uuid.UUID | None = None
+
+    def submit(self, pages: list[bytes], *, reuse: bool = True) -> uuid.UUID:
+        uploads = [jobs.Upload(f"{i}.png", d) for i, d in enumerate(pages)]
+        job, _ = jobs.submit(
+            sessions=self.sessions, storage=self.storage, send=self.sender,
+            settings=self.settings, tenant_id=self.tenant, uploads=uploads, mode="line",
+            reuse=reuse,
+        )  # fmt: skip
+        return job.id
+
+    def wait(self, job_id: uuid.UUID, n: int, timeout: float) -> datetime:
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.sessions() as s:
+                done, failed, last = s.execute(
+                    select(
+                        func.count(),
+                        func.count().filter(Page.status == "failed"),
+                        func.max(Page.finished_at),
+                    ).where(Page.job_id == job_id, Page.status.in_(["succeeded", "failed"]))
+                ).one()
+            if failed:
+                raise SystemExit(f"{failed} pages of {job_id} failed")
+            if done >= n and last is not None:
+                return last
+            if self.worker.poll() is not None:
+                raise SystemExit(f"the worker exited:\n{self.log.read_text()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise SystemExit(f"timed out: {done}/{n} pages of {job_id} finished")
+            time.sleep(0.2)
+
+    def counted(self, what: str) -> int:
+        return sum(int(n) for n in re.findall(rf"{what} (\d+)", self.log.read_text()))
+
+    def run(self, pages: list[bytes], timeout: float, *, reuse: bool = True) -> Run:
+        cpu, db = group_cpu_seconds(self.worker.pid), self.db_cpu()
+        read, reused = self.counted("read"), self.counted("reused")
+        started = datetime.now(UTC)
+        t0 = time.perf_counter()
+        job = self.submit(pages, reuse=reuse)
+        submit_s = time.perf_counter() - t0
+        last = self.wait(job, len(pages), timeout)
+        time.sleep(1.0)  # the batch line is logged after the group's last write
+        self.last_job = job
+        return Run(
+            pages=len(pages),
+            submit_s=submit_s,
+            wall_s=(last - started).total_seconds(),
+            worker_cpu_s=group_cpu_seconds(self.worker.pid) - cpu,
+            db_cpu_s=self.db_cpu() - db,
+            read=self.counted("read") - read,
+            reused=self.counted("reused") - reused,
+        )
+
+    def db_cpu(self) -> float:
+        return backend_cpu_seconds(self.sessions, self.database)
+
+    def check_copies(self, original: uuid.UUID, copy: uuid.UUID) -> None:
+        """Every page of ``copy`` took its original's reading: reused_from and its lines."""
+        with self.sessions() as s:
+            pages = {
+                p.index: p for p in s.scalars(select(Page).where(Page.job_id.in_([original, copy])))
+                if p.job_id == copy
+            }  # fmt: skip
+            bad = [
+                i
+                for i, p in pages.items()
+                if (p.reused_from_job, p.reused_from_page) != (original, i)
+            ]
+            lines = dict(
+                s.execute(
+                    select(Page.job_id, func.count())
+                    .join(Line, Line.page_id == Page.id)
+                    .where(Page.job_id.in_([original, copy]))
+                    .group_by(Page.job_id)
+                ).all()
+            )
+        if bad or lines.get(original) != lines.get(copy):
+            raise SystemExit(
+                f"copies wrong: {len(bad)} pages not from their original; lines {lines}"
+            )
+
+    def close(self) -> None:
+        os.killpg(self.worker.pid, signal.SIGTERM)
+        try:
+            self.worker.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.worker.pid, signal.SIGKILL)
+            self.worker.wait(timeout=60)
+        self.engine.dispose()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="builtin", help="a model setting, or 'tiny' (random)")
+    p.add_argument("--pages", type=int, default=1000, help="one-line pages per job")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--flush-every", type=int, default=64, help="pages per worker group")
+    p.add_argument("--num-beams", type=int, default=4)
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--torch-threads", type=int, default=0, help="HTRQ_TORCH_THREADS (0: all)")
+    p.add_argument("--fresh", action="store_true", help="a third job with reuse=False")
+    p.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    p.add_argument("--broker-url", default="redis://127.0.0.1:6379/14")
+    p.add_argument("--timeout", type=float, default=3600)
+    args = p.parse_args()
+
+    with (
+        scratch_database(args.admin_url, args.broker_url) as database_url,
+        tempfile.TemporaryDirectory(prefix="htrq-bench-") as tmp,
+    ):
+        model = args.model
+        if model == "tiny":
+            from worker.training.build import build_tiny_model
+
+            model = str(build_tiny_model(Path(tmp) / "tiny"))
+        settings = load_settings(
+            database_url=database_url,
+            broker_url=args.broker_url,
+            storage_dir=Path(tmp) / "blobs",
+            model=model,
+            batch_size=args.batch_size,
+            flush_every=args.flush_every,
+            num_beams=args.num_beams,
+            max_new_tokens=args.max_new_tokens,
+            max_pages_per_job=max(args.pages, 500),
+            torch_threads=args.torch_threads,
+        )
+        upgrade(database_url)
+        pages = make_pages(args.pages, synthetic=False)
+        print(
+            f"{args.pages} distinct one-line pages per job; model {args.model}, beams "
+            f"{args.num_beams}, batch {args.batch_size}, group {args.flush_every}, 1 worker "
+            "process",
+            flush=True,
+        )
+        log = Path(tmp) / "worker.log"
+        service = Service(settings, log)
+        try:
+            # Warm-up: the worker has started and loaded its model (other pages, not reused).
+            service.wait(service.submit([_warm()]), 1, args.timeout)
+            runs: dict[str, Run] = {}
+            runs["first reading"] = service.run(pages, args.timeout)
+            first_job = service.last_job
+            runs["same pages again"] = service.run(pages, args.timeout)
+            assert first_job is not None and service.last_job is not None
+            service.check_copies(first_job, service.last_job)
+            if args.fresh:
+                runs["again, reuse=false"] = service.run(pages, args.timeout, reuse=False)
+        finally:
+            service.close()
+    print("| job | pages | read | reused | submit call | to all succeeded | pages/s | "
+          "worker CPU | per page | PostgreSQL CPU |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name, r in runs.items():
+        print(
+            f"| {name} | {r.pages} | {r.read} | {r.reused} | {r.submit_s:.1f} s | "
+            f"{r.wall_s:.1f} s | {r.pages / r.wall_s:.1f} | {r.worker_cpu_s:.1f} s | "
+            f"{1000 * r.worker_cpu_s / r.pages:.1f} ms | {r.db_cpu_s:.1f} s |"
+        )
+    a, b = runs["first reading"], runs["same pages again"]
+    print(
+        f"again / first: time {b.wall_s / a.wall_s:.3f} ({a.wall_s / b.wall_s:.1f}x faster), "
+        f"worker CPU {b.worker_cpu_s / a.worker_cpu_s:.3f} "
+        f"({a.worker_cpu_s / max(b.worker_cpu_s, 1e-9):.1f}x less), PostgreSQL CPU "
+        f"{b.db_cpu_s / max(a.db_cpu_s, 1e-9):.2f}"
+    )
+
+
+def _warm() -> bytes:
+    """A page that is none of the measured ones."""
+    im = Image.new("L", (360, 48), 255)
+    ImageDraw.Draw(im).text((6, 16), "warming up the worker", fill=0)
+    buf = io.BytesIO()
+    im.save(buf, "PNG")
+    return buf.getvalue()
+
+
+if __name__ == "__main__":
+    main()
