@@ -79,10 +79,12 @@ class Client:
         callback_url: str | None = None,
         idempotency_key: str | None = None,
         model: str | None = None,
+        language: str | None = None,
         reuse: bool = True,
     ) -> JobResource:
         """Upload files as one job (201 new, or 200 for a repeat of the same key); ``model``
-        names one of the server's ``HTRQ_MODELS`` (default: the server's default);
+        names one of the server's ``HTRQ_MODELS`` (default: the server's default),
+        ``language`` one of its ``HTRQ_LANGUAGES`` or ``none`` (default: its default);
         ``reuse=False`` has every page read afresh, even one the tenant already had read."""
         key = idempotency_key or str(uuid.uuid4())
         data = {"mode": mode}
@@ -92,6 +94,8 @@ class Client:
             data["callback_url"] = callback_url
         if model is not None:
             data["model"] = model
+        if language is not None:
+            data["language"] = language
         if not reuse:
             data["reuse"] = "false"
 

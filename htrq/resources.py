@@ -53,6 +53,11 @@ class JobSummary(BaseModel):
     model: str | None = Field(
         None, description="the model the job asked for (null: the default, for older jobs)"
     )
+    language: str | None = Field(
+        None,
+        description="the language whose lexicon steers the reading (`none`: the glyphs "
+        "alone; null for older jobs, read without one)",
+    )
     reuse: bool = Field(
         True,
         description="whether its pages may take the reading of an identical page the tenant "
@@ -144,7 +149,8 @@ class Provenance(BaseModel):
     model_sha256: str | None = Field(description="SHA-256 of the model's weight files")
     decoding: dict[str, Any] | None = Field(
         description="the reading settings: num_beams, ctc_weight, dtype, device, "
-        "max_new_tokens, batch_size, quantize, stretches, segmenter, line_margin, pdf_dpi"
+        "max_new_tokens, batch_size, quantize, stretches, segmenter, line_margin, pdf_dpi, "
+        "language, word_weight"
     )
     htrq_version: str | None
 

@@ -2,9 +2,10 @@
 
 A reading depends on the file's bytes and frame, the job's mode, the model (its name and the
 SHA-256 of its weights), the worker's reading settings (beams, CTC weight, stretches, dtype,
-device, quantization, token limit, segmenter, line margin, PDF resolution: the provenance it
-stores with each page) and the htrq version. :func:`reading_key` digests them together with
-the tenant, so that two tenants never share a reading, whatever they upload.
+device, quantization, token limit, segmenter, line margin, PDF resolution, the job's language
+and its word weight: the provenance it stores with each page) and the htrq version.
+:func:`reading_key` digests them together with the tenant, so that two tenants never share a
+reading, whatever they upload.
 
 The worker decides, when it claims pages (:func:`settle`), not the API at submit: only the
 worker knows the weights it loaded and the settings it reads with (two workers of one model

@@ -79,11 +79,17 @@ def _context(
         settings=settings,
         sessions=sessions,
         storage=DirectoryStore(settings.storage_dir),
-        pipeline=Counting(Pipeline(read=LineReader(recognize, max_aspect=12.0))),  # type: ignore[arg-type]
+        pipeline=Counting(Pipeline(read=LineReader(_plain(recognize), max_aspect=12.0))),  # type: ignore[arg-type]
         model_name=model_name,
         send=LocalQueue(),
         read_by=read_by,
     )
+
+
+def _plain(recognize: Recognize) -> Recognize:
+    """``recognize`` without a lexicon, whatever language a page is read in (what is read
+    does not matter here, only whether it is)."""
+    return lambda crops, *_: recognize(crops)
 
 
 def _read(ctx: BatchContext) -> list[Hashable]:
@@ -179,10 +185,15 @@ def test_the_same_bytes_under_another_tenant_are_read_again(
         ({"num_beams": 4}, False),
         ({"segmenter": "projection"}, False),
         ({"mode": "line"}, False),
+        ({"language": "fr"}, False),  # the job's lexicon steers the reading
+        ({"language": "fr", "word_weight": 0.0}, True),  # no lexicon in force: the same
         ({"batch_size": 32}, True),  # recorded, but no part of what is read
     ],
-    ids=["weights", "model-name", "beams", "segmenter", "mode", "batch-size"],
-)
+    ids=[
+        "weights", "model-name", "beams", "segmenter", "mode", "language",
+        "language-unweighted", "batch-size",
+    ],
+)  # fmt: skip
 def test_another_model_or_reading_setting_reads_again(
     change: dict[str, Any],
     reused: bool,
@@ -191,7 +202,9 @@ def test_another_model_or_reading_setting_reads_again(
     recognizer: Recognizer,
 ) -> None:
     """A worker whose weights, model name or reading settings differ from the first reading's
-    (or a job in another mode) reads the page again; the batch size alone does not."""
+    (or a job in another mode or language) reads the page again; the batch size alone does
+    not, nor a language where no lexicon weighs on the reading."""
+    settings = settings.model_copy(update={"word_weight": change.get("word_weight", 0.3)})
     first = _context(sessions, settings, recognizer)
     process_batch(_ids(_submit(first, [page_png("Dear Sir")])), first)
     decoding = {k: change.get(k, v) for k, v in READ_BY.decoding.items()}
@@ -199,7 +212,10 @@ def test_another_model_or_reading_setting_reads_again(
     second = _context(
         sessions, settings, recognizer, read_by, change.get("model_name", first.model_name)
     )
-    job = _submit(second, [page_png("Dear Sir")], mode=change.get("mode", "page"))
+    job = _submit(
+        second, [page_png("Dear Sir")], mode=change.get("mode", "page"),
+        language=change.get("language"),
+    )  # fmt: skip
     report = process_batch(_ids(job), second)
     assert (report.read, report.reused) == ((0, 1) if reused else (1, 0))
     assert (_page(second, job).reused_from is not None) is reused

@@ -118,10 +118,9 @@ def process_batch(page_ids: Sequence[str], ctx: BatchContext) -> BatchReport:
     claims = _settle(ctx, claims, jobs, report)
     if not claims:
         return report
-    modes = {page_id: job.mode for page_id, job in jobs.items()}
     claims = _one_alone(ctx, claims, report)
     outcomes: dict[object, PageOutput | PageError] = {}
-    inputs = _load_inputs(ctx, claims, modes, outcomes, report)
+    inputs = _load_inputs(ctx, claims, jobs, outcomes, report)
     together = [c for c in claims if c.page_id in inputs and not c.read_alone]
     alone = [c for c in claims if c.page_id in inputs and c.read_alone]
     report.read = len(together) + len(alone)
@@ -129,7 +128,8 @@ def process_batch(page_ids: Sequence[str], ctx: BatchContext) -> BatchReport:
     for group in [g for g in (together, alone) if g]:
         _read_group(ctx, group, [inputs[c.page_id] for c in group], outcomes, report)
     report.pipeline_ms = round((time.perf_counter() - started) * 1000)
-    return _finish(ctx, claims, outcomes, report, report.pipeline_ms)
+    languages = {key: page.language for key, page in inputs.items()}
+    return _finish(ctx, claims, outcomes, report, report.pipeline_ms, languages)
 
 
 def _parse_ids(page_ids: Sequence[str]) -> list[uuid.UUID]:
@@ -147,6 +147,7 @@ class JobOf:
     """What a claimed page's job says about reading it."""
 
     mode: str
+    language: str | None
     tenant_id: uuid.UUID
     reuse: bool
 
@@ -198,7 +199,8 @@ def _settle(
             mode=jobs[c.page_id].mode,
             model=ctx.model_name,
             model_sha256=by.model_sha256,
-            decoding=by.decoding,
+            # The provenance this page's reading would record: with its job's language.
+            decoding=by.in_language(jobs[c.page_id].language, ctx.settings.word_weight).decoding,
             htrq_version=by.htrq_version,
         )
         for c in claims
@@ -252,7 +254,7 @@ def _send_freed(ctx: BatchContext, freed: list[uuid.UUID]) -> None:
 def _load_inputs(
     ctx: BatchContext,
     claims: list[Claim],
-    modes: dict[uuid.UUID, str],
+    jobs: dict[uuid.UUID, JobOf],
     outcomes: dict[object, PageOutput | PageError],
     report: BatchReport,
 ) -> dict[uuid.UUID, PageInput]:
@@ -272,8 +274,9 @@ def _load_inputs(
             # Not the page's fault: it goes back to the queue like a model error.
             _release(ctx, c, "storage_unavailable", f"{data}; it will be tried again", report)
         else:
+            job = jobs[c.page_id]
             inputs[c.page_id] = PageInput(
-                key=c.page_id, data=data, frame=c.frame, mode=modes[c.page_id]
+                key=c.page_id, data=data, frame=c.frame, mode=job.mode, language=job.language
             )
     return inputs
 
@@ -378,7 +381,9 @@ def _finish(
     outcomes: dict[object, PageOutput | PageError],
     report: BatchReport,
     elapsed_ms: int,
+    languages: dict[uuid.UUID, str | None] | None = None,
 ) -> BatchReport:
+    languages = languages or {}
     started = time.perf_counter()
     for c in claims:
         outcome = outcomes.get(c.page_id)
@@ -400,7 +405,13 @@ def _finish(
                         confidence=outcome.confidence,
                         lines=outcome.lines,
                         model=ctx.model_name,
-                        provenance=ctx.read_by,
+                        provenance=(
+                            ctx.read_by.in_language(
+                                languages.get(c.page_id), ctx.settings.word_weight
+                            )
+                            if ctx.read_by
+                            else None
+                        ),
                         processing_ms=elapsed_ms,
                         size=outcome.size,
                         copied_into=copied,
@@ -460,8 +471,8 @@ def _jobs_of(s: Session, page_ids: list[uuid.UUID]) -> dict[uuid.UUID, JobOf]:
     if not page_ids:
         return {}
     rows = s.execute(
-        select(Page.id, Job.mode, Job.tenant_id, Job.reuse)
+        select(Page.id, Job.mode, Job.language, Job.tenant_id, Job.reuse)
         .join(Job, Page.job_id == Job.id)
         .where(Page.id.in_(page_ids))
     ).all()
-    return {r.id: JobOf(r.mode, r.tenant_id, r.reuse) for r in rows}
+    return {r.id: JobOf(r.mode, r.language, r.tenant_id, r.reuse) for r in rows}
