@@ -158,8 +158,8 @@ def settle(
             out.jobs.extend(job_id for _, job_id in copied)
         elif reader is not None:
             reader_id, reader_lease = reader
-            # At least as long as its reader's: a waiter outliving its lease would be taken
-            # back by the sweeper, an attempt spent on nothing.
+            # At least as long as its reader's: a waiter whose lease ran out first would be
+            # taken back by the sweeper, an attempt spent on nothing.
             lease = max(now + timedelta(seconds=lease_seconds), reader_lease or now)
             waits = session.execute(
                 update(Page)
