@@ -89,6 +89,11 @@ def test_a_job_is_counted_once_across_both_pool_processes(
     assert pages == {"succeeded": 12, "failed": 1, "requeued": 0, "discarded": 0}
     errors = {s.labels["code"]: s.value for s in m if s.name == "htrq_worker_errors_total"}
     assert errors == {"invalid_image": 1}
+    readings = {
+        how: value(m, "htrq_worker_readings_total", model=model, how=how)
+        for how in ("read", "reused", "waiting")
+    }
+    assert readings == {"read": 13, "reused": 0, "waiting": 0}  # distinct pages: all read
 
     with engine.connect() as conn:
         rows = conn.execute(select(Page).where(Page.job_id == job_id)).all()
