@@ -15,16 +15,19 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from htrq import jobs
 from htrq.db import make_sessions
-from htrq.delivery.webhooks import check_callback_url, deliver_due, verify
+from htrq.delivery.addresses import CallbackPolicy, check_callback_url
+from htrq.delivery.sending import MAX_NETWORK_BYTES, post
+from htrq.delivery.webhooks import deliver_due, verify
 from htrq.errors import PageError
 from htrq.jobs.claims import claim_pages, release_for_retry, write_failure, write_result
 from htrq.models import WebhookEvent
 from htrq.settings import Settings
 from htrq.storage import DirectoryStore
-from htrq.tenants import default_tenant, webhook_secret
+from htrq.tenants import PLAIN, default_tenant, webhook_secret
 from tests.images import corrupt_png, page_png
-from tests.receiver import Receiver
+from tests.receiver import DripReceiver, FloodReceiver, HoldingReceiver, Receiver
 from tests.services import Processes, poll_job, service_env, wait_for
+from worker.serving.sweeper import WebhookThread
 
 CALLBACK = "http://127.0.0.1:9/hook"  # never called in the in-process tests
 
@@ -136,25 +139,39 @@ def test_a_retry_that_finishes_the_job_again_makes_a_second_event(
 
 
 def test_callback_urls_to_internal_addresses_are_refused() -> None:
-    """Loopback, private and link-local hosts are refused unless allowed; other schemes and
-    hosts that do not resolve are refused always."""
+    """Loopback, private and link-local hosts are refused unless allowed (the metadata
+    address even then); other schemes, bad ports and hosts that do not resolve are refused
+    always."""
+    closed, private = CallbackPolicy(), CallbackPolicy.of((), allow_private=True)
     for url in (
         "http://127.0.0.1:8080/hook",
         "http://localhost/hook",
         "http://10.1.2.3/hook",
         "http://192.168.0.10/hook",
-        "http://169.254.169.254/latest/meta-data",
         "http://[::1]/hook",
     ):
         with pytest.raises(PageError) as exc:
-            check_callback_url(url, allow_private=False)
+            check_callback_url(url, closed)
         assert exc.value.code == "callback_not_allowed", url
-        check_callback_url(url, allow_private=True)
-    for url in ("ftp://example.org/x", "http:///nohost", "file:///etc/passwd"):
+        check_callback_url(url, private)
+    with pytest.raises(PageError) as exc:
+        check_callback_url("http://169.254.169.254/latest/meta-data", private)
+    assert exc.value.code == "callback_not_allowed"
+    for url in (
+        "ftp://example.org/x",
+        "http:///nohost",
+        "file:///etc/passwd",
+        "http://example.com:99999/",
+        "http://[::1/",
+        "http://no-such-host.invalid/",
+    ):
         with pytest.raises(PageError) as exc:
-            check_callback_url(url, allow_private=True)
+            check_callback_url(url, private)
         assert exc.value.code == "invalid_callback_url", url
-    check_callback_url("https://93.184.215.14/hook", allow_private=False)  # a public address
+    target = check_callback_url("https://93.184.215.14/hook", closed)  # a public address
+    assert (target.host, target.port, [str(a) for a in target.addresses]) == (
+        "93.184.215.14", 443, ["93.184.215.14"]
+    )  # fmt: skip
 
 
 def test_the_api_refuses_an_internal_callback(settings: Settings, broker_url: str) -> None:
@@ -186,16 +203,17 @@ def test_delivery_retries_with_backoff_until_accepted(
             (c,) = claim_pages(s, [job.pages[0].id], lease_seconds=60)
             write_failure(s, c, code="invalid_image", message="x")
         secret = webhook_secret(sessions, "default")
-        with httpx.Client(timeout=5) as client:
-            kw = {"backoff": 0.3, "backoff_max": 1.0, "max_attempts": 5, "allow_private": True}
-            assert deliver_due(sessions, client, **kw) == 0  # refused
-            assert deliver_due(sessions, client, **kw) == 0  # not due yet: nothing sent
-            assert len(receiver.requests) == 1
-            deadline = time.monotonic() + 10
-            while not receiver.accepted() and time.monotonic() < deadline:
-                deliver_due(sessions, client, **kw)
-                time.sleep(0.1)
-            deliver_due(sessions, client, **kw)
+        quick = settings.model_copy(
+            update={"webhook_backoff": 0.3, "webhook_backoff_max": 1.0, "webhook_max_attempts": 5}
+        )
+        assert deliver_due(sessions, quick, box=PLAIN) == 0  # refused
+        assert deliver_due(sessions, quick, box=PLAIN) == 0  # not due yet: nothing sent
+        assert len(receiver.requests) == 1
+        deadline = time.monotonic() + 10
+        while not receiver.accepted() and time.monotonic() < deadline:
+            deliver_due(sessions, quick, box=PLAIN)
+            time.sleep(0.1)
+        deliver_due(sessions, quick, box=PLAIN)
     assert [r.answered for r in receiver.requests] == [500, 500, 204]
     ids = {json.loads(r.body)["id"] for r in receiver.requests}
     assert len(ids) == 1
@@ -245,3 +263,136 @@ def test_a_finished_job_is_announced_once_to_a_receiver_that_refuses_at_first(
     hook = httpx.get(f"{url}/v1/jobs/{job_id}").json()["webhook"]
     assert (hook["status"], hook["attempts"], hook["event_id"]) == ("delivered", 4, body["id"])
     assert httpx.delete(f"{url}/v1/jobs/{job_id}").status_code == 204
+
+
+# -- receivers that misbehave ------------------------------------------------------------------
+
+
+def _tenant_job(engine: Engine, settings: Settings, tenant: str, callback: str, n: int = 1):
+    """A committed job of ``tenant`` (made), finished at once (its pages failed), so that its
+    completion event is due; returns the committed sessions and the job's id."""
+    from htrq.tenants import ensure_tenant
+
+    sessions = make_sessions(engine)
+    with sessions.begin() as s:
+        tenant_id = ensure_tenant(s, tenant).id
+    job, _ = jobs.submit(
+        sessions=sessions,
+        storage=DirectoryStore(settings.storage_dir),
+        send=lambda ids, countdown=0, queue=None: None,
+        settings=settings,
+        tenant_id=tenant_id,
+        uploads=[jobs.Upload(f"{i}.png", page_png(f"page {i}")) for i in range(n)],
+        callback_url=callback,
+    )
+    with sessions.begin() as s:
+        for c in claim_pages(s, [p.id for p in job.pages], lease_seconds=60):
+            write_failure(s, c, code="invalid_image", message="x")
+    return sessions, job.id
+
+
+def _drop_tenants(engine: Engine, *names: str) -> None:
+    from htrq.models import Tenant
+
+    with make_sessions(engine).begin() as s:
+        for t in s.scalars(select(Tenant).where(Tenant.name.in_(names))):
+            s.delete(t)  # its jobs and their events go with it
+
+
+def _quiet_others(engine: Engine) -> None:
+    """Events other tests left pending in the run's database wait an hour, so that the
+    dispatcher under test sends only this test's."""
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from htrq.models import utcnow
+
+    with make_sessions(engine).begin() as s:
+        s.execute(
+            update(WebhookEvent)
+            .where(WebhookEvent.status == "pending")
+            .values(next_attempt_at=utcnow() + timedelta(hours=1))
+        )
+
+
+def test_a_receiver_answering_a_byte_at_a_time_is_cut_off_at_the_deadline(
+    settings: Settings, engine: Engine
+) -> None:
+    """A receiver that drips its answer a byte every 0.1 s (each read well within any
+    per-read timeout) is cut off at the delivery's deadline: the attempt fails as `timeout`,
+    and the receiver got out only part of its 200-byte header, not all of it."""
+    name = f"drip-{uuid.uuid4().hex[:8]}"
+    _quiet_others(engine)
+    try:
+        with DripReceiver(interval=0.1, size=200) as receiver:
+            sessions, job_id = _tenant_job(engine, settings, name, receiver.url)
+            quick = settings.model_copy(update={"webhook_timeout": 1.0})
+            assert deliver_due(sessions, quick, box=PLAIN) == 0
+            assert receiver.done.wait(30)
+        (event,) = _events(sessions, job_id)
+        assert (event.status, event.attempts, event.last_error) == ("pending", 1, "timeout")
+        (sent,) = receiver.sent
+        assert sent < 200, sent  # the whole answer is over 230 bytes
+    finally:
+        _drop_tenants(engine, name)
+
+
+def test_a_huge_answer_is_not_read(settings: Settings, engine: Engine) -> None:
+    """A receiver answering 200 with a 300 MB body: the event is delivered, the worker reads
+    no more than a few hundred KB of it (MAX_NETWORK_BYTES), and the receiver could push
+    only what the sockets' buffers hold before the connection closed."""
+    name = f"flood-{uuid.uuid4().hex[:8]}"
+    _quiet_others(engine)
+    try:
+        with FloodReceiver() as receiver:
+            sessions, job_id = _tenant_job(engine, settings, name, receiver.url)
+            assert deliver_due(sessions, settings, box=PLAIN) == 1
+            assert receiver.done.wait(30)
+            target = check_callback_url(receiver.url, CallbackPolicy.from_settings(settings))
+            attempt = post(receiver.url, target, b"{}", {}, seconds=10)
+            assert receiver.done.wait(30)
+        (event,) = _events(sessions, job_id)
+        assert (event.status, event.last_status) == ("delivered", 200)
+        assert attempt.status == 200 and attempt.bytes_read <= MAX_NETWORK_BYTES
+        assert all(sent < 64 * 1024 * 1024 for sent in receiver.sent), receiver.sent
+    finally:
+        _drop_tenants(engine, name)
+
+
+def test_a_slow_receiver_does_not_hold_another_tenants_events(
+    settings: Settings, engine: Engine
+) -> None:
+    """The worker's webhook thread with three slots: tenant A's receiver holds every
+    connection, and A has three events due before B's one; A gets at most two slots at once,
+    and B's event is delivered while A's are still held."""
+    a, b = f"slow-{uuid.uuid4().hex[:8]}", f"quick-{uuid.uuid4().hex[:8]}"
+    _quiet_others(engine)
+    s = settings.model_copy(
+        update={
+            "webhook_timeout": 60.0,
+            "webhook_concurrency": 3,
+            "webhook_tenant_concurrency": 2,
+            "webhook_poll": 0.1,
+        }
+    )
+    thread = None
+    try:
+        with HoldingReceiver() as slow, Receiver() as quick:
+            sessions, _ = _tenant_job(engine, s, a, slow.url)
+            _tenant_job(engine, s, a, slow.url)
+            _tenant_job(engine, s, a, slow.url)
+            _, job_b = _tenant_job(engine, s, b, quick.url)
+            thread = WebhookThread(sessions=sessions, settings=s)
+            thread.start()
+            wait_for(lambda: bool(quick.accepted()), "B's event while A's are held", timeout=30)
+            with slow.lock:
+                held = slow.holding
+            assert held == 2  # A's third event waits for one of A's slots
+            wait_for(lambda: _events(sessions, job_b)[0].status == "delivered", "B's record")
+            slow.release.set()
+    finally:
+        if thread is not None:
+            thread.stop()
+            thread.join(timeout=30)
+        _drop_tenants(engine, a, b)
