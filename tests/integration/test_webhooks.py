@@ -3,7 +3,9 @@ callback URLs that may not reach internal addresses."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import socket
 import threading
 import time
 import uuid
@@ -396,3 +398,78 @@ def test_a_slow_receiver_does_not_hold_another_tenants_events(
             thread.stop()
             thread.join(timeout=30)
         _drop_tenants(engine, a, b)
+
+
+# -- DNS rebinding -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def rebinding_dns(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The resolver answers ``rebind.test`` with 127.0.0.1 the first time and with an address
+    nothing listens on afterwards (a DNS server rebinding the name between the check and the
+    connection); returns what it answered, in order."""
+    real = socket.getaddrinfo
+    answers: list[str] = []
+
+    def getaddrinfo(host, port, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if host != "rebind.test":
+            return real(host, port, *args, **kwargs)
+        address = "127.0.0.1" if not answers else "127.0.0.2"
+        answers.append(address)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, int(port or 80)))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return answers
+
+
+def test_a_delivery_connects_to_the_address_it_checked(
+    settings: Settings, engine: Engine, rebinding_dns: list[str]
+) -> None:
+    """The callback's host resolves once, to the receiver, and to another address on any
+    later lookup: the webhook still reaches the receiver (no second lookup), with the
+    callback's own name in its Host header."""
+    name = f"rebind-{uuid.uuid4().hex[:8]}"
+    _quiet_others(engine)
+    try:
+        with Receiver() as receiver:
+            port = receiver.server.server_address[1]
+            url = f"http://rebind.test:{port}/hooks/htrq"
+            sessions, job_id = _tenant_job(engine, settings, name, url)
+            rebinding_dns.clear()  # the submit's check resolved it too
+            assert deliver_due(sessions, settings, box=PLAIN) == 1
+        assert rebinding_dns == ["127.0.0.1"]  # one lookup, judged and dialled
+        (got,) = receiver.accepted()
+        assert got.headers["Host"] == f"rebind.test:{port}"
+        (event,) = _events(sessions, job_id)
+        assert event.status == "delivered"
+    finally:
+        _drop_tenants(engine, name)
+
+
+def test_https_keeps_the_callbacks_name_for_tls(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over HTTPS to a pinned address the TLS server name (SNI) and the certificate check are
+    the callback host's: a certificate for rebind.test is accepted, and the receiver sees
+    rebind.test as the server name."""
+    import ssl
+
+    from htrq.delivery.addresses import Target
+    from tests.tls import self_signed
+
+    cert, key = self_signed("rebind.test", tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # the client trusts it as its CA
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    names: list[str | None] = []
+    server_ctx.sni_callback = lambda sock, name, ctx: names.append(name)
+    with Receiver() as receiver:
+        receiver.server.socket = server_ctx.wrap_socket(receiver.server.socket, server_side=True)
+        port = receiver.server.server_address[1]
+        target = Target("https", "rebind.test", port, (ipaddress.ip_address("127.0.0.1"),))
+        url = f"https://rebind.test:{port}/hooks/htrq"
+        attempt = post(url, target, b"{}", {"Content-Type": "application/json"}, seconds=10)
+        wrong = Target("https", "other.test", port, target.addresses)
+        refused = post(f"https://other.test:{port}/", wrong, b"{}", {}, seconds=10)
+    assert attempt.ok and attempt.status == 204, attempt
+    assert names[0] == "rebind.test"
+    assert receiver.accepted()[0].headers["Host"] == f"rebind.test:{port}"
+    assert (refused.ok, refused.error) == (False, "tls_failed")  # the name must match
