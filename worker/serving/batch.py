@@ -173,7 +173,7 @@ def _load_inputs(
             outcomes[c.page_id] = data
         elif isinstance(data, StorageUnavailable):
             # Not the page's fault: it goes back to the queue like a model error.
-            _release(ctx, c, "storage_unavailable", f"{data}; it will be tried again", report)
+            _release(ctx, c, "storage_unavailable", str(data), report)
         else:
             inputs[c.page_id] = PageInput(
                 key=c.page_id, data=data, frame=c.frame, mode=modes[c.page_id]
