@@ -403,27 +403,66 @@ def test_a_slow_receiver_does_not_hold_another_tenants_events(
 # -- DNS rebinding -----------------------------------------------------------------------------
 
 
+class RebindingDns:
+    """The resolver, for ``rebind.test`` only: ``first`` at the first lookup (after each
+    :meth:`restart`), ``then`` at every later one, as a DNS server rebinding the name between
+    a check and a connection would; ``answers`` lists what it answered."""
+
+    def __init__(self, first: str, then: str) -> None:
+        self.first, self.then = first, then
+        self.answers: list[str] = []
+
+    def restart(self, first: str, then: str) -> None:
+        self.first, self.then, self.answers = first, then, []
+
+    def lookup(self, port: object) -> list[tuple]:
+        address = self.then if self.answers else self.first
+        self.answers.append(address)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, int(port or 80)))]  # type: ignore[call-overload]
+
+
 @pytest.fixture
-def rebinding_dns(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The resolver answers ``rebind.test`` with 127.0.0.1 the first time and with an address
-    nothing listens on afterwards (a DNS server rebinding the name between the check and the
-    connection); returns what it answered, in order."""
+def rebinding_dns(monkeypatch: pytest.MonkeyPatch) -> RebindingDns:
+    """``socket.getaddrinfo`` answering ``rebind.test`` as a :class:`RebindingDns` does."""
     real = socket.getaddrinfo
-    answers: list[str] = []
+    dns = RebindingDns("127.0.0.1", "127.0.0.2")
 
     def getaddrinfo(host, port, *args, **kwargs):  # type: ignore[no-untyped-def]
-        if host != "rebind.test":
-            return real(host, port, *args, **kwargs)
-        address = "127.0.0.1" if not answers else "127.0.0.2"
-        answers.append(address)
-        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, int(port or 80)))]
+        return dns.lookup(port) if host == "rebind.test" else real(host, port, *args, **kwargs)
 
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
-    return answers
+    return dns
+
+
+def test_a_name_rebound_to_an_inner_host_after_the_check_is_not_reached(
+    settings: Settings, engine: Engine, rebinding_dns: RebindingDns
+) -> None:
+    """Private addresses refused (the default): the callback's name answers a public address
+    to the check and 127.0.0.1 to any later lookup. The delivery dials only the public
+    address it checked (here unreachable), so the receiver on 127.0.0.1 gets nothing."""
+    name = f"rebound-{uuid.uuid4().hex[:8]}"
+    public = "93.184.215.14"
+    settings = settings.model_copy(update={"webhook_allow_private": False, "webhook_timeout": 2.0})
+    _quiet_others(engine)
+    try:
+        with Receiver() as receiver:
+            port = receiver.server.server_address[1]
+            rebinding_dns.restart(public, "127.0.0.1")
+            sessions, job_id = _tenant_job(
+                engine, settings, name, f"http://rebind.test:{port}/hooks/htrq"
+            )
+            rebinding_dns.restart(public, "127.0.0.1")
+            assert deliver_due(sessions, settings, box=PLAIN) == 0
+        assert receiver.requests == []
+        assert rebinding_dns.answers == [public]  # one lookup: the one judged
+        (event,) = _events(sessions, job_id)
+        assert event.status == "pending" and event.last_error in ("unreachable", "timeout")
+    finally:
+        _drop_tenants(engine, name)
 
 
 def test_a_delivery_connects_to_the_address_it_checked(
-    settings: Settings, engine: Engine, rebinding_dns: list[str]
+    settings: Settings, engine: Engine, rebinding_dns: RebindingDns
 ) -> None:
     """The callback's host resolves once, to the receiver, and to another address on any
     later lookup: the webhook still reaches the receiver (no second lookup), with the
@@ -435,9 +474,9 @@ def test_a_delivery_connects_to_the_address_it_checked(
             port = receiver.server.server_address[1]
             url = f"http://rebind.test:{port}/hooks/htrq"
             sessions, job_id = _tenant_job(engine, settings, name, url)
-            rebinding_dns.clear()  # the submit's check resolved it too
+            rebinding_dns.restart("127.0.0.1", "127.0.0.2")  # the submit's check resolved it
             assert deliver_due(sessions, settings, box=PLAIN) == 1
-        assert rebinding_dns == ["127.0.0.1"]  # one lookup, judged and dialled
+        assert rebinding_dns.answers == ["127.0.0.1"]  # one lookup, judged and dialled
         (got,) = receiver.accepted()
         assert got.headers["Host"] == f"rebind.test:{port}"
         (event,) = _events(sessions, job_id)
