@@ -22,7 +22,7 @@ from htrq.delivery.sending import MAX_NETWORK_BYTES, post
 from htrq.delivery.webhooks import deliver_due, verify
 from htrq.errors import PageError
 from htrq.jobs.claims import claim_pages, release_for_retry, write_failure, write_result
-from htrq.models import WebhookEvent
+from htrq.models import Job, WebhookEvent
 from htrq.settings import Settings
 from htrq.storage import DirectoryStore
 from htrq.tenants import PLAIN, default_tenant, webhook_secret
@@ -512,3 +512,24 @@ def test_https_keeps_the_callbacks_name_for_tls(tmp_path, monkeypatch: pytest.Mo
     assert names[0] == "rebind.test"
     assert receiver.accepted()[0].headers["Host"] == f"rebind.test:{port}"
     assert (refused.ok, refused.error) == (False, "tls_failed")  # the name must match
+
+
+def test_the_job_shows_a_failed_delivery_as_a_code_not_the_receivers_words(
+    settings: Settings, engine: Engine
+) -> None:
+    """A callback that refuses connections: the job resource's webhook state says
+    `unreachable` with a fixed text, nothing of the error the connection raised (which would
+    let a caller probe what listens where)."""
+    name = f"probe-{uuid.uuid4().hex[:8]}"
+    _quiet_others(engine)
+    try:
+        sessions, job_id = _tenant_job(engine, settings, name, "http://127.0.0.1:9/hook")
+        assert deliver_due(sessions, settings, box=PLAIN) == 0
+        with sessions() as s:
+            tenant_id = s.scalars(select(Job.tenant_id).where(Job.id == job_id)).one()
+        hook = jobs.get_job(sessions=sessions, tenant_id=tenant_id, job_id=job_id).webhook
+        assert hook is not None
+        assert (hook.last_error_code, hook.last_status) == ("unreachable", None)
+        assert hook.last_error == "the receiver could not be reached"
+    finally:
+        _drop_tenants(engine, name)
