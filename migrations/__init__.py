@@ -21,7 +21,7 @@ def _alembic(url: str, secret_key: str | None = None) -> Any:
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     # Passed as an attribute, not a main option: ConfigParser would choke on "%" in passwords.
     cfg.attributes["database_url"] = url
-    # The key webhook secrets are stored under (HTRQ_SECRET_KEY), for revision 0006.
+    # The key webhook secrets are stored under (HTRQ_SECRET_KEY), for revision 0007.
     cfg.attributes["secret_key"] = secret_key
     return cfg
 

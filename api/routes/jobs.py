@@ -88,6 +88,16 @@ def create_job(
             "(422 unknown_model otherwise); default: the server's default model",
         ),
     ] = None,
+    language: Annotated[
+        str | None,
+        Form(
+            max_length=16,
+            description="the language of the pages (`en`, `fr`, … one of the server's "
+            "HTRQ_LANGUAGES, 422 unknown_language otherwise): its lexicon steers the reading "
+            "towards its words, leaving names, numbers and old spellings as read; `none` reads "
+            "by the glyphs alone; default: the server's HTRQ_LANGUAGE",
+        ),
+    ] = None,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> JobResource:
     """Upload pages; each file becomes one page or more (PDF, multi-page TIFF).
@@ -115,6 +125,7 @@ def create_job(
             mode=mode,
             callback_url=callback_url,
             model=model,
+            language=language,
         )
     response.status_code = 201 if created else 200
     response.headers["Location"] = f"/v1/jobs/{job.id}"

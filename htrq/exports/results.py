@@ -64,9 +64,7 @@ def page_to_export(
         if page is None:
             raise NotFound(f"no page {index} in job {job_id}")
         if page.status != "succeeded":
-            raise PageNotSucceeded(
-                f"page {index} is {page.status}; export it once it succeeded"
-            )
+            raise PageNotSucceeded(f"page {index} is {page.status}; export it once it succeeded")
         return jid, _exported(page, review_below)
 
 

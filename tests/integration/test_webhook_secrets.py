@@ -141,9 +141,9 @@ def test_encrypt_secrets_seals_plain_rows_and_moves_them_to_a_new_key(engine: En
 
 
 def test_the_migration_encrypts_the_secrets_stored_before_it(scratch_pg_url: str) -> None:
-    """A tenant's plain secret stored under revision 0005 is, after `htrq migrate` with
+    """A tenant's plain secret stored under revision 0006 is, after `htrq migrate` with
     HTRQ_SECRET_KEY set, stored sealed, and reads back as the same secret."""
-    upgrade(scratch_pg_url, "0005")
+    upgrade(scratch_pg_url, "0006")
     engine = make_engine(scratch_pg_url)
     try:
         with engine.begin() as conn:

@@ -6,8 +6,8 @@ The secrets stored so far are encrypted here when ``htrq migrate`` runs with
 ``htrq tenants encrypt-secrets``. Review links given out before this revision were signed
 tokens that nothing records; they stop working (ask for new ones).
 
-Revision ID: 0006
-Revises: 0005
+Revision ID: 0007
+Revises: 0006
 Create Date: 2026-12-09 09:00:00.000000
 """
 
@@ -18,8 +18,8 @@ from alembic import context, op
 
 from htrq.tenants.secretbox import SecretBox, split_keys
 
-revision: str = "0006"
-down_revision: str | None = "0005"
+revision: str = "0007"
+down_revision: str | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
