@@ -142,16 +142,16 @@ class Dispatcher:
     def dispatch(self) -> list[Future[bool]]:
         """Start the due events there is room for; each future says whether it was delivered."""
         with self._lock:
-            free = self.slots - sum(self._busy.values())
-            full = {t for t, n in self._busy.items() if n >= self.per_tenant}
+            busy = dict(self._busy)
+        free = self.slots - sum(busy.values())
         if free <= 0:
             return []
         events = _claim_due(
             self.sessions,
             limit=free,
             per_tenant=self.per_tenant,
-            busy=dict(self._busy),
-            skip=full,
+            busy=busy,
+            skip={t for t, n in busy.items() if n >= self.per_tenant},
             hold=timedelta(seconds=self.settings.webhook_timeout + CLAIM_MARGIN),
             box=self.box,
         )
