@@ -217,8 +217,8 @@ def test_a_busy_host_does_not_fail_a_good_page_but_a_costly_page_still_fails(
 ) -> None:
     """A one-line page read alone on a loaded worker (its thread sharing one CPU with 20
     spinning processes) runs past the time limit having had little CPU: it goes back to the
-    queue, not to failed, and succeeds once the load is gone. A page whose reading needs
-    far more CPU than the limit fails too_slow all the same."""
+    queue, not to failed, and succeeds when read again without the load. A page whose reading
+    needs far more CPU than the limit fails too_slow all the same."""
     settings = settings.model_copy(update={"group_time_limit": 0.5, "max_attempts": 3})
     rec = Picky(slow_widths={70, 110}, slow=0.1)
     ctx = _context(sessions, settings, rec)
@@ -230,9 +230,13 @@ def test_a_busy_host_does_not_fail_a_good_page_but_a_costly_page_still_fails(
     assert (report.failed, report.requeued) == (0, 1)
     assert (page.status, page.error_code, page.attempts) == ("queued", "too_slow", 1)
     assert "busy" in (page.error_message or "")
+    # Read again without the test's load; with a roomier limit, since the machine the tests
+    # run on may be loaded by others too (which is the point: no verdict on a busy host).
+    ctx.settings = settings.model_copy(update={"group_time_limit": 30.0})
     queue: LocalQueue = ctx.send  # type: ignore[assignment]
     assert process_batch(queue.take(10), ctx).succeeded == 1
     assert _pages(sessions, [good])[0].text == "w70"
+    ctx.settings = settings
 
     costly = Picky(slow_widths={90}, slow=60.0)
     ctx = _context(sessions, settings, costly)
