@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import Depends, Header, Query, Request, Security
+from fastapi import Depends, Header, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -13,7 +13,8 @@ from htrq.queue import CelerySender
 from htrq.settings import Settings
 from htrq.storage import BlobStore
 from htrq.tenants import default_tenant, tenant_for_key
-from htrq.tenants.review_links import TOKEN_HEADER, TOKEN_QUERY, InvalidLink, check_token
+from htrq.tenants.review_links import TOKEN_HEADER, InvalidLink, check_token
+from htrq.tenants.secretbox import SecretBox
 
 #: The security scheme OpenAPI shows; errors are answered by :func:`get_tenant` itself.
 bearer = HTTPBearer(
@@ -51,7 +52,8 @@ def get_tenant(
     state = request.app.state
     if state.settings.auth == "off":
         if state.default_tenant is None:
-            state.default_tenant = default_tenant(state.sessions)
+            box = SecretBox.of(state.settings.secret_key)
+            state.default_tenant = default_tenant(state.sessions, box=box)
         return state.default_tenant  # type: ignore[no-any-return]
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Unauthorized("send an API key: Authorization: Bearer <key>")
@@ -65,14 +67,6 @@ def get_reviewer(
     request: Request,
     job_id: str,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
-    t: Annotated[
-        str | None,
-        Query(
-            alias=TOKEN_QUERY,
-            max_length=100,
-            description="a review link's token, in place of an API key (this job only)",
-        ),
-    ] = None,
     x_review_token: Annotated[
         str | None,
         Header(
@@ -83,15 +77,20 @@ def get_reviewer(
     ] = None,
 ) -> uuid.UUID:
     """The tenant of a route the review page calls: the API key's, or, without a key, that
-    of a review link's token for the job in the path (401 when it is altered, expired or
-    for another job)."""
-    token = x_review_token or t
-    if credentials is None and token is not None:
+    of a review link's token for the job in the path (401 when it is unknown, revoked,
+    expired or for another job). A token travels only in a header, never in the address,
+    which access logs keep; ``request.state.review_token`` says a token was used, so that
+    what it fetched is not cached."""
+    if credentials is None and x_review_token is not None:
         state = request.app.state
         try:
-            return check_token(state.sessions, state.settings, job_id=job_id, token=token)
+            tenant = check_token(
+                state.sessions, state.settings, job_id=job_id, token=x_review_token
+            )
         except InvalidLink as exc:
             raise Unauthorized(str(exc)) from None
+        request.state.review_token = True
+        return tenant
     return get_tenant(request, credentials)
 
 

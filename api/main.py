@@ -153,6 +153,11 @@ def _open_services(app: FastAPI, settings: Settings, engine: Engine) -> None:
             "only on a network you trust",
             DEFAULT_TENANT,
         )
+    if settings.secret_key is None:
+        log.warning(
+            "HTRQ_SECRET_KEY is unset: new tenants' webhook secrets are stored in plain text; "
+            "set it (and run `htrq tenants encrypt-secrets`) to store them encrypted"
+        )
     app.state.storage = open_store(settings)
     app.state.sender = CelerySender(make_celery(settings, name="htrq-api"))
 

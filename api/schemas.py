@@ -76,5 +76,12 @@ class ReviewLinkRequest(BaseModel):
 
 
 class ReviewLink(BaseModel):
-    url: str = Field(description="the review page of the job, for a person's browser")
+    url: str = Field(
+        description="the review page of the job, for a person's browser; its token is in the "
+        "fragment (`#t=...`), which browsers never send to a server"
+    )
     expires_at: datetime
+
+
+class ReviewLinksRevoked(BaseModel):
+    revoked: int = Field(description="how many live links were revoked")

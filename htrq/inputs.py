@@ -98,8 +98,13 @@ def render_page(
     dpi: int = 300,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_aspect: float = DEFAULT_MAX_ASPECT,
+    grey: bool = True,
 ) -> Image.Image:
     """Return page ``frame`` of a stored upload as a decoded PIL image (not yet normalised).
+
+    A PDF page is rendered in grey for reading (``grey``: the recognizer reads grey, and it
+    is a third of the pixels) and in colour for people (``grey=False``: the page image, the
+    review page, the searchable PDF). Image files keep their own mode either way.
 
     The format, shape and pixel count are checked from the header (or the PDF page size at
     ``dpi``) before any pixel is decoded, so a decompression bomb is refused with
@@ -110,7 +115,9 @@ def render_page(
     if not data:  # as at upload: a retried page that was refused there keeps its code
         raise PageError("empty_file", "the uploaded file is empty")
     if is_pdf(data):
-        return render_pdf_page(data, frame, dpi=dpi, max_pixels=max_pixels, max_aspect=max_aspect)
+        return render_pdf_page(
+            data, frame, dpi=dpi, max_pixels=max_pixels, max_aspect=max_aspect, grey=grey
+        )
     with _open_image(data) as im:
         if (im.format or "") not in IMAGE_FORMATS:
             raise PageError(
@@ -218,9 +225,16 @@ def _open_pdf(data: Source) -> Iterator[pdfium.PdfDocument]:
 
 
 def render_pdf_page(
-    data: bytes, index: int, *, dpi: int, max_pixels: int, max_aspect: float = DEFAULT_MAX_ASPECT
+    data: bytes,
+    index: int,
+    *,
+    dpi: int,
+    max_pixels: int,
+    max_aspect: float = DEFAULT_MAX_ASPECT,
+    grey: bool = True,
 ) -> Image.Image:
-    """Page ``index`` of a PDF, rendered in grey at ``dpi`` once its size is checked."""
+    """Page ``index`` of a PDF, rendered at ``dpi`` once its size is checked: in grey, or in
+    colour (RGB) with ``grey=False``."""
     with _open_pdf(data) as pdf:
         if not 0 <= index < len(pdf):
             raise PageError("invalid_pdf", f"the PDF has no page {index}")
@@ -234,8 +248,8 @@ def render_pdf_page(
                 _check_not_empty(size, index)
                 check_aspect(size, max_aspect)
                 check_pixels(size, max_pixels)
-                # Grayscale rendering: the recognizer reads L images, and it is a third of RGB.
-                return page.render(scale=scale, grayscale=True).to_pil()
+                # Grey for reading: the recognizer reads L images, and it is a third of RGB.
+                return page.render(scale=scale, grayscale=grey).to_pil()
             finally:
                 page.close()
         except PageError:
@@ -265,6 +279,7 @@ def render_stored_page(
     limits: RenderLimits,
     *,
     render: Callable[..., Image.Image] = render_page,
+    grey: bool = True,
 ) -> Image.Image:
     """:func:`render_page` (or ``render``, which takes its arguments: a PDF renderer's) at
     ``limits``' PDF resolution and within its pixel and shape bounds: page ``frame`` as the
@@ -275,4 +290,5 @@ def render_stored_page(
         dpi=limits.pdf_dpi,
         max_pixels=limits.max_pixels,
         max_aspect=limits.max_aspect,
+        grey=grey,
     )

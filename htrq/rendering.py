@@ -102,6 +102,7 @@ class _Render:
     dpi: int
     max_pixels: int
     max_aspect: float
+    grey: bool = True
 
 
 @dataclass(frozen=True)
@@ -176,6 +177,7 @@ class PdfRenderer:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         max_aspect: float = DEFAULT_MAX_ASPECT,
         seconds: float | None = None,
+        grey: bool = True,
     ) -> Image.Image:
         """:func:`htrq.inputs.render_page`, with PDF pages rendered in a helper.
 
@@ -183,8 +185,10 @@ class PdfRenderer:
         answered (busy, out of time, died).
         """
         if not data or not is_pdf(data):
-            return render_page(data, frame, dpi=dpi, max_pixels=max_pixels, max_aspect=max_aspect)
-        outcome = self._call(_Render(data, frame, dpi, max_pixels, max_aspect), seconds)
+            return render_page(
+                data, frame, dpi=dpi, max_pixels=max_pixels, max_aspect=max_aspect, grey=grey
+            )
+        outcome = self._call(_Render(data, frame, dpi, max_pixels, max_aspect, grey), seconds)
         mode, size, pixels, info = outcome
         im = Image.frombytes(mode, size, pixels)
         im.info.update(info)
@@ -333,6 +337,7 @@ def _answer(request: _Render | _Inspect) -> Any:
             dpi=request.dpi,
             max_pixels=request.max_pixels,
             max_aspect=request.max_aspect,
+            grey=request.grey,
         )
         # Only plain values of ``info`` cross back (a PDF page has none of its own).
         info = {k: v for k, v in im.info.items() if isinstance(v, (int, float, str, tuple))}

@@ -3,7 +3,7 @@ line coordinates (what the review page draws the outlines on)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from api.deps import ReviewerDep, SessionsDep, SettingsDep, StorageDep
@@ -36,6 +36,7 @@ ERRORS = {
 def read_page_image(
     job_id: str,
     index: int,
+    request: Request,
     sessions: SessionsDep,
     settings: SettingsDep,
     storage: StorageDep,
@@ -54,8 +55,12 @@ def read_page_image(
         )
     except BlobMissing:
         return _error(404, "blob_missing", f"the file of page {index} is no longer stored")
-    # A page's file never changes (stored under its digest), so the browser may keep it.
-    return Response(body, media_type=media, headers={"Cache-Control": "private, max-age=86400"})
+    # A page's file never changes (stored under its digest), so a client with a key may keep
+    # it. One fetched with a review link's token is not kept: the link may be revoked, and
+    # the browser may be shared.
+    by_link = getattr(request.state, "review_token", False)
+    cache = "no-store" if by_link else "private, max-age=86400"
+    return Response(body, media_type=media, headers={"Cache-Control": cache})
 
 
 def _error(status: int, code: str, message: str) -> JSONResponse:

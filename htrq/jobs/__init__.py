@@ -22,8 +22,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from htrq.db import read_scope, session_scope
+from htrq.delivery.addresses import CallbackPolicy, check_callback_url
 from htrq.delivery.completion import reopen
-from htrq.delivery.webhooks import check_callback_url, latest_event_id, webhook_state
+from htrq.delivery.webhooks import latest_event_id, webhook_state
 from htrq.errors import PERMANENT_CODES, PageError
 from htrq.jobs.uploads import Upload
 from htrq.models import JOB_MODES, Job, Line, Page, WebhookEvent, utcnow
@@ -185,7 +186,7 @@ def _check_request(
     if not uploads:
         raise PageError("no_files", "send at least one file in the `files` field")
     if callback_url is not None:
-        check_callback_url(callback_url, allow_private=settings.webhook_allow_private)
+        check_callback_url(callback_url, CallbackPolicy.from_settings(settings))
 
 
 def _inspect_all(uploads: Sequence[Upload], settings: Settings) -> list[int | PageError]:
