@@ -26,6 +26,7 @@ from typing import Any, BinaryIO
 import anyio.to_thread
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, QuerystringParser, parse_options_header
+from starlette.requests import ClientDisconnect
 
 from htrq.errors import PageError
 from htrq.jobs.uploads import Upload
@@ -219,6 +220,8 @@ async def read_form(
         async for chunk in stream:
             if chunk:
                 await anyio.to_thread.run_sync(body.feed, chunk)
+    except ClientDisconnect:
+        raise InvalidBody("the client went away before the body ended") from None
     finally:
         body.close()
     if not body.ended:

@@ -152,13 +152,26 @@ class ReadyBody(BaseModel):
 
 
 class LineCorrection(BaseModel):
-    """A person's judgement of one line: its reading (``text``), or ``reviewed`` alone."""
+    """A person's judgement of one line: its reading (``text``), or ``reviewed`` alone;
+    neither changes nothing."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        # Said in the schema, as the server refuses it: a correction is a review, so text
+        # with reviewed=false contradicts itself.
+        json_schema_extra={
+            "not": {
+                "required": ["text", "reviewed"],
+                "properties": {"text": {"type": "string"}, "reviewed": {"const": False}},
+            }
+        },
+    )
 
     text: str | None = Field(
         None,
         max_length=MAX_LINE_CHARS,
+        # The line breaks htrq.text.clean_correction refuses: a correction is one line.
+        pattern="^[^\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]*$",
         description="what the line reads: one line, no line breaks; control characters are "
         "removed. The model's own reading takes back an earlier correction",
         examples=["Dear Mrs. Stanford,"],

@@ -94,6 +94,13 @@ class Settings(BaseSettings):
     api_threads: int = Field(16, ge=1, le=400)
     #: Largest whole upload request in bytes (all files together), checked as it streams in.
     max_request_bytes: int = Field(2 * 1024**3, ge=1)
+    #: Seconds a client has to send a request's line and headers, from the moment its
+    #: connection opens (or its previous answer was sent); past it, 408 and the connection
+    #: closes. A client that trickles its headers holds a socket no longer than this.
+    api_header_seconds: float = Field(10.0, gt=0)
+    #: Slowest upload the API keeps reading, in bytes per second over 10-second windows; a
+    #: slower client is disconnected. 0: no bound.
+    api_body_min_rate: int = Field(1024, ge=0)
     #: Requests per second each tenant may make to ``/v1`` (a token bucket kept in the
     #: broker's Redis, so every API process and machine enforces one limit); past it, 429
     #: ``rate_limited`` with ``Retry-After``. 0: no limit.

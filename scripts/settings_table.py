@@ -52,6 +52,8 @@ READERS: dict[str, str] = {
     "api_db_pool": API,
     "api_threads": API,
     "max_request_bytes": API,
+    "api_header_seconds": API,
+    "api_body_min_rate": API,
     "tenant_rate": API,
     "tenant_burst": API,
     "tenant_heavy": API,
@@ -154,6 +156,8 @@ NOTES: dict[str, str] = {
     "max_upload_bytes": "413 `too_large`.",
     "max_request_bytes": "413 `request_too_large`, from `Content-Length` before the body is "
     "read, or as soon as a streamed body passes it.",
+    "api_header_seconds": "A reverse proxy in front usually bounds this itself "
+    "([Operations: behind a reverse proxy](operations.md#behind-a-reverse-proxy)).",
     "tenant_rate": "Counted per tenant over every API process, in the broker's Redis; "
     "with `HTRQ_AUTH=off` every request is the one `default` tenant's "
     "([Operations: tenant limits](operations.md#tenant-limits)).",

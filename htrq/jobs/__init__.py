@@ -291,6 +291,7 @@ def _inspect(up: Upload, settings: Settings) -> int | PageError:
             max_pages=settings.max_pages_per_job,
             max_pixels=settings.max_pixels,
             max_aspect=settings.max_aspect,
+            dpi=settings.pdf_dpi,
         )
     except RenderBusy:
         raise  # no renderer free: the whole request is answered 503, nothing stored
