@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
@@ -17,7 +18,6 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import Engine
 from starlette.exceptions import HTTPException
-from starlette.routing import BaseRoute, Match
 from starlette.types import Scope
 
 from api.deps import Unauthorized
@@ -272,12 +272,15 @@ def _answer_errors(app: FastAPI) -> None:
 
 
 def _methods_of(app: FastAPI, scope: Scope) -> list[str]:
-    """Every method some route of ``app`` answers on the path of ``scope``."""
+    """Every method the OpenAPI document gives the path of ``scope`` (HEAD with GET, as
+    Starlette answers it), in a fixed order."""
+    path = scope["path"]
     methods: set[str] = set()
-    for route in app.router.routes:
-        if isinstance(route, BaseRoute) and getattr(route, "methods", None):
-            match, _ = route.matches({**scope, "method": next(iter(route.methods))})  # type: ignore[attr-defined]
-            if match is Match.FULL:
-                methods |= route.methods  # type: ignore[attr-defined]
+    for template, operations in app.openapi()["paths"].items():
+        pattern = re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template))
+        if re.fullmatch(pattern, path):
+            methods |= {m.upper() for m in operations}
+    if "GET" in methods:
+        methods.add("HEAD")
     order = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
     return sorted(methods, key=lambda m: order.index(m) if m in order else len(order))
