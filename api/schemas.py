@@ -85,10 +85,18 @@ class SubmitFields(BaseModel):
         description="the model to read the pages with, one of the server's HTRQ_MODELS (422 "
         "unknown_model otherwise); default: the server's default model",
     )
+    language: str | None = Field(
+        None,
+        max_length=16,
+        description="the language of the pages (`en`, `fr`, … one of the server's "
+        "HTRQ_LANGUAGES, 422 unknown_language otherwise): its lexicon steers the reading "
+        "towards its words, leaving names, numbers and old spellings as read; `none` reads "
+        "by the glyphs alone; default: the server's HTRQ_LANGUAGE",
+    )
 
 
 #: Fields where an empty value (an HTML form's empty input) means "not given".
-_EMPTY_IS_UNSET = ("external_id", "callback_url", "model")
+_EMPTY_IS_UNSET = ("external_id", "callback_url", "model", "language")
 
 
 def submit_fields(fields: dict[str, str]) -> SubmitFields:

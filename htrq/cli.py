@@ -160,6 +160,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
                 callback_url=args.callback_url,
                 idempotency_key=args.idempotency_key,
                 model=args.model,
+                language=args.language,
             )
             progress(f"job {job.id}: {len(job.pages)} pages")
             if not args.wait:
@@ -232,6 +233,11 @@ def _register_submit(sub: Subparsers) -> None:
     p.add_argument("--external-id")
     p.add_argument("--idempotency-key", help="default: a new one, reused by retries")
     p.add_argument("--model", help="one of the server's HTRQ_MODELS (default: its default)")
+    p.add_argument(
+        "--language",
+        help="the pages' language, one of the server's HTRQ_LANGUAGES or none (default: its "
+        "default)",
+    )
     p.add_argument("--callback-url", help="where to POST a signed event when the job finishes")
     p.add_argument("--mode", default="page", choices=["page", "line"])
     p.set_defaults(func=cmd_submit)

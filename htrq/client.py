@@ -79,9 +79,11 @@ class Client:
         callback_url: str | None = None,
         idempotency_key: str | None = None,
         model: str | None = None,
+        language: str | None = None,
     ) -> JobResource:
         """Upload files as one job (201 new, or 200 for a repeat of the same key); ``model``
-        names one of the server's ``HTRQ_MODELS`` (default: the server's default)."""
+        names one of the server's ``HTRQ_MODELS`` (default: the server's default), and
+        ``language`` one of its ``HTRQ_LANGUAGES`` or ``none`` (default: its default)."""
         key = idempotency_key or str(uuid.uuid4())
         data = {"mode": mode}
         if external_id is not None:
@@ -90,6 +92,8 @@ class Client:
             data["callback_url"] = callback_url
         if model is not None:
             data["model"] = model
+        if language is not None:
+            data["language"] = language
 
         def send() -> httpx.Response:
             opened = [_file_part(f) for f in files]  # fresh each attempt: streams are read

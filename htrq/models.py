@@ -133,6 +133,9 @@ class Job(Base):
     completions: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     #: The model the job asked for (one of ``HTRQ_MODELS``); NULL: the deployment's default.
     model: Mapped[str | None] = mapped_column(String(255))
+    #: The language whose lexicon steers the reading (``none``: the glyphs alone); NULL for
+    #: jobs from before languages, read without a lexicon.
+    language: Mapped[str | None] = mapped_column(String(16))
 
     pages: Mapped[list[Page]] = relationship(
         back_populates="job", order_by="Page.index", cascade="all, delete-orphan"

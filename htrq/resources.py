@@ -53,6 +53,11 @@ class JobSummary(BaseModel):
     model: str | None = Field(
         None, description="the model the job asked for (null: the default, for older jobs)"
     )
+    language: str | None = Field(
+        None,
+        description="the language whose lexicon steers the reading (`none`: the glyphs "
+        "alone; null for older jobs, read without one)",
+    )
     created_at: datetime
     finished_at: datetime | None = Field(
         description="when its last page finished; null while any is queued or running"

@@ -174,6 +174,18 @@ class Settings(BaseSettings):
     #: Share of the CTC head's prefix score in decoding (joint CTC/attention decoding), for
     #: models that ship ``ctc_head.safetensors`` as the built-in one does; 0 turns it off.
     ctc_weight: float = Field(CTC_WEIGHT, ge=0, le=1)
+    #: The language a job is read in when it names none: its lexicon steers decoding towards
+    #: the language's words (``worker/recognition/word_prior.py``); ``none`` reads by the
+    #: glyphs alone. One of ``HTRQ_LANGUAGES`` or ``none``.
+    language: str = "none"
+    #: Languages a job may name, comma-separated: the lexicons the workers ship
+    #: (``worker/lexicons/<language>.tsv.gz``).
+    languages: str = "en,fr"
+    #: Weight of the lexicon's bonus against the decoder's log-probabilities (0: off).
+    word_weight: float = Field(0.3, ge=0, le=5)
+    #: What a word pays once where it leaves the lexicon (a name, a number, an old spelling):
+    #: log(floor) times the weight; after that the word reads as without the lexicon.
+    word_floor: float = Field(0.1, gt=0, lt=1)
     #: Longest line, in tokens, the decoder may produce.
     max_new_tokens: int = Field(96, ge=1, le=1024)
     #: Lines with a confidence below this say ``needs_review``. The default is calibrated for
@@ -310,6 +322,30 @@ class Settings(BaseSettings):
         if v is not None and any(not m.strip() for m in v.split(",")):
             raise ValueError("expected model names separated by commas, none empty")
         return v
+
+    @field_validator("languages")
+    @classmethod
+    def _languages(cls, v: str) -> str:
+        names = [n.strip() for n in v.split(",")]
+        if any(not n or not n.isascii() or not n.replace("-", "").isalnum() for n in names):
+            raise ValueError("expected language codes separated by commas, such as en,fr")
+        if "none" in names:
+            raise ValueError("`none` is always allowed; list languages with a lexicon")
+        return ",".join(names)
+
+    @model_validator(mode="after")
+    def _language_known(self) -> Settings:
+        if self.language != "none" and self.language not in self.allowed_languages:
+            raise ValueError(
+                f"HTRQ_LANGUAGE={self.language!r} is not in HTRQ_LANGUAGES "
+                f"({self.languages}) and is not `none`"
+            )
+        return self
+
+    @property
+    def allowed_languages(self) -> tuple[str, ...]:
+        """The languages a job may name besides ``none``."""
+        return tuple(n for n in self.languages.split(",") if n)
 
     @field_validator("stretches")
     @classmethod

@@ -79,6 +79,12 @@ READERS: dict[str, str] = {
     "batch_size": WORKER,
     "num_beams": WORKER,
     "ctc_weight": WORKER,
+    # The API stores a job's language (the default when it names none) and checks it against
+    # the list; the worker reads each job's stored language, and loads every listed lexicon.
+    "language": f"{API}, {WORKER}",
+    "languages": f"{API}, {WORKER}",
+    "word_weight": WORKER,
+    "word_floor": WORKER,
     "max_new_tokens": WORKER,
     "review_below": API,
     "lease_seconds": WORKER,

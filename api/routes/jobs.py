@@ -126,6 +126,7 @@ async def create_job(
                 mode=fields.mode,
                 callback_url=fields.callback_url,
                 model=fields.model,
+                language=fields.language,
             )
         )
     response.status_code = 201 if created else 200

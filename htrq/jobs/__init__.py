@@ -95,6 +95,7 @@ def submit(
     mode: str = "page",
     callback_url: str | None = None,
     model: str | None = None,
+    language: str | None = None,
 ) -> tuple[JobResource, bool]:
     """Store the files, create the job and its pages, then enqueue the pages.
 
@@ -103,6 +104,8 @@ def submit(
 
     ``model`` is one of ``settings.allowed_models`` (None: ``settings.model``); the job keeps
     it, and its pages go to that model's queue, where only its workers take them.
+    ``language`` is one of ``settings.allowed_languages`` or ``none`` (None:
+    ``settings.language``): its lexicon steers the reading of every page of the job.
 
     A file that cannot be read (broken or encrypted PDF, unknown format, empty, too many
     pixels) does not sink the others: it becomes one page that is ``failed`` at once with
@@ -112,7 +115,9 @@ def submit(
     :class:`IdempotencyConflict` when the key was used for other content, and
     :class:`htrq.rendering.RenderBusy` (storing nothing) when no PDF renderer was free.
     """
-    _check_request(settings, uploads, mode=mode, callback_url=callback_url, model=model)
+    _check_request(
+        settings, uploads, mode=mode, callback_url=callback_url, model=model, language=language
+    )
     # Names are stored and written into exports: no control characters, no path, bounded.
     uploads = [
         Upload(clean_filename(up.filename or "upload"), up.data, up.path, up.sha256)
@@ -123,7 +128,9 @@ def submit(
     key = idempotency_key or (_external_id_key(external_id) if external_id else None)
     # A repeat that names the default model is the same job as one that names none.
     asked = None if model in (None, settings.model) else model
-    fingerprint = _fingerprint(mode, callback_url, uploads, asked)
+    # Likewise a repeat that names the default language.
+    spoken = None if language in (None, settings.language) else language
+    fingerprint = _fingerprint(mode, callback_url, uploads, asked, spoken)
     if key and (existing := _find_repeat(sessions, tenant_id, key, fingerprint)):
         return existing, False
 
@@ -135,6 +142,7 @@ def submit(
         mode=mode,
         callback_url=callback_url,
         model=model or settings.model,
+        language=language or settings.language,
     )
     try:
         job_id, page_ids = _store_and_insert(sessions, storage, settings, job, uploads, inspected)
@@ -189,6 +197,7 @@ def _check_request(
     mode: str,
     callback_url: str | None,
     model: str | None,
+    language: str | None = None,
 ) -> None:
     """Raise :class:`PageError` for a request that cannot be a job whatever its files hold."""
     if mode not in JOB_MODES:
@@ -199,6 +208,13 @@ def _check_request(
             f"model {model!r} is not served here; choose one of "
             f"{', '.join(settings.allowed_models)} (HTRQ_MODELS), or leave `model` out for "
             f"the default, {settings.model}",
+        )
+    if language is not None and language != "none" and language not in settings.allowed_languages:
+        raise PageError(
+            "unknown_language",
+            f"language {language!r} has no lexicon here; choose one of "
+            f"{', '.join(settings.allowed_languages)} (HTRQ_LANGUAGES) or `none`, or leave "
+            f"`language` out for the default, {settings.language}",
         )
     if not uploads:
         raise PageError("no_files", "send at least one file in the `files` field")
@@ -439,6 +455,7 @@ def get_job(
         external_id=job.external_id,
         mode=job.mode,
         model=job.model,
+        language=job.language,
         created_at=job.created_at,
         finished_at=job.finished_at,
         callback_url=job.callback_url,
@@ -595,12 +612,18 @@ def _owned(
 
 
 def _fingerprint(
-    mode: str, callback_url: str | None, uploads: Sequence[Upload], model: str | None = None
+    mode: str,
+    callback_url: str | None,
+    uploads: Sequence[Upload],
+    model: str | None = None,
+    language: str | None = None,
 ) -> str:
     h = hashlib.sha256(mode.encode())
     h.update(b"\0" + (callback_url or "").encode() + b"\0")
     if model is not None:  # only when not the default: earlier jobs keep their fingerprint
         h.update(b"model:" + model.encode() + b"\0")
+    if language is not None:  # likewise
+        h.update(b"language:" + language.encode() + b"\0")
     for up in uploads:
         h.update(bytes.fromhex(up.digest))
     return h.hexdigest()

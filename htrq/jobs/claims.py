@@ -49,6 +49,13 @@ class ReadBy:
     decoding: dict[str, object]
     htrq_version: str
 
+    def in_language(self, language: str | None, word_weight: float) -> ReadBy:
+        """This provenance for a page read in ``language`` (its lexicon at ``word_weight``);
+        a page read without a lexicon says ``none``."""
+        spoken = language if language and language != "none" and word_weight else "none"
+        words = {"language": spoken, "word_weight": word_weight if spoken != "none" else 0.0}
+        return ReadBy(self.model_sha256, {**self.decoding, **words}, self.htrq_version)
+
 
 class LineLike(Protocol):
     # Read-only members, so that frozen dataclasses (the pipeline's LineOutput) match.

@@ -118,6 +118,7 @@ def _summary(row) -> JobSummary:  # type: ignore[no-untyped-def]
         external_id=job.external_id,
         mode=job.mode,
         model=job.model,
+        language=job.language,
         created_at=job.created_at,
         finished_at=job.finished_at,
         counts=counts,

@@ -116,3 +116,31 @@ def test_the_sweeper_re_sends_a_lost_page_to_its_queue_whatever_waits_in_another
     assert pages[b] in swept.resend and pages[a] not in swept.resend
     client = redis.Redis.from_url(settings.broker_url or "")
     assert (client.llen(queue_a), client.llen(queue_b)) == (1, 1)
+
+
+def test_a_job_keeps_its_language_and_an_unknown_one_is_refused(
+    sessions: sessionmaker[Session], settings: Settings
+) -> None:
+    """A job records the language it names (the default when it names none); a language
+    without a lexicon stores nothing; naming the default is the same job as naming none,
+    another language under the same key is a conflict."""
+    s = settings.model_copy(update={"language": "en", "languages": "en,fr"})
+    tenant, send = _tenant(sessions, "lang"), Recorder()
+
+    def submit(**kw: object) -> jobs.JobResource:
+        job, _ = jobs.submit(
+            sessions=sessions, storage=open_store(s), send=send, settings=s, tenant_id=tenant,
+            uploads=[jobs.Upload("p.png", page_png("spoken"))], **kw,  # type: ignore[arg-type]
+        )  # fmt: skip
+        return job
+
+    with pytest.raises(PageError) as refused:
+        submit(language="xx", idempotency_key="l0")
+    assert refused.value.code == "unknown_language" and "en, fr" in refused.value.message
+    with sessions() as session:
+        assert session.scalar(select(Job).where(Job.idempotency_key == "l0")) is None
+    fr, plain, none = submit(language="fr"), submit(idempotency_key="l1"), submit(language="none")
+    assert (fr.language, plain.language, none.language) == ("fr", "en", "none")
+    assert submit(language="en", idempotency_key="l1").id == plain.id
+    with pytest.raises(jobs.IdempotencyConflict):
+        submit(language="fr", idempotency_key="l1")

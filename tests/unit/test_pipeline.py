@@ -128,3 +128,48 @@ def test_the_tiny_model_reads_pages_end_to_end(recognizer: Recognizer) -> None:
         assert isinstance(page, PageOutput)
         assert page.confidence is not None and 0 <= page.confidence <= 1
         assert len(page.lines) == 1
+
+
+class SpeakingRecognizer:
+    """Records the language of each call; reads a crop as its width and that language."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, str | None]] = []
+
+    def __call__(self, crops: Sequence[Image.Image], language: str | None = None) -> list[Result]:
+        self.calls.append((len(crops), language))
+        return [Result(text=f"w{c.width}{language or ''}", confidence=0.5) for c in crops]
+
+
+def test_pages_of_one_language_are_read_together_and_each_in_its_own() -> None:
+    """A group of one language is one call with it; a mixed group one call per language,
+    each line back on its page; a page of no language is read without one."""
+    rec = SpeakingRecognizer()
+    pipe = Pipeline(read=LineReader(rec, max_aspect=12.0), segmenter=TwoLines(), line_margin=0)
+    same = [PageInput(key=i, data=_two_strokes(100), language="en") for i in range(2)]
+    pipe(same)
+    assert rec.calls == [(4, "en")]
+    rec.calls.clear()
+    langs = ["fr", None, "fr", "en"]
+    mixed = [PageInput(key=i, data=_two_strokes(100), language=x) for i, x in enumerate(langs)]
+    out = pipe(mixed)
+    assert sorted(rec.calls, key=str) == sorted([(4, "fr"), (2, None), (2, "en")], key=str)
+    for i, lang in enumerate(langs):
+        page = out[i]
+        assert isinstance(page, PageOutput)
+        assert page.text == f"w100{lang or ''}\nw50{lang or ''}"
+
+
+def test_provenance_says_which_language_steered_the_reading() -> None:
+    """A page read in a language records it and the weight; none, or weight 0, says none."""
+    from htrq.jobs.claims import ReadBy
+
+    base = ReadBy("abc", {"num_beams": 4}, "0.1.0")
+    assert base.in_language("fr", 0.3).decoding == {
+        "num_beams": 4,
+        "language": "fr",
+        "word_weight": 0.3,
+    }
+    for language, weight in ((None, 0.3), ("none", 0.3), ("fr", 0.0)):
+        assert base.in_language(language, weight).decoding["language"] == "none"
+        assert base.in_language(language, weight).decoding["word_weight"] == 0.0

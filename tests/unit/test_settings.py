@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from htrq.settings import Settings, SettingsError, load_settings
 from htrq.storage import DirectoryStore, S3Store, open_store
@@ -143,3 +144,13 @@ def test_every_setting_has_a_row_in_the_settings_table() -> None:
         if line.startswith("| `HTRQ_"):
             rows |= set(re.findall(r"`HTRQ_([A-Z0-9_]+)`", line.split("|")[1]))
     assert rows == {name.upper() for name in Settings.model_fields}
+
+
+def test_the_default_language_must_be_one_a_job_may_name() -> None:
+    """HTRQ_LANGUAGE outside HTRQ_LANGUAGES (and not none) is refused, naming both."""
+    with pytest.raises(ValidationError, match="HTRQ_LANGUAGES"):
+        Settings(language="de", languages="en,fr")
+    assert Settings(language="none").language == "none"
+    assert Settings(languages=" en , fr ").allowed_languages == ("en", "fr")
+    with pytest.raises(ValidationError, match="always allowed"):
+        Settings(languages="en,none")

@@ -34,6 +34,8 @@ class PageInput:
     data: bytes  #: the stored upload
     frame: int = 0  #: which page of the upload
     mode: str = "page"  #: ``page``: segment into lines; ``line``: the image is one line
+    #: Whose lexicon steers the reading (``none`` or None: the glyphs alone).
+    language: str | None = None
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,7 @@ class Pipeline:
         outcomes: dict[Hashable, PageOutput | PageError] = {}
         spans: list[tuple[Hashable, list[LineBox], int, tuple[int, int]]] = []
         crops: list[Image.Image] = []
+        languages: list[str | None] = []
         for page in pages:
             try:
                 boxes, page_crops, size = self._cut(page)
@@ -114,8 +117,9 @@ class Pipeline:
                 continue
             spans.append((page.key, boxes, len(crops), size))
             crops.extend(page_crops)
+            languages.extend([page.language or None] * len(page_crops))
 
-        read = self.read(crops)
+        read = self._read_by_language(crops, languages)
         for key, boxes, start, size in spans:
             unread = [i for i, r in enumerate(read[start : start + len(boxes)]) if r is None]
             if unread:
@@ -142,6 +146,23 @@ class Pipeline:
                 size=size,
             )
         return outcomes
+
+    def _read_by_language(
+        self, crops: list[Image.Image], languages: list[str | None]
+    ) -> list[tuple[str, float] | None]:
+        """Every crop read, those of one language in one call (its lexicon steers them);
+        one call for the whole group when it speaks one language, as most groups do."""
+        spoken = list(dict.fromkeys(languages))
+        if len(spoken) <= 1:
+            lang = spoken[0] if spoken else None
+            return self.read(crops, lang) if lang else self.read(crops)
+        out: list[tuple[str, float] | None] = [None] * len(crops)
+        for lang in spoken:
+            idx = [i for i, x in enumerate(languages) if x == lang]
+            part = [crops[i] for i in idx]
+            for i, r in zip(idx, self.read(part, lang) if lang else self.read(part), strict=True):
+                out[i] = r
+        return out
 
     def _cut(self, page: PageInput) -> tuple[list[LineBox], list[Image.Image], tuple[int, int]]:
         """Lines (on the uploaded image), their crops, the page size."""

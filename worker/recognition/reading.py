@@ -37,8 +37,9 @@ class Recognized(Protocol):
 #: A recognizer may take a language as its second argument (``Recognizer`` does).
 Recognize = Callable[..., Sequence[Recognized]]
 #: What the page pipeline calls: line crops in, ``(text, confidence)`` per crop out (None
-#: for a line the recognizer failed on while it read the others).
-ReadLines = Callable[[Sequence[Image.Image]], list[tuple[str, float] | None]]
+#: for a line the recognizer failed on while it read the others); a language may follow the
+#: crops (``LineReader`` takes one).
+ReadLines = Callable[..., list[tuple[str, float] | None]]
 
 
 @dataclass(frozen=True)
@@ -146,4 +147,3 @@ def check_reads(reader: ReadLines) -> None:
         raise CannotRead(f"{type(exc).__name__}: {exc}") from exc
     if read is None or not isinstance(read[0], str):
         raise CannotRead(f"the reader returned {read!r} for a line")
-

@@ -62,6 +62,11 @@ def load_recognizer(settings: Settings) -> Recognizer:
         ctc_weight=settings.ctc_weight,
         quantize=settings.quantize,
         stretches=settings.stretch_factors,
+        # A job names its language; the recognizer's own is the deployment's default, for
+        # callers that name none (htrq transcribe, the check that the model reads).
+        language=settings.language,
+        word_weight=settings.word_weight,
+        word_floor=settings.word_floor,
     )
 
 
@@ -79,6 +84,13 @@ def load_context(
     (``htrq_worker_generate_seconds``).
     """
     recognizer = load_recognizer(settings)
+    if settings.word_weight:
+        # Every language a job may name, loaded now: a missing lexicon stops the worker at
+        # start rather than failing pages with model_error.
+        from worker.recognition.word_prior import shipped_lexicon
+
+        for language in settings.allowed_languages:
+            shipped_lexicon(language)
     check_reads(line_reader(recognizer))
     if record_metrics:
         recognizer.on_generate = worker_metrics.generate_timer(recognizer.name)

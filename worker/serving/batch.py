@@ -97,20 +97,21 @@ def process_batch(page_ids: Sequence[str], ctx: BatchContext) -> BatchReport:
     claimed = _claim(ctx, _parse_ids(page_ids), report)
     if claimed is None:
         return report  # the database is down: the ids were sent again for later
-    claims, modes = claimed
+    claims, jobs = claimed
     report.claimed = len(claims)
     if not claims:
         return report
     claims = _one_alone(ctx, claims, report)
     outcomes: dict[object, PageOutput | PageError] = {}
-    inputs = _load_inputs(ctx, claims, modes, outcomes, report)
+    inputs = _load_inputs(ctx, claims, jobs, outcomes, report)
     together = [c for c in claims if c.page_id in inputs and not c.read_alone]
     alone = [c for c in claims if c.page_id in inputs and c.read_alone]
     started = time.perf_counter()
     for group in [g for g in (together, alone) if g]:
         _read_group(ctx, group, [inputs[c.page_id] for c in group], outcomes, report)
     report.pipeline_ms = round((time.perf_counter() - started) * 1000)
-    return _finish(ctx, claims, outcomes, report, report.pipeline_ms)
+    languages = {key: page.language for key, page in inputs.items()}
+    return _finish(ctx, claims, outcomes, report, report.pipeline_ms, languages)
 
 
 def _parse_ids(page_ids: Sequence[str]) -> list[uuid.UUID]:
@@ -125,13 +126,14 @@ def _parse_ids(page_ids: Sequence[str]) -> list[uuid.UUID]:
 
 def _claim(
     ctx: BatchContext, ids: list[uuid.UUID], report: BatchReport
-) -> tuple[list[Claim], dict[uuid.UUID, str]] | None:
-    """The pages this batch may read and each one's job mode; None when the database could
-    not be reached (the ids are then sent again, later each time it stays down)."""
+) -> tuple[list[Claim], dict[uuid.UUID, tuple[str, str | None]]] | None:
+    """The pages this batch may read and each one's job mode and language; None when the
+    database could not be reached (the ids are then sent again, later each time it stays
+    down)."""
     try:
         with session_scope(ctx.sessions) as s:
             claims = claim_pages(s, ids, lease_seconds=ctx.settings.lease_seconds)
-            modes = _modes(s, [c.page_id for c in claims])
+            jobs = _jobs_of(s, [c.page_id for c in claims])
     except SQLAlchemyError:
         # Nothing was claimed: send the ids again later, later each time while the database
         # stays down (no attempt was counted, so the page's own attempts cannot say how
@@ -149,13 +151,13 @@ def _claim(
         report.requeued = len(ids)
         return None
     ctx.claim_failures = 0
-    return claims, modes
+    return claims, jobs
 
 
 def _load_inputs(
     ctx: BatchContext,
     claims: list[Claim],
-    modes: dict[uuid.UUID, str],
+    jobs: dict[uuid.UUID, tuple[str, str | None]],
     outcomes: dict[object, PageOutput | PageError],
     report: BatchReport,
 ) -> dict[uuid.UUID, PageInput]:
@@ -175,8 +177,9 @@ def _load_inputs(
             # Not the page's fault: it goes back to the queue like a model error.
             _release(ctx, c, "storage_unavailable", f"{data}; it will be tried again", report)
         else:
+            mode, language = jobs[c.page_id]
             inputs[c.page_id] = PageInput(
-                key=c.page_id, data=data, frame=c.frame, mode=modes[c.page_id]
+                key=c.page_id, data=data, frame=c.frame, mode=mode, language=language
             )
     return inputs
 
@@ -279,7 +282,9 @@ def _finish(
     outcomes: dict[object, PageOutput | PageError],
     report: BatchReport,
     elapsed_ms: int,
+    languages: dict[uuid.UUID, str | None] | None = None,
 ) -> BatchReport:
+    languages = languages or {}
     started = time.perf_counter()
     for c in claims:
         outcome = outcomes.get(c.page_id)
@@ -297,7 +302,9 @@ def _finish(
                         confidence=outcome.confidence,
                         lines=outcome.lines,
                         model=ctx.model_name,
-                        provenance=ctx.read_by,
+                        provenance=ctx.read_by.in_language(
+                            languages.get(c.page_id), ctx.settings.word_weight
+                        ),
                         processing_ms=elapsed_ms,
                         size=outcome.size,
                     )
@@ -347,10 +354,13 @@ def _finished(report: BatchReport, c: Claim) -> None:
         report.latencies.append(max(0.0, (utcnow() - c.created_at).total_seconds()))
 
 
-def _modes(s: Session, page_ids: list[uuid.UUID]) -> dict[uuid.UUID, str]:
+def _jobs_of(s: Session, page_ids: list[uuid.UUID]) -> dict[uuid.UUID, tuple[str, str | None]]:
+    """Each page's job mode and language."""
     if not page_ids:
         return {}
     rows = s.execute(
-        select(Page.id, Job.mode).join(Job, Page.job_id == Job.id).where(Page.id.in_(page_ids))
+        select(Page.id, Job.mode, Job.language)
+        .join(Job, Page.job_id == Job.id)
+        .where(Page.id.in_(page_ids))
     ).all()
-    return {r.id: r.mode for r in rows}
+    return {r.id: (r.mode, r.language) for r in rows}
