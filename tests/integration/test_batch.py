@@ -288,3 +288,43 @@ def test_sweeper_resends_lost_messages_only_when_the_queue_is_empty(
         s.get_one(Page, page.id).queued_at = utcnow() - timedelta(hours=1)
     assert sweep_once(sessions=sessions, sender=sender, settings=stale).resend == []
     assert sender.queue_depth() == len(swept.resend)  # each page on its own tenant's queue
+
+
+class Speaking:
+    """Reads each crop as the language it was read in."""
+
+    def __init__(self) -> None:
+        self.languages: list[str | None] = []
+
+    def __call__(self, crops: Sequence[Image.Image], language: str | None = None) -> list[object]:
+        self.languages.append(language)
+        return [LineOutput(text=f"{language}", confidence=0.9, bbox=(0, 0, 1, 1)) for _ in crops]
+
+
+def test_each_page_is_read_in_its_job_s_language_and_says_so(
+    sessions: sessionmaker[Session], settings: Settings
+) -> None:
+    """Two jobs in one group, French and none: each page's lines are read in its job's
+    language and its provenance records it (none for the job without)."""
+    import json
+
+    from htrq.jobs.claims import ReadBy
+
+    s = settings.model_copy(update={"languages": "en,fr", "word_weight": 0.3})
+    rec = Speaking()
+    ctx = _context(sessions, s, rec)
+    ctx.read_by = ReadBy("abc", {"num_beams": 1}, "test")
+    ids = []
+    for language in ("fr", "none"):
+        job, _ = jobs.submit(
+            sessions=sessions, tenant_id=default_tenant(sessions), storage=ctx.storage,
+            send=ctx.send, settings=s, uploads=[jobs.Upload("p.png", page_png(language))],
+            language=language,
+        )  # fmt: skip
+        ids.append(str(job.pages[0].id))
+    process_batch(ids, ctx)
+    fr, plain = _pages(sessions, ids)
+    assert sorted(rec.languages, key=str) == [None, "fr"]
+    assert (fr.text, plain.text) == ("fr", "None")
+    assert json.loads(fr.decoding or "{}")["language"] == "fr"
+    assert json.loads(plain.decoding or "{}")["language"] == "none"

@@ -117,7 +117,9 @@ class Pipeline:
                 continue
             spans.append((page.key, boxes, len(crops), size))
             crops.extend(page_crops)
-            languages.extend([page.language or None] * len(page_crops))
+            # "none" reads as no language at all: recognizers without lexicons take it too.
+            spoken = page.language if page.language not in (None, "", "none") else None
+            languages.extend([spoken] * len(page_crops))
 
         read = self._read_by_language(crops, languages)
         for key, boxes, start, size in spans:

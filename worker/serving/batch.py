@@ -302,8 +302,12 @@ def _finish(
                         confidence=outcome.confidence,
                         lines=outcome.lines,
                         model=ctx.model_name,
-                        provenance=ctx.read_by.in_language(
-                            languages.get(c.page_id), ctx.settings.word_weight
+                        provenance=(
+                            ctx.read_by.in_language(
+                                languages.get(c.page_id), ctx.settings.word_weight
+                            )
+                            if ctx.read_by
+                            else None
                         ),
                         processing_ms=elapsed_ms,
                         size=outcome.size,
