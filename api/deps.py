@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Header, Request, Security
@@ -13,6 +14,7 @@ from htrq.queue import CelerySender
 from htrq.settings import Settings
 from htrq.storage import BlobStore
 from htrq.tenants import default_tenant, tenant_for_key
+from htrq.tenants.limits import TenantLimiter
 from htrq.tenants.review_links import TOKEN_HEADER, InvalidLink, check_token
 from htrq.tenants.secretbox import SecretBox
 
@@ -44,11 +46,22 @@ def get_sender(request: Request) -> CelerySender:
     return request.app.state.sender  # type: ignore[no-any-return]
 
 
+def get_limiter(request: Request) -> TenantLimiter:
+    return request.app.state.limiter  # type: ignore[no-any-return]
+
+
 def get_tenant(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
 ) -> uuid.UUID:
-    """The tenant the request acts for: its key's, or ``default`` with ``HTRQ_AUTH=off``."""
+    """The tenant the request acts for: its key's, or ``default`` with ``HTRQ_AUTH=off``;
+    the request counts against the tenant's rate (429 ``rate_limited`` past it)."""
+    tenant = _key_tenant(request, credentials)
+    get_limiter(request).check_rate(tenant)
+    return tenant
+
+
+def _key_tenant(request: Request, credentials: HTTPAuthorizationCredentials | None) -> uuid.UUID:
     state = request.app.state
     if state.settings.auth == "off":
         if state.default_tenant is None:
@@ -90,8 +103,26 @@ def get_reviewer(
         except InvalidLink as exc:
             raise Unauthorized(str(exc)) from None
         request.state.review_token = True
+        get_limiter(request).check_rate(tenant)
         return tenant
     return get_tenant(request, credentials)
+
+
+def heavy_slot(
+    request: Request, tenant: Annotated[uuid.UUID, Depends(get_tenant)]
+) -> Iterator[None]:
+    """One of the tenant's slots for heavy requests (submit, export), held until the route
+    returns; 429 ``too_many_concurrent`` when all are taken."""
+    with get_limiter(request).heavy_slot(tenant):
+        yield
+
+
+def heavy_review_slot(
+    request: Request, tenant: Annotated[uuid.UUID, Depends(get_reviewer)]
+) -> Iterator[None]:
+    """:func:`heavy_slot` for a route a review link's token may call (the page image)."""
+    with get_limiter(request).heavy_slot(tenant):
+        yield
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
@@ -99,5 +130,9 @@ TenantDep = Annotated[uuid.UUID, Depends(get_tenant)]
 #: The tenant by API key or, for the job in the path only, by a review link's token.
 ReviewerDep = Annotated[uuid.UUID, Depends(get_reviewer)]
 SessionsDep = Annotated[sessionmaker[Session], Depends(get_sessions)]
+#: A slot for a heavy request of the key's tenant, held while the route runs.
+HeavyDep = Annotated[None, Depends(heavy_slot)]
+#: The same for a route a review link's token may call.
+HeavyReviewDep = Annotated[None, Depends(heavy_review_slot)]
 StorageDep = Annotated[BlobStore, Depends(get_storage)]
 SenderDep = Annotated[CelerySender, Depends(get_sender)]

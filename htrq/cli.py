@@ -196,9 +196,24 @@ def _client(args: argparse.Namespace) -> Client:
     return Client(args.url, args.key)
 
 
+#: ``--format`` values whose export is a binary file (a zip, a PDF): written with ``-o`` only.
+BINARY_FORMATS = ("alto", "page", "pdf")
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
+    import httpx
+
     from htrq.client import ApiError
 
+    # Checked before anything is sent: a job made only to find out afterwards that its
+    # result cannot be printed, or a file missing, wastes the reading.
+    if args.wait and args.format in BINARY_FORMATS and args.output is None:
+        print(f"htrq: --format {args.format} writes a file: give it -o FILE", file=sys.stderr)
+        return 2
+    for f in args.files:
+        if not f.is_file():
+            print(f"htrq: {f}: no such file", file=sys.stderr)
+            return 2
     try:
         with _client(args) as client:
             job = client.submit(
@@ -223,11 +238,16 @@ def cmd_submit(args: argparse.Namespace) -> int:
     except ApiError as exc:
         print(f"htrq: {exc}", file=sys.stderr)
         return 2
+    except httpx.TransportError as exc:
+        print(f"htrq: cannot reach the API at {args.url}: {exc}", file=sys.stderr)
+        return 1
     progress(f"job {job.id} {job.status}")
     return 0 if job.status == "succeeded" else 1
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    import httpx
+
     from htrq.client import ApiError
 
     try:
@@ -238,6 +258,9 @@ def cmd_status(args: argparse.Namespace) -> int:
                 out["pages"] = [p.model_dump(mode="json") for p in client.pages(job.id)]
     except ApiError as exc:
         print(f"htrq: {exc}", file=sys.stderr)
+        return 1
+    except httpx.TransportError as exc:
+        print(f"htrq: cannot reach the API at {args.url}: {exc}", file=sys.stderr)
         return 1
     print_json(out)
     return 0

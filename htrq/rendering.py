@@ -111,6 +111,7 @@ class _Inspect:
     max_pages: int
     max_pixels: int | None
     max_aspect: float
+    dpi: int | None = None
 
 
 class _Helper:
@@ -201,6 +202,7 @@ class PdfRenderer:
         max_pages: int = 500,
         max_pixels: int | None = None,
         max_aspect: float = DEFAULT_MAX_ASPECT,
+        dpi: int | None = None,
     ) -> UploadInfo:
         """:func:`htrq.inputs.inspect_upload`, with PDFs opened in a helper."""
         if not is_pdf(source):
@@ -209,7 +211,8 @@ class PdfRenderer:
             )
         if isinstance(source, Path):
             source = source.resolve()
-        info: UploadInfo = self._call(_Inspect(source, max_pages, max_pixels, max_aspect), None)
+        request = _Inspect(source, max_pages, max_pixels, max_aspect, dpi)
+        info: UploadInfo = self._call(request, None)
         return info
 
     def pids(self) -> list[int]:
@@ -330,6 +333,7 @@ def _answer(request: _Render | _Inspect) -> Any:
                 max_pages=request.max_pages,
                 max_pixels=request.max_pixels,
                 max_aspect=request.max_aspect,
+                dpi=request.dpi,
             )
         im = render_page(
             request.data,

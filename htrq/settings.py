@@ -95,6 +95,26 @@ class Settings(BaseSettings):
     api_threads: int = Field(16, ge=1, le=400)
     #: Largest whole upload request in bytes (all files together), checked as it streams in.
     max_request_bytes: int = Field(2 * 1024**3, ge=1)
+    #: Seconds a client has to send a request's line and headers, from the moment its
+    #: connection opens (or its previous answer was sent); past it, 408 and the connection
+    #: closes. A client that trickles its headers holds a socket no longer than this.
+    api_header_seconds: float = Field(10.0, gt=0)
+    #: Slowest upload the API keeps reading, in bytes per second over 10-second windows; a
+    #: slower client is disconnected. 0: no bound.
+    api_body_min_rate: int = Field(1024, ge=0)
+    #: Requests per second each tenant may make to ``/v1`` (a token bucket kept in the
+    #: broker's Redis, so every API process and machine enforces one limit); past it, 429
+    #: ``rate_limited`` with ``Retry-After``. 0: no limit.
+    tenant_rate: float = Field(50.0, ge=0)
+    #: Requests a tenant may make at once after idling: the size of its token bucket.
+    tenant_burst: int = Field(100, ge=1)
+    #: Submissions, exports and page images each tenant may have in progress at once, over
+    #: every API process; past it, 429 ``too_many_concurrent`` with ``Retry-After``. 0: no
+    #: limit.
+    tenant_heavy: int = Field(4, ge=0)
+    #: Longest a heavy request holds its slot: the slot of an API process killed mid-request
+    #: stops counting after this (a request that runs longer stops counting too).
+    tenant_slot_seconds: float = Field(600.0, gt=0)
     #: First re-send delay of a completion webhook that was not answered 2xx; doubles.
     webhook_backoff: float = Field(5.0, gt=0)
     #: Cap on the webhook re-send delay.

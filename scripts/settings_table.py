@@ -52,6 +52,12 @@ READERS: dict[str, str] = {
     "api_db_pool": API,
     "api_threads": API,
     "max_request_bytes": API,
+    "api_header_seconds": API,
+    "api_body_min_rate": API,
+    "tenant_rate": API,
+    "tenant_burst": API,
+    "tenant_heavy": API,
+    "tenant_slot_seconds": API,
     "webhook_backoff": WORKER,
     "webhook_backoff_max": WORKER,
     "webhook_max_attempts": WORKER,
@@ -165,6 +171,13 @@ NOTES: dict[str, str] = {
     "max_upload_bytes": "413 `too_large`.",
     "max_request_bytes": "413 `request_too_large`, from `Content-Length` before the body is "
     "read, or as soon as a streamed body passes it.",
+    "api_header_seconds": "A reverse proxy in front usually bounds this itself "
+    "([Operations: behind a reverse proxy](operations.md#behind-a-reverse-proxy)).",
+    "tenant_rate": "Counted per tenant over every API process, in the broker's Redis; "
+    "with `HTRQ_AUTH=off` every request is the one `default` tenant's "
+    "([Operations: tenant limits](operations.md#tenant-limits)).",
+    "tenant_heavy": "A request refused here stores nothing; a slot is given back when its "
+    "request ends ([Operations: tenant limits](operations.md#tenant-limits)).",
     "max_pages_per_job": "413 `too_many_pages`; frames of a multi-page TIFF are counted no "
     "further than this.",
     "max_pixels": "`too_large`, from the header (or the PDF page size at `HTRQ_PDF_DPI`).",

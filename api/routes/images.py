@@ -6,8 +6,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from api.deps import ReviewerDep, SessionsDep, SettingsDep, StorageDep
-from api.schemas import ErrorBody
+from api.deps import HeavyReviewDep, ReviewerDep, SessionsDep, SettingsDep, StorageDep
+from api.schemas import LIMITED, ErrorBody
 from htrq.exports.page_images import stored_page_image
 from htrq.storage import BlobMissing
 
@@ -17,6 +17,7 @@ ERRORS = {
     401: {"model": ErrorBody, "description": "no API key or review token, or a bad one"},
     404: {"model": ErrorBody, "description": "unknown job or page, or its file is gone"},
     409: {"model": ErrorBody, "description": "the page has not succeeded"},
+    429: LIMITED,
     503: {
         "model": ErrorBody,
         "description": "no PDF renderer answered in time (`render_busy`, `render_too_slow`, "
@@ -41,6 +42,7 @@ def read_page_image(
     settings: SettingsDep,
     storage: StorageDep,
     tenant: ReviewerDep,
+    _slot: HeavyReviewDep,
 ) -> Response:
     """The succeeded page's image at its stored size (PNG, or JPEG for large pages): PDF
     pages rendered at ``HTRQ_PDF_DPI``, TIFF frames extracted, turned upright as read."""

@@ -20,7 +20,7 @@ from fastapi.staticfiles import StaticFiles
 
 from api.deps import SessionsDep, SettingsDep, TenantDep, bearer
 from api.review import PAGE, STATIC_DIR
-from api.schemas import ErrorBody, ReviewLink, ReviewLinkRequest, ReviewLinksRevoked
+from api.schemas import LIMITED, ErrorBody, ReviewLink, ReviewLinkRequest, ReviewLinksRevoked
 from htrq.tenants.review_links import TOKEN_FRAGMENT, make_token, revoke_links
 
 router = APIRouter(tags=["review"])
@@ -48,6 +48,7 @@ def static_files() -> StaticFiles:
         400: {"model": ErrorBody, "description": "a body that is not valid JSON"},
         401: {"model": ErrorBody, "description": "no API key, or an unknown or revoked one"},
         404: {"model": ErrorBody, "description": "unknown job"},
+        429: LIMITED,
     },
 )
 def create_review_link(
