@@ -235,7 +235,8 @@ def render_pdf_page(
                 check_aspect(size, max_aspect)
                 check_pixels(size, max_pixels)
                 # Grayscale rendering: the recognizer reads L images, and it is a third of RGB.
-                return page.render(scale=scale, grayscale=True).to_pil()
+                image: Image.Image = page.render(scale=scale, grayscale=True).to_pil()
+                return image
             finally:
                 page.close()
         except PageError:

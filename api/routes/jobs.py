@@ -10,7 +10,7 @@ import hashlib
 import tempfile
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile
 
@@ -26,7 +26,7 @@ from htrq.settings import Settings
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
-ERRORS = {
+ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "a body that is not valid multipart/form-data"},
     401: {"model": ErrorBody, "description": "no API key, or an unknown or revoked one"},
     404: {"model": ErrorBody, "description": "unknown job or page"},

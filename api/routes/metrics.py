@@ -12,6 +12,7 @@ from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+from sqlalchemy.orm import Session, sessionmaker
 
 from api.deps import SenderDep, SessionsDep
 from htrq.queue import CelerySender
@@ -21,7 +22,7 @@ router = APIRouter(tags=["health"])
 
 
 class _ServiceCollector(Collector):
-    def __init__(self, sessions, sender: CelerySender) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, sessions: sessionmaker[Session], sender: CelerySender) -> None:
         self.sessions, self.sender = sessions, sender
 
     def collect(self) -> Iterator[GaugeMetricFamily]:

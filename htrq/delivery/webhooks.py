@@ -22,7 +22,7 @@ import socket
 import time
 import uuid
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 
 import httpx
@@ -100,7 +100,8 @@ def webhook_state(ev: WebhookEvent | None) -> WebhookState | None:
     return WebhookState(
         event_id=ev.id,
         completion=ev.seq,
-        status=ev.status,
+        # The column is a str; its CHECK constraint holds it to these three values.
+        status=cast(Literal["pending", "delivered", "failed"], ev.status),
         attempts=ev.attempts,
         last_status=ev.last_status,
         last_error=ev.last_error,

@@ -16,6 +16,7 @@ import json
 import logging
 import uuid
 from collections.abc import Sequence
+from typing import cast
 
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import IntegrityError
@@ -35,6 +36,7 @@ from htrq.resources import (
     JobResource,
     LineResource,
     PageResource,
+    PageStatus,
     PageSummary,
     Provenance,
     StatusCounts,
@@ -394,7 +396,8 @@ def page_resource(
         id=page.id,
         job_id=page.job_id,
         index=page.index,
-        status=page.status,  # type: ignore[arg-type]
+        # The column is a str; its CHECK constraint holds it to PageStatus's values.
+        status=cast(PageStatus, page.status),
         filename=page.filename,
         frame=page.frame,
         width=page.width,
@@ -433,7 +436,7 @@ def line_resource(ln: Line, *, review_below: float = REVIEW_BELOW) -> LineResour
         text=ln.correction if ln.correction is not None else ln.text,
         model_text=ln.text,
         confidence=ln.confidence,
-        bbox=(ln.x0, ln.y0, ln.x1, ln.y1),
+        bbox=[ln.x0, ln.y0, ln.x1, ln.y1],
         polygon=json.loads(ln.polygon) if ln.polygon else None,
         baseline=json.loads(ln.baseline) if ln.baseline else None,
         needs_review=ln.confidence < review_below and not (corrected or reviewed),

@@ -104,7 +104,8 @@ def check_token(
         raise invalid
     if int(expiry) <= (now if now is not None else time.time()):
         raise InvalidLink("the review link has expired; ask for a new one")
-    return row.tenant_id  # type: ignore[no-any-return]
+    tenant_id: uuid.UUID = row.tenant_id
+    return tenant_id
 
 
 def _key(settings: Settings, tenant_secret: str) -> bytes:
