@@ -381,7 +381,7 @@ def _explain(conn: psycopg.Connection, tenant: str) -> str:
         "WHERE t.name = %s ORDER BY random() LIMIT 1",
         (tenant,),
     ).fetchone() or (None, None)
-    queries = {
+    queries: dict[str, tuple[str, dict[str, object]]] = {
         "poll: the job": ("SELECT * FROM jobs WHERE id = %(j)s AND tenant_id = %(t)s", {}),
         "poll: its pages": (
             "SELECT id, index, status, attempts FROM pages WHERE job_id = %(j)s ORDER BY index",

@@ -26,7 +26,7 @@ from htrq.db import read_scope, session_scope
 from htrq.delivery.completion import reopen
 from htrq.delivery.webhooks import check_callback_url, latest_event_id, webhook_state
 from htrq.errors import PERMANENT_CODES, PageError
-from htrq.jobs.uploads import Upload
+from htrq.jobs.uploads import Upload as Upload  # callers build uploads as jobs.Upload
 from htrq.models import JOB_MODES, Job, Line, Page, WebhookEvent, utcnow
 from htrq.queue import Send, page_queue
 from htrq.rendering import RenderBusy, RenderUnavailable, pdf_renderer
