@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Header, Query, Request, Security
+from fastapi import Depends, Header, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -13,7 +14,9 @@ from htrq.queue import CelerySender
 from htrq.settings import Settings
 from htrq.storage import BlobStore
 from htrq.tenants import default_tenant, tenant_for_key
-from htrq.tenants.review_links import TOKEN_HEADER, TOKEN_QUERY, InvalidLink, check_token
+from htrq.tenants.limits import TenantLimiter
+from htrq.tenants.review_links import TOKEN_HEADER, InvalidLink, check_token
+from htrq.tenants.secretbox import SecretBox
 
 #: The security scheme OpenAPI shows; errors are answered by :func:`get_tenant` itself.
 bearer = HTTPBearer(
@@ -47,15 +50,27 @@ def get_sender(request: Request) -> CelerySender:
     return sender
 
 
+def get_limiter(request: Request) -> TenantLimiter:
+    return request.app.state.limiter  # type: ignore[no-any-return]
+
+
 def get_tenant(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
 ) -> uuid.UUID:
-    """The tenant the request acts for: its key's, or ``default`` with ``HTRQ_AUTH=off``."""
+    """The tenant the request acts for: its key's, or ``default`` with ``HTRQ_AUTH=off``;
+    the request counts against the tenant's rate (429 ``rate_limited`` past it)."""
+    tenant = _key_tenant(request, credentials)
+    get_limiter(request).check_rate(tenant)
+    return tenant
+
+
+def _key_tenant(request: Request, credentials: HTTPAuthorizationCredentials | None) -> uuid.UUID:
     state = request.app.state
     if state.settings.auth == "off":
         if state.default_tenant is None:
-            state.default_tenant = default_tenant(state.sessions)
+            box = SecretBox.of(state.settings.secret_key)
+            state.default_tenant = default_tenant(state.sessions, box=box)
         tenant_id: uuid.UUID = state.default_tenant
         return tenant_id
     if credentials is None or credentials.scheme.lower() != "bearer":
@@ -70,14 +85,6 @@ def get_reviewer(
     request: Request,
     job_id: str,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
-    t: Annotated[
-        str | None,
-        Query(
-            alias=TOKEN_QUERY,
-            max_length=100,
-            description="a review link's token, in place of an API key (this job only)",
-        ),
-    ] = None,
     x_review_token: Annotated[
         str | None,
         Header(
@@ -88,16 +95,39 @@ def get_reviewer(
     ] = None,
 ) -> uuid.UUID:
     """The tenant of a route the review page calls: the API key's, or, without a key, that
-    of a review link's token for the job in the path (401 when it is altered, expired or
-    for another job)."""
-    token = x_review_token or t
-    if credentials is None and token is not None:
+    of a review link's token for the job in the path (401 when it is unknown, revoked,
+    expired or for another job). A token travels only in a header, never in the address,
+    which access logs keep; ``request.state.review_token`` says a token was used, so that
+    what it fetched is not cached."""
+    if credentials is None and x_review_token is not None:
         state = request.app.state
         try:
-            return check_token(state.sessions, state.settings, job_id=job_id, token=token)
+            tenant = check_token(
+                state.sessions, state.settings, job_id=job_id, token=x_review_token
+            )
         except InvalidLink as exc:
             raise Unauthorized(str(exc)) from None
+        request.state.review_token = True
+        get_limiter(request).check_rate(tenant)
+        return tenant
     return get_tenant(request, credentials)
+
+
+def heavy_slot(
+    request: Request, tenant: Annotated[uuid.UUID, Depends(get_tenant)]
+) -> Iterator[None]:
+    """One of the tenant's slots for heavy requests (submit, export), held until the route
+    returns; 429 ``too_many_concurrent`` when all are taken."""
+    with get_limiter(request).heavy_slot(tenant):
+        yield
+
+
+def heavy_review_slot(
+    request: Request, tenant: Annotated[uuid.UUID, Depends(get_reviewer)]
+) -> Iterator[None]:
+    """:func:`heavy_slot` for a route a review link's token may call (the page image)."""
+    with get_limiter(request).heavy_slot(tenant):
+        yield
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
@@ -105,5 +135,9 @@ TenantDep = Annotated[uuid.UUID, Depends(get_tenant)]
 #: The tenant by API key or, for the job in the path only, by a review link's token.
 ReviewerDep = Annotated[uuid.UUID, Depends(get_reviewer)]
 SessionsDep = Annotated[sessionmaker[Session], Depends(get_sessions)]
+#: A slot for a heavy request of the key's tenant, held while the route runs.
+HeavyDep = Annotated[None, Depends(heavy_slot)]
+#: The same for a route a review link's token may call.
+HeavyReviewDep = Annotated[None, Depends(heavy_review_slot)]
 StorageDep = Annotated[BlobStore, Depends(get_storage)]
 SenderDep = Annotated[CelerySender, Depends(get_sender)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
@@ -17,19 +18,28 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import Engine
 from starlette.exceptions import HTTPException
+from starlette.types import Scope
 
 from api.deps import Unauthorized
+from api.forms import InvalidBody
 from api.limits import RequestSizeLimit
 from api.routes import exports, health, images, jobs, lines, metrics, review
 from htrq.db import make_engine, make_sessions
 from htrq.errors import PageError
-from htrq.jobs import IdempotencyConflict, JobNotFinished, NotFound, PageNotSucceeded
+from htrq.jobs import (
+    IdempotencyConflict,
+    JobNotFinished,
+    NoPageSucceeded,
+    NotFound,
+    PageNotSucceeded,
+)
 from htrq.jobs.corrections import InvalidCorrection
 from htrq.models import DEFAULT_TENANT
 from htrq.queue import CelerySender, make_celery
 from htrq.rendering import RenderUnavailable
 from htrq.settings import Settings, load_settings
 from htrq.storage import StorageUnavailable, open_store
+from htrq.tenants.limits import Limited, LimitSettings, TenantLimiter
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +57,18 @@ PAGE_ERROR_STATUS = {
 
 def error(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+def _closing_if_unread(request: Request, response: JSONResponse) -> JSONResponse:
+    """``response``, closing the connection after it when the request's body was not read to
+    its end: the server would otherwise receive (and throw away) the rest of an upload that
+    was refused before it arrived, a 1 GiB body without a key included."""
+    has_body = request.headers.get("content-length", "0") != "0" or (
+        "transfer-encoding" in request.headers
+    )
+    if has_body and not request.scope.get("htrq.body_read"):
+        response.headers["Connection"] = "close"
+    return response
 
 
 def _openapi_with_error_bodies(app: FastAPI) -> Callable[[], dict[str, Any]]:
@@ -75,12 +97,16 @@ def _openapi_with_error_bodies(app: FastAPI) -> Callable[[], dict[str, Any]]:
     return openapi
 
 
+#: Parameters whose refusal has a code of its own (the same the service function gives).
+FIELD_CODES = {("query", "cursor"): "invalid_cursor"}
+
 #: What the service functions raise that a client can act on, and the answer each gets: a
 #: status and an error code, with the exception's text as the message.
 REFUSALS: dict[type[Exception], tuple[int, str]] = {
     NotFound: (404, "not_found"),
     PageNotSucceeded: (409, "page_not_succeeded"),
     JobNotFinished: (409, "job_not_finished"),
+    NoPageSucceeded: (409, "no_page_succeeded"),
     IdempotencyConflict: (409, "idempotency_conflict"),
     InvalidCorrection: (422, "invalid_request"),
 }
@@ -156,8 +182,23 @@ def _open_services(app: FastAPI, settings: Settings, engine: Engine) -> None:
             "only on a network you trust",
             DEFAULT_TENANT,
         )
+    if settings.secret_key is None:
+        log.warning(
+            "HTRQ_SECRET_KEY is unset: new tenants' webhook secrets are stored in plain text; "
+            "set it (and run `htrq tenants encrypt-secrets`) to store them encrypted"
+        )
     app.state.storage = open_store(settings)
     app.state.sender = CelerySender(make_celery(settings, name="htrq-api"))
+    assert settings.broker_url  # create_app refuses to start without it
+    app.state.limiter = TenantLimiter.from_url(
+        settings.broker_url,
+        LimitSettings(
+            rate=settings.tenant_rate,
+            burst=settings.tenant_burst,
+            heavy=settings.tenant_heavy,
+            slot_seconds=settings.tenant_slot_seconds,
+        ),
+    )
 
 
 def _include_routes(app: FastAPI) -> None:
@@ -182,14 +223,25 @@ def _answer_errors(app: FastAPI) -> None:
         app.add_exception_handler(refusal, refuse)
 
     @app.exception_handler(PageError)
-    def _page_error(_: Request, exc: PageError) -> JSONResponse:
-        return error(PAGE_ERROR_STATUS.get(exc.code, 422), exc.code, exc.message)
+    def _page_error(request: Request, exc: PageError) -> JSONResponse:
+        response = error(PAGE_ERROR_STATUS.get(exc.code, 422), exc.code, exc.message)
+        return _closing_if_unread(request, response)
+
+    @app.exception_handler(InvalidBody)
+    def _invalid_body(request: Request, exc: InvalidBody) -> JSONResponse:
+        return _closing_if_unread(request, error(400, "invalid_request", str(exc)))
 
     @app.exception_handler(Unauthorized)
-    def _unauthorized(_: Request, exc: Unauthorized) -> JSONResponse:
+    def _unauthorized(request: Request, exc: Unauthorized) -> JSONResponse:
         response = error(401, "unauthorized", str(exc))
         response.headers["WWW-Authenticate"] = "Bearer"
-        return response
+        return _closing_if_unread(request, response)
+
+    @app.exception_handler(Limited)
+    def _limited(request: Request, exc: Limited) -> JSONResponse:
+        response = error(429, exc.code, exc.message)
+        response.headers["Retry-After"] = str(exc.retry_after)
+        return _closing_if_unread(request, response)
 
     @app.exception_handler(StorageUnavailable)
     def _storage(_: Request, exc: StorageUnavailable) -> JSONResponse:
@@ -209,11 +261,34 @@ def _answer_errors(app: FastAPI) -> None:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
         )
-        return error(422, "invalid_request", problems)
+        codes = {FIELD_CODES.get(tuple(e["loc"]), "invalid_request") for e in exc.errors()}
+        return error(422, codes.pop() if len(codes) == 1 else "invalid_request", problems)
 
     @app.exception_handler(HTTPException)
-    def _http(_: Request, exc: HTTPException) -> JSONResponse:
-        # 400: a body that cannot be parsed at all (such as broken multipart data).
+    def _http(request: Request, exc: HTTPException) -> JSONResponse:
+        # 400: a body that cannot be parsed at all (such as broken JSON).
         codes = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed"}
         code = codes.get(exc.status_code, "http_error")
-        return error(exc.status_code, code, str(exc.detail))
+        response = error(exc.status_code, code, str(exc.detail))
+        if exc.headers:
+            response.headers.update(exc.headers)
+        if exc.status_code == 405:
+            # RFC 9110: a 405 lists the methods the resource has. Starlette names those of the
+            # first route on the path only; a path can have several (GET and DELETE a job).
+            response.headers["Allow"] = ", ".join(_methods_of(app, request.scope))
+        return response
+
+
+def _methods_of(app: FastAPI, scope: Scope) -> list[str]:
+    """Every method the OpenAPI document gives the path of ``scope`` (HEAD with GET, as
+    Starlette answers it), in a fixed order."""
+    path = scope["path"]
+    methods: set[str] = set()
+    for template, operations in app.openapi()["paths"].items():
+        pattern = re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template))
+        if re.fullmatch(pattern, path):
+            methods |= {m.upper() for m in operations}
+    if "GET" in methods:
+        methods.add("HEAD")
+    order = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+    return sorted(methods, key=lambda m: order.index(m) if m in order else len(order))

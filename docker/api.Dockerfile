@@ -9,10 +9,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
 WORKDIR /app
 # Only what the API runs: the worker package (and its model) stays out of this image.
 COPY pyproject.toml README.md ./
+# Dependencies pinned with their hashes (requirements/README.md), then htrq without any.
+COPY requirements/api.txt ./requirements/api.txt
+RUN pip install --require-hashes -r requirements/api.txt
 COPY htrq ./htrq
 COPY api ./api
 COPY migrations ./migrations
-RUN pip install ".[api]" && useradd --uid 10001 --create-home htrq \
+RUN pip install --no-deps ".[api]" && useradd --uid 10001 --create-home htrq \
     && mkdir -p /data/blobs && chown htrq /data/blobs
 USER htrq
 

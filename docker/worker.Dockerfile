@@ -22,11 +22,15 @@ RUN pip install "torch==${TORCH_VERSION}" --index-url "$TORCH_INDEX"
 
 WORKDIR /app
 COPY pyproject.toml README.md ./
+# Dependencies pinned with their hashes (requirements/README.md; torch and its CUDA libraries
+# came above), then htrq without any.
+COPY requirements/worker.txt ./requirements/worker.txt
+RUN pip install --require-hashes -r requirements/worker.txt
 COPY htrq ./htrq
 COPY api ./api
 COPY migrations ./migrations
 COPY worker ./worker
-RUN pip install ".[worker]" && useradd --uid 10001 --create-home htrq \
+RUN pip install --no-deps ".[worker]" && useradd --uid 10001 --create-home htrq \
     && mkdir -p /data/blobs && chown htrq /data/blobs
 USER htrq
 

@@ -82,9 +82,12 @@ def database(settings: Settings) -> Iterator[sessionmaker[Session]]:
 
 def cmd_keys_create(args: argparse.Namespace) -> int:
     from htrq.tenants import create_key
+    from htrq.tenants.secretbox import SecretBox
 
-    with database(load_settings()) as sessions:
-        info, key = create_key(sessions, tenant=args.tenant, label=args.label)
+    settings = load_settings()
+    with database(settings) as sessions:
+        box = SecretBox.of(settings.secret_key)
+        info, key = create_key(sessions, tenant=args.tenant, label=args.label, box=box)
     progress(f"key {info.id} for tenant {info.tenant!r}; it is shown once, keep it safe")
     print(key)
     return 0
@@ -114,13 +117,73 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
 
 def cmd_tenant_secret(args: argparse.Namespace) -> int:
     from htrq.tenants import UnknownTenant, webhook_secret
+    from htrq.tenants.secretbox import SecretBox, SecretKeyMissing
+
+    settings = load_settings()
+    with database(settings) as sessions:
+        try:
+            print(webhook_secret(sessions, args.name, box=SecretBox.of(settings.secret_key)))
+        except (UnknownTenant, SecretKeyMissing) as exc:
+            print(f"htrq: {exc}", file=sys.stderr)
+            return 1
+    return 0
+
+
+def cmd_tenant_rotate_secret(args: argparse.Namespace) -> int:
+    from datetime import timedelta
+
+    from htrq.tenants import UnknownTenant, rotate_secret
+    from htrq.tenants.secretbox import SecretBox, SecretKeyMissing
+
+    settings = load_settings()
+    if args.overlap_hours < 0:
+        print("htrq: --overlap-hours cannot be negative", file=sys.stderr)
+        return 2
+    with database(settings) as sessions:
+        try:
+            rotated = rotate_secret(
+                sessions,
+                args.name,
+                box=SecretBox.of(settings.secret_key),
+                overlap=timedelta(hours=args.overlap_hours),
+            )
+        except (UnknownTenant, SecretKeyMissing) as exc:
+            print(f"htrq: {exc}", file=sys.stderr)
+            return 1
+    progress(
+        f"new webhook secret for {args.name!r}; the old one signs beside it until "
+        f"{rotated.previous_until:%Y-%m-%d %H:%M} UTC"
+    )
+    print(rotated.secret)
+    return 0
+
+
+def cmd_tenant_encrypt_secrets(args: argparse.Namespace) -> int:
+    from htrq.tenants import encrypt_secrets
+    from htrq.tenants.secretbox import SecretBox, SecretKeyMissing
+
+    settings = load_settings()
+    with database(settings) as sessions:
+        try:
+            n = encrypt_secrets(sessions, box=SecretBox.of(settings.secret_key))
+        except (ValueError, SecretKeyMissing) as exc:
+            print(f"htrq: {exc}", file=sys.stderr)
+            return 1
+    progress(f"{n} tenants' webhook secrets stored under the first key of HTRQ_SECRET_KEY")
+    return 0
+
+
+def cmd_tenant_revoke_links(args: argparse.Namespace) -> int:
+    from htrq.tenants import UnknownTenant, tenant_id
+    from htrq.tenants.review_links import revoke_links
 
     with database(load_settings()) as sessions:
         try:
-            print(webhook_secret(sessions, args.name))
+            n = revoke_links(sessions, tenant_id=tenant_id(sessions, args.name))
         except UnknownTenant as exc:
             print(f"htrq: {exc}", file=sys.stderr)
             return 1
+    progress(f"{n} review links of {args.name!r} revoked")
     return 0
 
 
@@ -133,9 +196,24 @@ def _client(args: argparse.Namespace) -> Client:
     return Client(args.url, args.key)
 
 
+#: ``--format`` values whose export is a binary file (a zip, a PDF): written with ``-o`` only.
+BINARY_FORMATS = ("alto", "page", "pdf")
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
+    import httpx
+
     from htrq.client import ApiError
 
+    # Checked before anything is sent: a job made only to find out afterwards that its
+    # result cannot be printed, or a file missing, wastes the reading.
+    if args.wait and args.format in BINARY_FORMATS and args.output is None:
+        print(f"htrq: --format {args.format} writes a file: give it -o FILE", file=sys.stderr)
+        return 2
+    for f in args.files:
+        if not f.is_file():
+            print(f"htrq: {f}: no such file", file=sys.stderr)
+            return 2
     try:
         with _client(args) as client:
             job = client.submit(
@@ -159,11 +237,16 @@ def cmd_submit(args: argparse.Namespace) -> int:
     except ApiError as exc:
         print(f"htrq: {exc}", file=sys.stderr)
         return 2
+    except httpx.TransportError as exc:
+        print(f"htrq: cannot reach the API at {args.url}: {exc}", file=sys.stderr)
+        return 1
     progress(f"job {job.id} {job.status}")
     return 0 if job.status == "succeeded" else 1
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    import httpx
+
     from htrq.client import ApiError
 
     try:
@@ -174,6 +257,9 @@ def cmd_status(args: argparse.Namespace) -> int:
                 out["pages"] = [p.model_dump(mode="json") for p in client.pages(job.id)]
     except ApiError as exc:
         print(f"htrq: {exc}", file=sys.stderr)
+        return 1
+    except httpx.TransportError as exc:
+        print(f"htrq: cannot reach the API at {args.url}: {exc}", file=sys.stderr)
         return 1
     print_json(out)
     return 0
@@ -248,6 +334,22 @@ def _register_tenants(sub: Subparsers) -> None:
     p = ts.add_parser("secret", help="print the tenant's webhook signing secret")
     p.add_argument("name")
     p.set_defaults(func=cmd_tenant_secret)
+    p = ts.add_parser(
+        "rotate-secret",
+        help="give the tenant a new webhook secret; the old one keeps signing beside it for "
+        "--overlap-hours (two v1 signatures per webhook)",
+    )
+    p.add_argument("name")
+    p.add_argument("--overlap-hours", type=float, default=24.0)
+    p.set_defaults(func=cmd_tenant_rotate_secret)
+    p = ts.add_parser(
+        "encrypt-secrets",
+        help="store every tenant's webhook secret under the first key of HTRQ_SECRET_KEY",
+    )
+    p.set_defaults(func=cmd_tenant_encrypt_secrets)
+    p = ts.add_parser("revoke-links", help="revoke every review link of the tenant")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_tenant_revoke_links)
 
 
 def _register_plugins(sub: Subparsers) -> None:

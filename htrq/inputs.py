@@ -58,19 +58,23 @@ def inspect_upload(
     max_pages: int = 500,
     max_pixels: int | None = None,
     max_aspect: float = DEFAULT_MAX_ASPECT,
+    dpi: int | None = None,
 ) -> UploadInfo:
     """Identify ``data`` and count its pages, or raise :class:`PageError`.
 
     With ``max_pixels`` an image whose (first) page is over the bound is refused here, from
-    its header, as is one whose shape is beyond ``max_aspect``; PDF pages are checked when
-    rendered, at the DPI the worker uses. TIFF frames are counted no further than
-    ``max_pages`` (a file of 80,000 tiny frames is refused after 501 of them).
+    its header, as is one whose shape is beyond ``max_aspect``; with ``dpi`` too, so is a PDF
+    with a page that would be over them rendered at that resolution (the worker's), from
+    the page sizes alone. TIFF frames are counted no further than ``max_pages`` (a file of
+    80,000 tiny frames is refused after 501 of them).
     """
     if (data.stat().st_size if isinstance(data, Path) else len(data)) == 0:
         raise PageError("empty_file", "the uploaded file is empty")
     if is_pdf(data):
         with _open_pdf(data) as pdf:
             pages = len(pdf)
+            if dpi is not None and max_pixels is not None:
+                _check_pdf_pages(pdf, min(pages, max_pages), dpi, max_pixels, max_aspect)
         fmt = "PDF"
     else:
         with _open_image(data) as im:
@@ -98,8 +102,13 @@ def render_page(
     dpi: int = 300,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_aspect: float = DEFAULT_MAX_ASPECT,
+    grey: bool = True,
 ) -> Image.Image:
     """Return page ``frame`` of a stored upload as a decoded PIL image (not yet normalised).
+
+    A PDF page is rendered in grey for reading (``grey``: the recognizer reads grey, and it
+    is a third of the pixels) and in colour for people (``grey=False``: the page image, the
+    review page, the searchable PDF). Image files keep their own mode either way.
 
     The format, shape and pixel count are checked from the header (or the PDF page size at
     ``dpi``) before any pixel is decoded, so a decompression bomb is refused with
@@ -110,7 +119,9 @@ def render_page(
     if not data:  # as at upload: a retried page that was refused there keeps its code
         raise PageError("empty_file", "the uploaded file is empty")
     if is_pdf(data):
-        return render_pdf_page(data, frame, dpi=dpi, max_pixels=max_pixels, max_aspect=max_aspect)
+        return render_pdf_page(
+            data, frame, dpi=dpi, max_pixels=max_pixels, max_aspect=max_aspect, grey=grey
+        )
     with _open_image(data) as im:
         if (im.format or "") not in IMAGE_FORMATS:
             raise PageError(
@@ -134,13 +145,33 @@ def render_page(
         return im.copy()
 
 
+def _check_pdf_pages(
+    pdf: pdfium.PdfDocument, pages: int, dpi: int, max_pixels: int, max_aspect: float
+) -> None:
+    """Refuse a PDF any of whose first ``pages`` pages would be too large or too long once
+    rendered at ``dpi``: read from each page's size (points), no page rendered."""
+    for index in range(pages):
+        try:
+            w_pt, h_pt = pdf.get_page_size(index)
+        except Exception as exc:  # a malformed page tree
+            raise PageError("invalid_pdf", f"page {index} has no readable size") from exc
+        size = (round(w_pt * dpi / 72), round(h_pt * dpi / 72))
+        try:
+            check_aspect(size, max_aspect)
+            check_pixels(size, max_pixels)
+        except PageError as exc:
+            inches = f"{w_pt / 72:.0f}x{h_pt / 72:.0f} inches"
+            raise PageError(exc.code, f"page {index + 1} ({inches}): {exc.message}") from None
+
+
 def check_pixels(size: tuple[int, int], max_pixels: int) -> None:
     """Refuse a page over ``max_pixels`` with ``too_large`` (call before decoding)."""
     w, h = size
     if w * h > max_pixels:
         raise PageError(
             "too_large",
-            f"{w}x{h} is {w * h} pixels, over the limit of {max_pixels}; scan at a lower DPI",
+            f"{w}x{h} is {w * h} pixels, over the limit of {max_pixels} (HTRQ_MAX_PIXELS); "
+            "scan at a lower DPI",
         )
 
 
@@ -191,8 +222,14 @@ def _open_image(data: Source) -> Iterator[Image.Image]:
             # and its error (over twice its limit) is mapped to too_large below.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(data if isinstance(data, Path) else io.BytesIO(data))
-    except Image.DecompressionBombError as exc:
-        raise PageError("too_large", f"the image is too large to decode safely: {exc}") from exc
+    except Image.DecompressionBombError:
+        # Pillow refuses to open past twice its own bound (about 179 million pixels), far
+        # past ours: say ours, not Pillow's words about attacks.
+        raise PageError(
+            "too_large",
+            "the image has more pixels than this server reads (over the limit set by "
+            "HTRQ_MAX_PIXELS); scan at a lower DPI",
+        ) from None
     except Exception as exc:  # Pillow raises several types for unreadable data
         raise PageError(
             "unsupported_format", "not a readable PDF, PNG, JPEG, TIFF, WebP or BMP file"
@@ -218,9 +255,16 @@ def _open_pdf(data: Source) -> Iterator[pdfium.PdfDocument]:
 
 
 def render_pdf_page(
-    data: bytes, index: int, *, dpi: int, max_pixels: int, max_aspect: float = DEFAULT_MAX_ASPECT
+    data: bytes,
+    index: int,
+    *,
+    dpi: int,
+    max_pixels: int,
+    max_aspect: float = DEFAULT_MAX_ASPECT,
+    grey: bool = True,
 ) -> Image.Image:
-    """Page ``index`` of a PDF, rendered in grey at ``dpi`` once its size is checked."""
+    """Page ``index`` of a PDF, rendered at ``dpi`` once its size is checked: in grey, or in
+    colour (RGB) with ``grey=False``."""
     with _open_pdf(data) as pdf:
         if not 0 <= index < len(pdf):
             raise PageError("invalid_pdf", f"the PDF has no page {index}")
@@ -234,8 +278,8 @@ def render_pdf_page(
                 _check_not_empty(size, index)
                 check_aspect(size, max_aspect)
                 check_pixels(size, max_pixels)
-                # Grayscale rendering: the recognizer reads L images, and it is a third of RGB.
-                image: Image.Image = page.render(scale=scale, grayscale=True).to_pil()
+                # Grey for reading: the recognizer reads L images, and it is a third of RGB.
+                image: Image.Image = page.render(scale=scale, grayscale=grey).to_pil()
                 return image
             finally:
                 page.close()
@@ -266,6 +310,7 @@ def render_stored_page(
     limits: RenderLimits,
     *,
     render: Callable[..., Image.Image] = render_page,
+    grey: bool = True,
 ) -> Image.Image:
     """:func:`render_page` (or ``render``, which takes its arguments: a PDF renderer's) at
     ``limits``' PDF resolution and within its pixel and shape bounds: page ``frame`` as the
@@ -276,4 +321,5 @@ def render_stored_page(
         dpi=limits.pdf_dpi,
         max_pixels=limits.max_pixels,
         max_aspect=limits.max_aspect,
+        grey=grey,
     )

@@ -84,8 +84,13 @@ class Tenant(Base):
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     name: Mapped[str] = mapped_column(String(100), unique=True)
-    #: HMAC-SHA256 key that signs the tenant's webhooks (kept, not hashed: it must sign).
-    webhook_secret: Mapped[str] = mapped_column(String(128))
+    #: HMAC-SHA256 key that signs the tenant's webhooks (kept, not hashed: it must sign),
+    #: encrypted under ``HTRQ_SECRET_KEY`` where one is set (``htrq.tenants.secretbox``).
+    webhook_secret: Mapped[str] = mapped_column(Text)
+    #: The secret a rotation replaced, which signs beside the new one until
+    #: ``webhook_secret_previous_until`` (``htrq tenants rotate-secret``).
+    webhook_secret_previous: Mapped[str | None] = mapped_column(Text)
+    webhook_secret_previous_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
@@ -235,6 +240,27 @@ class Line(Base):
 
 
 WEBHOOK_STATES = ("pending", "delivered", "failed")
+
+
+class ReviewLink(Base):
+    """A review link given out (``POST /v1/jobs/{id}/review-link``): only its token's SHA-256
+    is stored; it opens its job until it expires, is revoked, or the key that made it is."""
+
+    __tablename__ = "review_links"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), index=True
+    )
+    #: The API key that asked for it (None while ``HTRQ_AUTH=off``): revoking the key ends it.
+    api_key_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("api_keys.id", ondelete="CASCADE")
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class WebhookEvent(Base):

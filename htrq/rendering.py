@@ -102,6 +102,7 @@ class _Render:
     dpi: int
     max_pixels: int
     max_aspect: float
+    grey: bool = True
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,7 @@ class _Inspect:
     max_pages: int
     max_pixels: int | None
     max_aspect: float
+    dpi: int | None = None
 
 
 class _Helper:
@@ -176,6 +178,7 @@ class PdfRenderer:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         max_aspect: float = DEFAULT_MAX_ASPECT,
         seconds: float | None = None,
+        grey: bool = True,
     ) -> Image.Image:
         """:func:`htrq.inputs.render_page`, with PDF pages rendered in a helper.
 
@@ -183,8 +186,10 @@ class PdfRenderer:
         answered (busy, out of time, died).
         """
         if not data or not is_pdf(data):
-            return render_page(data, frame, dpi=dpi, max_pixels=max_pixels, max_aspect=max_aspect)
-        outcome = self._call(_Render(data, frame, dpi, max_pixels, max_aspect), seconds)
+            return render_page(
+                data, frame, dpi=dpi, max_pixels=max_pixels, max_aspect=max_aspect, grey=grey
+            )
+        outcome = self._call(_Render(data, frame, dpi, max_pixels, max_aspect, grey), seconds)
         mode, size, pixels, info = outcome
         im = Image.frombytes(mode, size, pixels)
         im.info.update(info)
@@ -197,6 +202,7 @@ class PdfRenderer:
         max_pages: int = 500,
         max_pixels: int | None = None,
         max_aspect: float = DEFAULT_MAX_ASPECT,
+        dpi: int | None = None,
     ) -> UploadInfo:
         """:func:`htrq.inputs.inspect_upload`, with PDFs opened in a helper."""
         if not is_pdf(source):
@@ -205,7 +211,8 @@ class PdfRenderer:
             )
         if isinstance(source, Path):
             source = source.resolve()
-        info: UploadInfo = self._call(_Inspect(source, max_pages, max_pixels, max_aspect), None)
+        request = _Inspect(source, max_pages, max_pixels, max_aspect, dpi)
+        info: UploadInfo = self._call(request, None)
         return info
 
     def pids(self) -> list[int]:
@@ -326,6 +333,7 @@ def _answer(request: _Render | _Inspect) -> Any:
                 max_pages=request.max_pages,
                 max_pixels=request.max_pixels,
                 max_aspect=request.max_aspect,
+                dpi=request.dpi,
             )
         im = render_page(
             request.data,
@@ -333,6 +341,7 @@ def _answer(request: _Render | _Inspect) -> Any:
             dpi=request.dpi,
             max_pixels=request.max_pixels,
             max_aspect=request.max_aspect,
+            grey=request.grey,
         )
         # Only plain values of ``info`` cross back (a PDF page has none of its own).
         info = {k: v for k, v in im.info.items() if isinstance(v, (int, float, str, tuple))}

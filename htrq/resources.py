@@ -38,7 +38,24 @@ class WebhookState(BaseModel):
     status: Literal["pending", "delivered", "failed"]
     attempts: int
     last_status: int | None = Field(description="HTTP status of the last attempt")
-    last_error: str | None
+    last_error_code: (
+        Literal[
+            "http_status",
+            "timeout",
+            "unreachable",
+            "tls_failed",
+            "bad_answer",
+            "not_allowed",
+            "failed",
+        ]
+        | None
+    ) = Field(
+        None,
+        description="why the last attempt failed: `http_status` (answered outside 2xx, see "
+        "`last_status`), `timeout`, `unreachable`, `tls_failed`, `bad_answer`, `not_allowed` "
+        "(the URL now resolves to an address webhooks may not reach); null after a success",
+    )
+    last_error: str | None = Field(description="a fixed text for `last_error_code`")
     next_attempt_at: datetime | None
     delivered_at: datetime | None
 

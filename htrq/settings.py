@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 from dataclasses import dataclass
@@ -94,24 +95,59 @@ class Settings(BaseSettings):
     api_threads: int = Field(16, ge=1, le=400)
     #: Largest whole upload request in bytes (all files together), checked as it streams in.
     max_request_bytes: int = Field(2 * 1024**3, ge=1)
+    #: Seconds a client has to send a request's line and headers, from the moment its
+    #: connection opens (or its previous answer was sent); past it, 408 and the connection
+    #: closes. A client that trickles its headers holds a socket no longer than this.
+    api_header_seconds: float = Field(10.0, gt=0)
+    #: Slowest upload the API keeps reading, in bytes per second over 10-second windows; a
+    #: slower client is disconnected. 0: no bound.
+    api_body_min_rate: int = Field(1024, ge=0)
+    #: Requests per second each tenant may make to ``/v1`` (a token bucket kept in the
+    #: broker's Redis, so every API process and machine enforces one limit); past it, 429
+    #: ``rate_limited`` with ``Retry-After``. 0: no limit.
+    tenant_rate: float = Field(50.0, ge=0)
+    #: Requests a tenant may make at once after idling: the size of its token bucket.
+    tenant_burst: int = Field(100, ge=1)
+    #: Submissions, exports and page images each tenant may have in progress at once, over
+    #: every API process; past it, 429 ``too_many_concurrent`` with ``Retry-After``. 0: no
+    #: limit.
+    tenant_heavy: int = Field(4, ge=0)
+    #: Longest a heavy request holds its slot: the slot of an API process killed mid-request
+    #: stops counting after this (a request that runs longer stops counting too).
+    tenant_slot_seconds: float = Field(600.0, gt=0)
     #: First re-send delay of a completion webhook that was not answered 2xx; doubles.
     webhook_backoff: float = Field(5.0, gt=0)
     #: Cap on the webhook re-send delay.
     webhook_backoff_max: float = Field(3600.0, gt=0)
     #: Attempts per webhook event before it is marked ``failed``.
     webhook_max_attempts: int = Field(12, ge=1)
-    #: Seconds one webhook POST may take.
+    #: Seconds one webhook delivery may take in all, from connecting to the answer's status
+    #: line (a receiver that answers a byte at a time is cut off at it). Past it the attempt
+    #: counts as failed with ``timeout`` and is tried again after the backoff.
     webhook_timeout: float = Field(10.0, gt=0)
-    #: Allow callback URLs on loopback, private and link-local addresses (tests, a DMS on
-    #: the same private network). Off: such URLs are refused with 422.
+    #: Webhook deliveries each worker makes at once: a slow receiver holds one of them, not
+    #: the others' events.
+    webhook_concurrency: int = Field(8, ge=1, le=256)
+    #: Of those, at most this many for one tenant's events at once, so that one tenant's slow
+    #: receiver cannot take every slot.
+    webhook_tenant_concurrency: int = Field(2, ge=1, le=256)
+    #: Allow callback URLs on loopback, private (10/8, 172.16/12, 192.168/16, 100.64/10,
+    #: fc00::/7), link-local and local-use NAT64 addresses (tests, a DMS on the same private
+    #: network). Cloud metadata addresses stay refused. Off: such URLs are refused with 422
+    #: unless ``webhook_allow_networks`` lists them. Prefer ``webhook_allow_networks``.
     webhook_allow_private: bool = False
+    #: Networks callback URLs may reach although they are not public, comma-separated
+    #: (``10.20.0.0/16,fd12:3456::/48``). A cloud metadata address (169.254.169.254,
+    #: fd00:ec2::254, ...) is allowed only when listed on its own, never by a network around
+    #: it.
+    webhook_allow_networks: str | None = None
     #: Seconds between the workers' looks for webhook events to send.
     webhook_poll: float = Field(1.0, gt=0)
-    #: Key that signs review links (``POST /v1/jobs/{id}/review-link``), at least 32
-    #: characters; changing it ends every link given out. Unset: each link is signed with a
-    #: key derived from its job's tenant's webhook secret (``htrq.tenants.review_links`` says why
-    #: that is safe).
-    review_secret: str | None = Field(None, min_length=32)
+    #: Key the tenants' webhook secrets are stored encrypted under, at least 32 characters
+    #: (``htrq.tenants.secretbox``); several, comma-separated, while changing it: the first
+    #: encrypts, each decrypts (then ``htrq tenants encrypt-secrets``). Unset: new secrets are
+    #: stored in plain text, and the API logs a warning at start.
+    secret_key: str | None = None
     #: Seconds a review link stays valid unless its request asks for less or more (at most
     #: a week).
     review_link_seconds: int = Field(8 * 3600, ge=60, le=7 * 86400)
@@ -256,9 +292,10 @@ class Settings(BaseSettings):
         "broker_url",
         "storage_url",
         "s3_endpoint_url",
-        "review_secret",
+        "secret_key",
         "public_url",
         "models",
+        "webhook_allow_networks",
         mode="before",
     )
     @classmethod
@@ -302,6 +339,25 @@ class Settings(BaseSettings):
         if v is not None and any(not m.strip() for m in v.split(",")):
             raise ValueError("expected model names separated by commas, none empty")
         return v
+
+    @field_validator("secret_key")
+    @classmethod
+    def _secret_key(cls, v: str | None) -> str | None:
+        if v is not None and any(len(k.strip()) < 32 for k in v.split(",")):
+            raise ValueError("each key must be at least 32 characters (comma-separated keys)")
+        return v
+
+    @field_validator("webhook_allow_networks")
+    @classmethod
+    def _networks(cls, v: str | None) -> str | None:
+        if v is not None:
+            _parse_networks(v)  # raises ValueError naming the bad entry
+        return v
+
+    @property
+    def allow_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """``webhook_allow_networks`` as networks."""
+        return _parse_networks(self.webhook_allow_networks or "")
 
     @field_validator("languages")
     @classmethod
@@ -382,6 +438,20 @@ class Settings(BaseSettings):
         return max(1, math.ceil(2 * self.flush_every / self.worker_concurrency))
 
 
+def _parse_networks(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """``10.0.0.0/8, fd12::/16, 192.0.2.7`` as networks; ValueError naming a bad entry."""
+    networks = []
+    for part in (p.strip() for p in text.split(",")):
+        if part:
+            try:
+                networks.append(ipaddress.ip_network(part, strict=True))
+            except ValueError as exc:
+                raise ValueError(
+                    f"{part!r} is not an IP network such as 10.0.0.0/8: {exc}"
+                ) from None
+    return tuple(networks)
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Read settings from the environment; raise :class:`SettingsError` naming the variable."""
     try:
@@ -401,6 +471,6 @@ def _redacted(value: object) -> object:
 
 
 #: Settings whose value an error message never shows.
-_SECRETS = {("review_secret",)}
+_SECRETS = {("secret_key",)}
 
 _USERINFO = re.compile(r"^([a-z][a-z0-9+.-]*://)[^/@]*@", re.IGNORECASE)

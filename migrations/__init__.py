@@ -14,17 +14,19 @@ from typing import Any
 MIGRATIONS_DIR = Path(__file__).parent
 
 
-def _alembic(url: str) -> Any:
+def _alembic(url: str, secret_key: str | None = None) -> Any:
     from alembic.config import Config
 
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     # Passed as an attribute, not a main option: ConfigParser would choke on "%" in passwords.
     cfg.attributes["database_url"] = url
+    # The key webhook secrets are stored under (HTRQ_SECRET_KEY), for revision 0007.
+    cfg.attributes["secret_key"] = secret_key
     return cfg
 
 
-def upgrade(url: str, revision: str = "head") -> None:
+def upgrade(url: str, revision: str = "head", *, secret_key: str | None = None) -> None:
     """Apply the Alembic migrations to ``url`` (both PostgreSQL and SQLite).
 
     The embedded SQLite database of ``htrq transcribe`` is migrated too, rather than built with
@@ -32,10 +34,10 @@ def upgrade(url: str, revision: str = "head") -> None:
     """
     from alembic import command
 
-    command.upgrade(_alembic(url), revision)
+    command.upgrade(_alembic(url, secret_key), revision)
 
 
-def downgrade(url: str, revision: str) -> None:
+def downgrade(url: str, revision: str, *, secret_key: str | None = None) -> None:
     from alembic import command
 
-    command.downgrade(_alembic(url), revision)
+    command.downgrade(_alembic(url, secret_key), revision)

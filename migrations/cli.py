@@ -19,7 +19,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     need(settings, "database_url")
     assert settings.database_url
     try:
-        upgrade(settings.database_url, args.revision)
+        upgrade(settings.database_url, args.revision, secret_key=settings.secret_key)
     except OperationalError as exc:
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
         print(

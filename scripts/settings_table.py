@@ -52,13 +52,22 @@ READERS: dict[str, str] = {
     "api_db_pool": API,
     "api_threads": API,
     "max_request_bytes": API,
+    "api_header_seconds": API,
+    "api_body_min_rate": API,
+    "tenant_rate": API,
+    "tenant_burst": API,
+    "tenant_heavy": API,
+    "tenant_slot_seconds": API,
     "webhook_backoff": WORKER,
     "webhook_backoff_max": WORKER,
     "webhook_max_attempts": WORKER,
     "webhook_timeout": WORKER,
+    "webhook_concurrency": WORKER,
+    "webhook_tenant_concurrency": WORKER,
     "webhook_allow_private": f"{API}, {WORKER}",
+    "webhook_allow_networks": f"{API}, {WORKER}",
     "webhook_poll": WORKER,
-    "review_secret": API,
+    "secret_key": f"{API}, {WORKER}, {CLI}",
     "review_link_seconds": API,
     "public_url": API,
     "retention_days": WORKER,
@@ -117,7 +126,13 @@ NOTES: dict[str, str] = {
     "s3_endpoint_url": "Credentials are not HTRQ settings: boto3 reads `AWS_ACCESS_KEY_ID`, "
     "`AWS_SECRET_ACCESS_KEY`, `AWS_DEFAULT_REGION` (or a profile or role).",
     "webhook_allow_private": "The API checks a callback URL at submit; the worker checks it "
-    "again at each delivery.",
+    "again at each delivery, and connects only to the addresses it checked "
+    "([API guide: webhooks](api.md#webhooks)).",
+    "webhook_allow_networks": "Checked like `HTRQ_WEBHOOK_ALLOW_PRIVATE`, by the API at "
+    "submit and the worker at each delivery; an IPv6 address that carries an IPv4 one (NAT64, "
+    "6to4, Teredo, IPv4-mapped) is judged by the IPv4 address.",
+    "webhook_timeout": "One deadline for the whole attempt (connect, send, answer), not per "
+    "read; at most a few KB of the answer's body are read.",
     "model": "A worker loads it and takes only its queue; the API sends a job that names no "
     "model to it. A hub id such as `microsoft/trocr-base-handwritten` needs a machine that "
     "reaches the hub ([The model](model.md#other-trocr-checkpoints)).",
@@ -156,6 +171,13 @@ NOTES: dict[str, str] = {
     "max_upload_bytes": "413 `too_large`.",
     "max_request_bytes": "413 `request_too_large`, from `Content-Length` before the body is "
     "read, or as soon as a streamed body passes it.",
+    "api_header_seconds": "A reverse proxy in front usually bounds this itself "
+    "([Operations: behind a reverse proxy](operations.md#behind-a-reverse-proxy)).",
+    "tenant_rate": "Counted per tenant over every API process, in the broker's Redis; "
+    "with `HTRQ_AUTH=off` every request is the one `default` tenant's "
+    "([Operations: tenant limits](operations.md#tenant-limits)).",
+    "tenant_heavy": "A request refused here stores nothing; a slot is given back when its "
+    "request ends ([Operations: tenant limits](operations.md#tenant-limits)).",
     "max_pages_per_job": "413 `too_many_pages`; frames of a multi-page TIFF are counted no "
     "further than this.",
     "max_pixels": "`too_large`, from the header (or the PDF page size at `HTRQ_PDF_DPI`).",
@@ -166,7 +188,10 @@ NOTES: dict[str, str] = {
     "pdf_renderers": "Read by the API (and `htrq transcribe`, at submit); each worker process "
     "has one render helper of its own.",
     "api_db_pool": "Size PostgreSQL's `max_connections` for API processes x this + workers.",
-    "review_secret": "Never shown in an error message.",
+    "secret_key": "The workers decrypt with it to sign; the API and `htrq keys create` "
+    "encrypt new tenants' secrets; `htrq tenants secret`, `rotate-secret` and "
+    "`encrypt-secrets` and `htrq migrate` (which encrypts the secrets stored before it) use it "
+    "too. Never shown in an error message.",
     "public_url": "Set it where the API sits behind a reverse proxy "
     "([Operations](operations.md#behind-a-reverse-proxy)).",
 }

@@ -79,9 +79,9 @@ class Processes:
         wait_for(lambda: b" ready." in log.read_bytes(), f"{name} to start", proc, log)
         return proc, log
 
-    def api(self, env: dict[str, str]) -> str:
+    def api(self, env: dict[str, str], name: str = "api") -> str:
         port = free_port()
-        proc, log = self.start("api", ["api", "--port", str(port), "--loglevel=warning"], env)
+        proc, log = self.start(name, ["api", "--port", str(port), "--loglevel=warning"], env)
         url = f"http://127.0.0.1:{port}"
 
         def up() -> bool:

@@ -13,8 +13,8 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Response
 
-from api.deps import SessionsDep, SettingsDep, StorageDep, TenantDep
-from api.schemas import ErrorBody
+from api.deps import HeavyDep, SessionsDep, SettingsDep, StorageDep, TenantDep
+from api.schemas import LIMITED, ErrorBody
 from htrq.exports.formats import FORMATS, render_job_export, render_page_export
 from htrq.exports.results import job_to_export, page_to_export, pdf_of
 
@@ -32,8 +32,14 @@ EXTENSIONS = {"txt": "txt", "json": "json", "alto": "alto.xml", "page": "page.xm
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "no API key, or an unknown or revoked one"},
     404: {"model": ErrorBody, "description": "unknown job or page"},
-    409: {"model": ErrorBody, "description": "the page (or job) has not finished (yet)"},
+    409: {
+        "model": ErrorBody,
+        "description": "the page (or job) has not finished yet (`job_not_finished`, "
+        "`page_not_succeeded`), or, for pdf, alto and page, none of the job's pages succeeded "
+        "(`no_page_succeeded`)",
+    },
     422: {"model": ErrorBody, "description": "invalid request (such as an unknown format)"},
+    429: LIMITED,
     503: {
         "model": ErrorBody,
         "description": "pdf: no PDF renderer answered in time (`render_busy`, "
@@ -74,6 +80,7 @@ def export_page(
     settings: SettingsDep,
     storage: StorageDep,
     tenant: TenantDep,
+    _slot: HeavyDep,
     format: FormatQuery = "txt",
 ) -> Response:
     """One page's result as plain text, JSON, ALTO 4 or PAGE XML."""
@@ -104,13 +111,19 @@ def export_job(
     settings: SettingsDep,
     storage: StorageDep,
     tenant: TenantDep,
+    _slot: HeavyDep,
     format: FormatQuery = "txt",
 ) -> Response:
     """The whole job, pages in order, once every page has finished: txt (form feed between
     pages), JSON, or a zip of one ALTO / PAGE XML file per succeeded page
-    (``page-0001.xml`` ...)."""
+    (``page-0001.xml`` ...). PDF, ALTO and PAGE hold succeeded pages only: a job whose pages
+    all failed answers 409 ``no_page_succeeded`` for them."""
     jid, pages = job_to_export(
-        sessions=sessions, tenant_id=tenant, job_id=job_id, review_below=settings.review_below
+        sessions=sessions,
+        tenant_id=tenant,
+        job_id=job_id,
+        review_below=settings.review_below,
+        need_succeeded=format in ("pdf", "alto", "page"),
     )
     if format == "pdf":
         body = pdf_of(pages, storage=storage, settings=settings, title=str(jid))

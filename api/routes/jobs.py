@@ -6,40 +6,57 @@ job answers 404, exactly as a job that does not exist.
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import tempfile
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile
+import anyio.to_thread
+from fastapi import APIRouter, Header, Query, Request, Response
 
-from api.deps import ReviewerDep, SenderDep, SessionsDep, SettingsDep, StorageDep, TenantDep
-from api.schemas import ErrorBody, JobList, JobResource, PageResource, RetryBody
+from api.deps import (
+    HeavyDep,
+    ReviewerDep,
+    SenderDep,
+    SessionsDep,
+    SettingsDep,
+    StorageDep,
+    TenantDep,
+)
+from api.forms import read_form
+from api.schemas import (
+    LIMITED,
+    NO_NUL,
+    SUBMIT_BODY,
+    ErrorBody,
+    JobList,
+    JobResource,
+    PageResource,
+    RetryBody,
+    submit_fields,
+)
 from htrq import jobs
-from htrq.errors import PageError
 from htrq.jobs.deletion import delete_job
-from htrq.jobs.listing import MAX_LIMIT, list_jobs
-from htrq.jobs.uploads import Upload
+from htrq.jobs.listing import CURSOR_PATTERN, MAX_LIMIT, list_jobs
 from htrq.resources import JobStatus
-from htrq.settings import Settings
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorBody, "description": "a body that is not valid multipart/form-data"},
+    400: {
+        "model": ErrorBody,
+        "description": "a body that is not valid multipart/form-data, or one cut off before "
+        "its closing boundary",
+    },
     401: {"model": ErrorBody, "description": "no API key, or an unknown or revoked one"},
     404: {"model": ErrorBody, "description": "unknown job or page"},
     409: {"model": ErrorBody, "description": "idempotency key used for other content"},
     413: {"model": ErrorBody, "description": "file, request or job too large"},
     415: {"model": ErrorBody, "description": "not an accepted file format"},
     422: {"model": ErrorBody, "description": "invalid request, file or callback URL"},
+    429: LIMITED,
 }
-
-_CHUNK = 1024 * 1024
-#: Text that PostgreSQL stores: anything but NUL, which a text column refuses (a 500 if it
-#: reached the database; a 422 here).
-NO_NUL = r"^[^\x00]*$"
 
 
 @router.post(
@@ -55,49 +72,17 @@ NO_NUL = r"^[^\x00]*$"
             "was stored: send it again after `Retry-After` seconds",
         },
     },
+    openapi_extra={"requestBody": SUBMIT_BODY},
 )
-def create_job(
+async def create_job(
+    request: Request,
     response: Response,
     settings: SettingsDep,
     sessions: SessionsDep,
     storage: StorageDep,
     sender: SenderDep,
     tenant: TenantDep,
-    # Optional here so that a request without it (or with another field name) gets the
-    # documented 422 no_files rather than a generic validation error.
-    files: Annotated[
-        list[UploadFile] | None,
-        File(description="one or more page images, PDFs or TIFFs"),
-    ] = None,
-    external_id: Annotated[str | None, Form(max_length=255, pattern=NO_NUL)] = None,
-    mode: Annotated[Literal["page", "line"], Form()] = "page",
-    callback_url: Annotated[
-        str | None,
-        Form(
-            max_length=2000,
-            pattern=NO_NUL,
-            description="where to POST a signed event when the job finishes (and again "
-            "each time a retry finishes it)",
-        ),
-    ] = None,
-    model: Annotated[
-        str | None,
-        Form(
-            max_length=255,
-            description="the model to read the pages with, one of the server's HTRQ_MODELS "
-            "(422 unknown_model otherwise); default: the server's default model",
-        ),
-    ] = None,
-    language: Annotated[
-        str | None,
-        Form(
-            max_length=16,
-            description="the language of the pages (`en`, `fr`, … one of the server's "
-            "HTRQ_LANGUAGES, 422 unknown_language otherwise): its lexicon steers the reading "
-            "towards its words, leaving names, numbers and old spellings as read; `none` reads "
-            "by the glyphs alone; default: the server's HTRQ_LANGUAGE",
-        ),
-    ] = None,
+    _slot: HeavyDep,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> JobResource:
     """Upload pages; each file becomes one page or more (PDF, multi-page TIFF).
@@ -108,48 +93,52 @@ def create_job(
     (4xx, nothing stored) when it has no files, a file over the byte limit, more pages in all
     than the job limit, a refused callback URL, or no readable file at all.
 
-    A repeat under the same ``Idempotency-Key`` header (or ``external_id``) answers the first
-    job with 200 instead of creating another; keys are each tenant's own.
+    A repeat answers the first job with 200 instead of creating another: a request with an
+    ``Idempotency-Key`` header repeats the tenant's job of that key, and one without it
+    repeats the tenant's job of the same ``external_id``. Keys are each tenant's own.
+
+    The key is checked, and the tenant's slot taken, before the body is read; a file over the
+    byte limit stops the reading at once.
     """
+    # The fields' own checks (FastAPI no longer reads the form: see api/forms.py).
     with tempfile.TemporaryDirectory(prefix="htrq-upload-") as tmp:
-        uploads = [_spool(f, Path(tmp) / str(i), settings) for i, f in enumerate(files or [])]
-        job, created = jobs.submit(
-            sessions=sessions,
-            storage=storage,
-            send=sender,
-            settings=settings,
-            tenant_id=tenant,
-            uploads=uploads,
-            idempotency_key=idempotency_key,
-            external_id=external_id,
-            mode=mode,
-            callback_url=callback_url,
-            model=model,
-            language=language,
+        form = await read_form(
+            request.headers.get("content-type"),
+            request.stream(),
+            Path(tmp),
+            file_field="files",
+            max_file_bytes=settings.max_upload_bytes,
+            max_files=settings.max_pages_per_job,
+        )
+        request.scope["htrq.body_read"] = True
+        fields = submit_fields(form.fields)
+        job, created = await anyio.to_thread.run_sync(
+            functools.partial(
+                jobs.submit,
+                sessions=sessions,
+                storage=storage,
+                send=sender,
+                settings=settings,
+                tenant_id=tenant,
+                uploads=form.uploads,
+                idempotency_key=idempotency_key,
+                external_id=fields.external_id,
+                mode=fields.mode,
+                callback_url=fields.callback_url,
+                model=fields.model,
+                language=fields.language,
+            )
         )
     response.status_code = 201 if created else 200
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return job
 
 
-def _spool(f: UploadFile, path: Path, settings: Settings) -> Upload:
-    """Copy one uploaded file to ``path`` in chunks, hashing it and holding it to the byte
-    limit: its bytes are never all in memory."""
-    h, size = hashlib.sha256(), 0
-    with path.open("wb") as out:
-        while chunk := f.file.read(_CHUNK):
-            size += len(chunk)
-            if size > settings.max_upload_bytes:
-                raise PageError(
-                    "too_large",
-                    f"{f.filename}: over the limit of {settings.max_upload_bytes} bytes per file",
-                )
-            h.update(chunk)
-            out.write(chunk)
-    return Upload(f.filename, path=path, sha256=h.hexdigest())
-
-
-@router.get("", response_model=JobList, responses={401: ERRORS[401], 422: ERRORS[422]})
+@router.get(
+    "",
+    response_model=JobList,
+    responses={401: ERRORS[401], 422: ERRORS[422], 429: LIMITED},
+)
 def read_jobs(
     sessions: SessionsDep,
     tenant: TenantDep,
@@ -157,7 +146,10 @@ def read_jobs(
     external_id: Annotated[str | None, Query(max_length=255, pattern=NO_NUL)] = None,
     created_after: datetime | None = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    cursor: Annotated[
+        str | None,
+        Query(pattern=CURSOR_PATTERN, description="a `next_cursor` of an earlier answer"),
+    ] = None,
 ) -> JobList:
     """The tenant's jobs, newest first; pass ``next_cursor`` back as ``cursor`` for more."""
     return list_jobs(
@@ -213,8 +205,8 @@ def retry_job(
     tenant: TenantDep,
 ) -> RetryBody:
     """Put the job's failed pages back in the queue (not those that failed for their input:
-    reading them again can only fail again); answers how many."""
-    n = jobs.retry(
+    reading them again can only fail again); answers how many, and, when none, why."""
+    done = jobs.retry_job(
         sessions=sessions, send=sender, settings=settings, tenant_id=tenant, job_id=job_id
     )
-    return RetryBody(job_id=job_id, requeued=n)
+    return RetryBody(job_id=job_id, requeued=done.requeued, reason=done.reason)

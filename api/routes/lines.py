@@ -11,7 +11,7 @@ from typing import Any
 from fastapi import APIRouter
 
 from api.deps import ReviewerDep, SessionsDep, SettingsDep
-from api.schemas import ErrorBody, LineCorrection, LineResource
+from api.schemas import LIMITED, ErrorBody, LineCorrection, LineResource
 from htrq.jobs.corrections import correct_line
 
 router = APIRouter(prefix="/v1/jobs", tags=["review"])
@@ -21,7 +21,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "no API key or review token, or a bad one"},
     404: {"model": ErrorBody, "description": "unknown job, page or line"},
     409: {"model": ErrorBody, "description": "the page has not succeeded: nothing to correct"},
-    422: {"model": ErrorBody, "description": "not one line of text, or neither field given"},
+    422: {"model": ErrorBody, "description": "not one line of text"},
+    429: LIMITED,
 }
 
 

@@ -8,22 +8,25 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.deps import SenderDep, SessionsDep
+from api.deps import SenderDep, SessionsDep, get_limiter
 from htrq.queue import CelerySender
 from htrq.stats import queue_stats
+from htrq.tenants.limits import TenantLimiter
 
 router = APIRouter(tags=["health"])
 
 
 class _ServiceCollector(Collector):
-    def __init__(self, sessions: sessionmaker[Session], sender: CelerySender) -> None:
-        self.sessions, self.sender = sessions, sender
+    def __init__(
+        self, sessions: sessionmaker[Session], sender: CelerySender, limiter: TenantLimiter
+    ) -> None:
+        self.sessions, self.sender, self.limiter = sessions, sender, limiter
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         up = GaugeMetricFamily(
@@ -62,12 +65,27 @@ class _ServiceCollector(Collector):
             )
         except Exception:
             up.add_metric(["broker"], 0)
+        try:
+            refused = self.limiter.refused()
+        except Exception:
+            refused = None
+        if refused is not None:
+            limited = CounterMetricFamily(
+                "htrq_tenant_refusals",
+                "Requests answered 429 over every API process, by code (rate_limited, "
+                "too_many_concurrent)",
+                labels=["code"],
+            )
+            for code in ("rate_limited", "too_many_concurrent"):
+                limited.add_metric([code], refused.get(code, 0))
+            yield limited
         yield up
 
 
 @router.get("/metrics", response_class=Response)
-def metrics(sessions: SessionsDep, sender: SenderDep) -> Response:
-    """Prometheus text format: queue depth, pages in flight, oldest wait, expired leases."""
+def metrics(sessions: SessionsDep, sender: SenderDep, request: Request) -> Response:
+    """Prometheus text format: queue depth, pages in flight, oldest wait, expired leases,
+    requests refused by the tenant limits."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_ServiceCollector(sessions, sender))
+    registry.register(_ServiceCollector(sessions, sender, get_limiter(request)))
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,88 +1,85 @@
-"""Completion webhooks: which callback URLs are allowed, how events are signed and sent.
+"""Completion webhooks: how events are signed, claimed and sent, and how a receiver verifies.
 
 Events are written to the ``webhook_events`` outbox by :mod:`htrq.delivery.completion`, in the
-transaction that finishes a job; the workers' dispatcher (:func:`deliver_due`) sends them.
-Each attempt claims the event for a short while first (``FOR UPDATE SKIP LOCKED``), so two
-workers never send the same event at once; an event is re-sent with capped, doubling backoff
-until an answer in 2xx, or marked ``failed`` after ``HTRQ_WEBHOOK_MAX_ATTEMPTS``. Delivery is
-at least once: a receiver drops repeats by the event's ``id``.
+transaction that finishes a job; each worker's :class:`Dispatcher` sends them. Each attempt
+claims its event first (``FOR UPDATE SKIP LOCKED``, then pushed past the attempt's deadline),
+so two workers never send the same event at once; an event is re-sent with capped, doubling
+backoff until an answer in 2xx, or marked ``failed`` after ``HTRQ_WEBHOOK_MAX_ATTEMPTS``.
+Delivery is at least once: a receiver drops repeats by the event's ``id``.
+
+One receiver cannot hold the others' events: a dispatcher sends up to
+``HTRQ_WEBHOOK_CONCURRENCY`` events at once, at most ``HTRQ_WEBHOOK_TENANT_CONCURRENCY`` of one
+tenant's, and each attempt ends by its deadline (``HTRQ_WEBHOOK_TIMEOUT``) reading at most a
+few KB of the answer (:mod:`htrq.delivery.sending`). Each attempt resolves the callback's
+host, judges every address (:mod:`htrq.delivery.addresses`) and connects only to those.
 
 Signature, as Stripe does it: ``Htrq-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of
-"<t>.<raw body>" under the tenant's secret>``. A receiver checks the HMAC with a constant-time
-compare and refuses timestamps too far from its clock.
+"<t>.<raw body>" under the tenant's secret>``. While a rotated secret's overlap lasts
+(``htrq tenants rotate-secret``) the header carries one ``v1`` per secret, the new one first;
+a receiver accepts the event if any of them matches its secret. It checks with a
+constant-time compare and refuses timestamps too far from its clock.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import logging
-import socket
+import threading
 import time
 import uuid
-from datetime import timedelta
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any, Literal, cast
-from urllib.parse import urlsplit
 
-import httpx
-from sqlalchemy import ScalarSelect, select, update
+from sqlalchemy import ScalarSelect, func, select, update
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
+from htrq.delivery.addresses import CallbackPolicy, check_callback_url
+from htrq.delivery.sending import ERRORS, Attempt, post
 from htrq.errors import PageError
 from htrq.models import Job, Tenant, WebhookEvent, utcnow
 from htrq.resources import WebhookState
+from htrq.settings import Settings
+from htrq.tenants import signing_secrets
+from htrq.tenants.secretbox import SecretBox
 
 log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "Htrq-Signature"
+#: Seconds a claim outlasts its attempt's deadline, for the database writes around it.
+CLAIM_MARGIN = 30.0
 
 
-def check_callback_url(url: str, *, allow_private: bool) -> None:
-    """Refuse (422) a callback URL that is not http(s), or whose host resolves to a loopback,
-    private, link-local or otherwise internal address, unless ``allow_private``."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname or len(url) > 2000:
-        raise PageError("invalid_callback_url", "callback_url must be an http(s) URL with a host")
-    if allow_private:
-        return
-    for address in _addresses(parts.hostname, parts.port or 443):
-        if not address.is_global or address.is_multicast:
-            raise PageError(
-                "callback_not_allowed",
-                f"callback_url resolves to an internal address ({address}); webhooks go only "
-                "to public hosts unless the operator sets HTRQ_WEBHOOK_ALLOW_PRIVATE=true",
-            )
-
-
-def _addresses(host: str, port: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
-    try:
-        infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
-    except (socket.gaierror, UnicodeError) as exc:
-        raise PageError(
-            "invalid_callback_url", f"callback_url host {host!r} does not resolve"
-        ) from exc
-    return [ipaddress.ip_address(info[4][0]) for info in infos]
-
-
-def sign(secret: str, body: bytes, timestamp: int | None = None) -> str:
-    """The ``Htrq-Signature`` header value for ``body``."""
+def sign(secret: str | Sequence[str], body: bytes, timestamp: int | None = None) -> str:
+    """The ``Htrq-Signature`` header value for ``body``: one ``v1`` per secret."""
     t = int(time.time()) if timestamp is None else timestamp
-    mac = hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
-    return f"t={t},v1={mac}"
+    keys = [secret] if isinstance(secret, str) else list(secret)
+    macs = [hmac.new(k.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest() for k in keys]
+    return ",".join([f"t={t}", *(f"v1={m}" for m in macs)])
 
 
-def verify(secret: str, body: bytes, header: str, tolerance: float = 300) -> bool:
-    """What a receiver does: the HMAC matches and the timestamp is recent (for tests, and as
-    the reference the API guide's snippet follows, docs/api.md)."""
-    fields = dict(part.split("=", 1) for part in header.split(",") if "=" in part)
+def verify(
+    secret: str, body: bytes, header: str, tolerance: float = 300, now: float | None = None
+) -> bool:
+    """What a receiver does: one of the ``v1`` signatures matches its secret, and the
+    timestamp is within ``tolerance`` seconds of its clock (for tests, and as the reference
+    the API guide's snippet follows, docs/api.md)."""
+    fields = [part.split("=", 1) for part in header.split(",") if "=" in part]
+    stamps = [v for k, v in fields if k.strip() == "t"]
     try:
-        t = int(fields["t"])
-    except (KeyError, ValueError):
+        (t,) = map(int, stamps)
+    except ValueError:  # no timestamp, several, or not a number
+        return False
+    if abs((time.time() if now is None else now) - t) > tolerance:
         return False
     expected = hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
-    fresh = abs(time.time() - t) <= tolerance
-    return fresh and hmac.compare_digest(expected, fields.get("v1", ""))
+    # Every candidate is compared, so that the time taken says nothing about which matched.
+    matched = [hmac.compare_digest(expected, v.strip()) for k, v in fields if k.strip() == "v1"]
+    return any(matched)
 
 
 def latest_event_id(job_id: Any) -> ScalarSelect[uuid.UUID]:
@@ -94,9 +91,11 @@ def latest_event_id(job_id: Any) -> ScalarSelect[uuid.UUID]:
 
 
 def webhook_state(ev: WebhookEvent | None) -> WebhookState | None:
-    """How an event's delivery went, as the job resource shows it."""
+    """How an event's delivery went, as the job resource shows it: the failure as a code and
+    a fixed text, never what the receiver said."""
     if ev is None:
         return None
+    code = ev.last_error if ev.last_error in ERRORS else ("failed" if ev.last_error else None)
     return WebhookState(
         event_id=ev.id,
         completion=ev.seq,
@@ -104,88 +103,224 @@ def webhook_state(ev: WebhookEvent | None) -> WebhookState | None:
         status=cast(Literal["pending", "delivered", "failed"], ev.status),
         attempts=ev.attempts,
         last_status=ev.last_status,
-        last_error=ev.last_error,
+        last_error_code=code,
+        last_error=ERRORS[code] if code else None,
         next_attempt_at=ev.next_attempt_at if ev.status == "pending" else None,
         delivered_at=ev.delivered_at,
     )
 
 
-def deliver_due(
-    sessions: sessionmaker[Session],
-    client: httpx.Client,
-    *,
-    backoff: float,
-    backoff_max: float,
-    max_attempts: int,
-    allow_private: bool,
-    batch: int = 20,
-) -> int:
-    """Send the events that are due; return how many were delivered."""
-    delivered = 0
-    for ev_id, url, payload, secret, attempts in _claim_due(
-        sessions, batch, timeout=client.timeout
-    ):
-        body = payload.encode()
-        status, error = None, None
+@dataclass(frozen=True)
+class DueEvent:
+    id: uuid.UUID
+    tenant_id: uuid.UUID
+    url: str
+    payload: str
+    attempts: int
+    secrets: list[str]
+
+
+class Dispatcher:
+    """Sends due events from the outbox, several at once, in every worker's main process (any
+    number of them may run: each event is claimed by one at a time).
+
+    :meth:`dispatch` claims as many due events as there are free slots (leaving out tenants
+    that already fill theirs) and starts them; it does not wait for them, so that the next
+    call can start other tenants' events while a slow one is still held.
+    """
+
+    def __init__(
+        self, *, sessions: sessionmaker[Session], settings: Settings, box: SecretBox
+    ) -> None:
+        self.sessions, self.settings, self.box = sessions, settings, box
+        self.policy = CallbackPolicy.from_settings(settings)
+        self.slots = settings.webhook_concurrency
+        self.per_tenant = settings.webhook_tenant_concurrency
+        self._pool = ThreadPoolExecutor(self.slots, thread_name_prefix="htrq-webhook")
+        self._lock = threading.Lock()
+        self._busy: Counter[uuid.UUID] = Counter()
+
+    def dispatch(self) -> list[Future[bool]]:
+        """Start the due events there is room for; each future says whether it was delivered."""
+        with self._lock:
+            busy = dict(self._busy)
+        free = self.slots - sum(busy.values())
+        if free <= 0:
+            return []
+        events = _claim_due(
+            self.sessions,
+            limit=free,
+            per_tenant=self.per_tenant,
+            busy=busy,
+            skip={t for t, n in busy.items() if n >= self.per_tenant},
+            hold=timedelta(seconds=self.settings.webhook_timeout + CLAIM_MARGIN),
+            box=self.box,
+        )
+        started = []
+        for ev in events:
+            with self._lock:
+                self._busy[ev.tenant_id] += 1
+            started.append(self._pool.submit(self._run, ev))
+        return started
+
+    def close(self, wait: bool = True) -> None:
+        self._pool.shutdown(wait=wait, cancel_futures=not wait)
+
+    def _run(self, ev: DueEvent) -> bool:
         try:
-            check_callback_url(url, allow_private=allow_private)  # it may resolve elsewhere now
-            r = client.post(
-                url,
-                content=body,
-                headers={"Content-Type": "application/json", SIGNATURE_HEADER: sign(secret, body)},
+            return deliver_one(self.sessions, self.settings, self.policy, ev)
+        except Exception:
+            # The database went away mid-attempt: the claim expires and the event is sent
+            # again, as after a worker's crash.
+            log.exception("webhooks: event %s could not be recorded", ev.id)
+            return False
+        finally:
+            with self._lock:
+                self._busy[ev.tenant_id] -= 1
+                if self._busy[ev.tenant_id] <= 0:
+                    del self._busy[ev.tenant_id]
+
+
+def deliver_due(sessions: sessionmaker[Session], settings: Settings, *, box: SecretBox) -> int:
+    """Send the events that are due now, at most ``webhook_concurrency`` of them, and wait
+    for them; return how many were delivered (for tests and one-off use)."""
+    dispatcher = Dispatcher(sessions=sessions, settings=settings, box=box)
+    try:
+        return sum(f.result() for f in dispatcher.dispatch())
+    finally:
+        dispatcher.close()
+
+
+def deliver_one(
+    sessions: sessionmaker[Session], settings: Settings, policy: CallbackPolicy, ev: DueEvent
+) -> bool:
+    """One attempt at one claimed event, and its outcome recorded; True if delivered."""
+    body = ev.payload.encode()
+    try:
+        # Resolved and judged at each attempt: what the host resolves to may have changed
+        # since the job was submitted; the connection goes only to the addresses judged here.
+        target = check_callback_url(ev.url, policy)
+    except PageError as exc:
+        attempt = Attempt(None, "not_allowed", 0, exc.message)
+    else:
+        headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(ev.secrets, body)}
+        attempt = post(ev.url, target, body, headers, seconds=settings.webhook_timeout)
+    attempts = ev.attempts + 1
+    if attempt.ok:
+        values: dict[str, object] = {"status": "delivered", "delivered_at": utcnow()}
+    elif attempts >= settings.webhook_max_attempts:
+        values = {"status": "failed"}
+    else:
+        wait = min(settings.webhook_backoff_max, settings.webhook_backoff * 2 ** (attempts - 1))
+        values = {"next_attempt_at": utcnow() + timedelta(seconds=wait)}
+    if not attempt.ok:
+        # The detail stays in the worker's log: the job resource shows only the code.
+        log.warning(
+            "webhook %s attempt %d: %s (HTTP %s) %s; %d bytes read",
+            ev.id,
+            attempts,
+            attempt.error,
+            attempt.status,
+            attempt.detail,
+            attempt.bytes_read,
+        )
+    with sessions.begin() as s:
+        s.execute(
+            update(WebhookEvent)
+            .where(WebhookEvent.id == ev.id)
+            .values(
+                attempts=attempts, last_status=attempt.status, last_error=attempt.error, **values
             )
-            status = r.status_code
-            ok = 200 <= status < 300
-            if not ok:
-                error = f"HTTP {status}"
-        except (httpx.HTTPError, PageError) as exc:
-            ok, error = False, f"{type(exc).__name__}: {exc}"[:500]
-        attempts += 1
-        with sessions.begin() as s:
-            if ok:
-                values: dict[str, object] = {"status": "delivered", "delivered_at": utcnow()}
-                delivered += 1
-            elif attempts >= max_attempts:
-                values = {"status": "failed"}
-                log.warning("webhook %s to %s failed %d times: %s", ev_id, url, attempts, error)
-            else:
-                wait = min(backoff_max, backoff * 2 ** (attempts - 1))
-                values = {"next_attempt_at": utcnow() + timedelta(seconds=wait)}
-            s.execute(
-                update(WebhookEvent)
-                .where(WebhookEvent.id == ev_id)
-                .values(attempts=attempts, last_status=status, last_error=error, **values)
-            )
-    return delivered
+        )
+    return attempt.ok
 
 
 def _claim_due(
-    sessions: sessionmaker[Session], batch: int, timeout: httpx.Timeout
-) -> list[tuple[uuid.UUID, str, str, str, int]]:
-    """Due events, each pushed into the future for as long as one attempt can take, so that
-    another dispatcher skips it meanwhile (and takes it up again if this one dies)."""
-    hold = timedelta(seconds=2 * (timeout.read or 10) + 5)
+    sessions: sessionmaker[Session],
+    *,
+    limit: int,
+    per_tenant: int,
+    busy: dict[uuid.UUID, int],
+    skip: set[uuid.UUID],
+    hold: timedelta,
+    box: SecretBox,
+) -> list[DueEvent]:
+    """Up to ``limit`` due events, at most ``per_tenant`` of one tenant's (less those it has
+    in flight, ``busy``), oldest first; each pushed ``hold`` into the future so that another
+    dispatcher skips it meanwhile (and takes it up again if this one dies)."""
+    now = utcnow()
+    # Each tenant's due events ranked, so that one tenant's backlog cannot fill the batch.
+    ranked = (
+        select(
+            WebhookEvent.id,
+            Job.tenant_id,
+            WebhookEvent.next_attempt_at,
+            func.row_number()
+            .over(partition_by=Job.tenant_id, order_by=WebhookEvent.next_attempt_at)
+            .label("rank"),
+        )
+        .join(Job, WebhookEvent.job_id == Job.id)
+        .where(WebhookEvent.status == "pending", WebhookEvent.next_attempt_at <= now)
+    )
+    if skip:
+        ranked = ranked.where(Job.tenant_id.not_in(skip))
+    ranked_q = ranked.subquery()
     with sessions.begin() as s:
+        candidates = s.execute(
+            select(ranked_q.c.id, ranked_q.c.tenant_id)
+            .where(ranked_q.c.rank <= per_tenant)
+            .order_by(ranked_q.c.next_attempt_at)
+            .limit(limit * 2)
+        ).all()
+        room = {t: per_tenant - busy.get(t, 0) for _, t in candidates}
+        chosen = []
+        for event_id, tenant in candidates:
+            if room[tenant] > 0 and len(chosen) < limit:
+                room[tenant] -= 1
+                chosen.append(event_id)
+        if not chosen:
+            return []
+        # Locked and checked again: another dispatcher may have claimed some meanwhile.
         rows = s.execute(
-            select(WebhookEvent.id, WebhookEvent.url, WebhookEvent.payload, WebhookEvent.attempts)
-            .where(WebhookEvent.status == "pending", WebhookEvent.next_attempt_at <= utcnow())
-            .order_by(WebhookEvent.next_attempt_at)
-            .limit(batch)
-            .with_for_update(skip_locked=True)
+            select(
+                WebhookEvent.id,
+                WebhookEvent.url,
+                WebhookEvent.payload,
+                WebhookEvent.attempts,
+                Job.tenant_id,
+                Tenant.webhook_secret,
+                Tenant.webhook_secret_previous,
+                Tenant.webhook_secret_previous_until,
+            )
+            .join(Job, WebhookEvent.job_id == Job.id)
+            .join(Tenant, Job.tenant_id == Tenant.id)
+            .where(
+                WebhookEvent.id.in_(chosen),
+                WebhookEvent.status == "pending",
+                WebhookEvent.next_attempt_at <= now,
+            )
+            .with_for_update(of=WebhookEvent, skip_locked=True)
         ).all()
         if not rows:
             return []
         s.execute(
             update(WebhookEvent)
             .where(WebhookEvent.id.in_([r.id for r in rows]))
-            .values(next_attempt_at=utcnow() + hold)
+            .values(next_attempt_at=now + hold)
         )
-        secrets = dict(
-            s.execute(
-                select(WebhookEvent.id, Tenant.webhook_secret)
-                .join(Job, WebhookEvent.job_id == Job.id)
-                .join(Tenant, Job.tenant_id == Tenant.id)
-                .where(WebhookEvent.id.in_([r.id for r in rows]))
-            ).all()
+    return [
+        DueEvent(
+            id=r.id,
+            tenant_id=r.tenant_id,
+            url=r.url,
+            payload=r.payload,
+            attempts=r.attempts,
+            secrets=_secrets_of(r, box),
         )
-    return [(r.id, r.url, r.payload, secrets[r.id], r.attempts) for r in rows]
+        for r in rows
+    ]
+
+
+def _secrets_of(row: Any, box: SecretBox) -> list[str]:
+    until: datetime | None = row.webhook_secret_previous_until
+    return signing_secrets(row.webhook_secret, row.webhook_secret_previous, until, box=box)

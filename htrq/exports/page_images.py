@@ -38,7 +38,8 @@ def upright_page(data: bytes, frame: int, settings: Settings) -> Image.Image:
     Raises ``PageError`` as :func:`htrq.inputs.render_page` does, and
     :class:`htrq.rendering.RenderUnavailable` when no PDF renderer answered in time.
     """
-    im = render_stored_page(data, frame, settings, render=pdf_renderer(settings).render)
+    # In colour: people see the page as scanned (the worker reads a PDF page in grey).
+    im = render_stored_page(data, frame, settings, render=pdf_renderer(settings).render, grey=False)
     im.info.setdefault("dpi", (settings.pdf_dpi, settings.pdf_dpi))
     return ImageOps.exif_transpose(im)
 

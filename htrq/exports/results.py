@@ -20,6 +20,7 @@ from htrq.exports.page_images import upright_page
 from htrq.exports.pdf import searchable_pdf
 from htrq.jobs import (
     JobNotFinished,
+    NoPageSucceeded,
     NotFound,
     PageNotSucceeded,
     check_page_index,
@@ -74,10 +75,13 @@ def job_to_export(
     tenant_id: uuid.UUID,
     job_id: uuid.UUID | str,
     review_below: float,
+    need_succeeded: bool = False,
 ) -> tuple[uuid.UUID, list[ExportedPage]]:
     """The job's id and its pages in order, once every page has finished.
 
-    Raises :class:`NotFound` (another tenant's job too) and :class:`JobNotFinished`.
+    Raises :class:`NotFound` (another tenant's job too), :class:`JobNotFinished`, and, with
+    ``need_succeeded`` (a format of succeeded pages only), :class:`NoPageSucceeded` when every
+    page failed.
     """
     jid = parse_job_id(job_id)
     with sessions() as s:
@@ -93,6 +97,11 @@ def job_to_export(
             raise JobNotFinished(
                 f"{len(waiting)} pages are still queued or running (the first is page "
                 f"{waiting[0]}); export the job once it has finished"
+            )
+        if need_succeeded and not any(p.status == "succeeded" for p in pages):
+            raise NoPageSucceeded(
+                f"all {len(pages)} pages of job {jid} failed: there is no text to export in "
+                "this format (the json export carries each page's error)"
             )
         return jid, [_exported(p, review_below) for p in pages]
 

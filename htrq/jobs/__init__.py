@@ -15,16 +15,20 @@ import hashlib
 import json
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import cast
+from urllib.parse import urlsplit
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from htrq.db import read_scope, session_scope
+from htrq.delivery.addresses import CallbackPolicy, check_callback_url
 from htrq.delivery.completion import reopen
-from htrq.delivery.webhooks import check_callback_url, latest_event_id, webhook_state
+from htrq.delivery.webhooks import latest_event_id, webhook_state
 from htrq.errors import PERMANENT_CODES, PageError
 from htrq.jobs.uploads import Upload as Upload  # callers build uploads as jobs.Upload
 from htrq.models import JOB_MODES, Job, Line, Page, WebhookEvent, utcnow
@@ -44,7 +48,7 @@ from htrq.resources import (
 )
 from htrq.settings import Settings
 from htrq.storage import BlobStore
-from htrq.storage.blobs import lock_blobs
+from htrq.storage.blobs import lock_blobs, remove_unused
 from htrq.text import clean_filename
 
 log = logging.getLogger(__name__)
@@ -63,6 +67,11 @@ class PageNotSucceeded(Exception):
 
 class JobNotFinished(Exception):
     """Some of the job's pages are still queued or running."""
+
+
+class NoPageSucceeded(Exception):
+    """The job has finished, but none of its pages succeeded: a format made of succeeded pages
+    only (PDF, ALTO, PAGE) would be an empty file."""
 
 
 class IdempotencyConflict(Exception):
@@ -119,7 +128,7 @@ def submit(
     ]
     inspected = _inspect_all(uploads, settings)
 
-    key = idempotency_key or (f"external_id:{external_id}" if external_id else None)
+    key = idempotency_key or (_external_id_key(external_id) if external_id else None)
     # A repeat that names the default model is the same job as one that names none.
     asked = None if model in (None, settings.model) else model
     # Likewise a repeat that names the default language.
@@ -140,15 +149,48 @@ def submit(
     )
     try:
         job_id, page_ids = _store_and_insert(sessions, storage, settings, job, uploads, inspected)
-    except IntegrityError:
+    except Exception as exc:
+        # Nothing was committed: files this request stored that no page uses would stay in
+        # the store for good (neither DELETE nor retention ever sees them).
+        _remove_stored(sessions, storage, [up.digest for up in uploads])
         # Another request with the same key committed first.
-        if key and (existing := _find_repeat(sessions, tenant_id, key, fingerprint)):
+        if (
+            isinstance(exc, IntegrityError)
+            and key
+            and (existing := _find_repeat(sessions, tenant_id, key, fingerprint))
+        ):
             return existing, False
         raise
     # After the commit: a worker must never receive an id whose row it cannot see.
     queue = page_queue(settings, model=model or settings.model, tenant_id=tenant_id)
     _send_or_leave_to_sweeper(send, page_ids, queue)
     return get_job(sessions=sessions, tenant_id=tenant_id, job_id=job_id), True
+
+
+#: Longest ``idempotency_key`` column value.
+_KEY_CHARS = 255
+_EXTERNAL_ID_PREFIX = "external_id:"
+
+
+def _external_id_key(external_id: str) -> str:
+    """The idempotency key a submit without an ``Idempotency-Key`` header gets from its
+    ``external_id``: the id itself where it fits the column (as every earlier version
+    stored it, so their jobs are still found), else its SHA-256."""
+    key = _EXTERNAL_ID_PREFIX + external_id
+    if len(key) <= _KEY_CHARS:
+        return key
+    return "external_id-sha256:" + hashlib.sha256(external_id.encode()).hexdigest()
+
+
+def _remove_stored(sessions: sessionmaker[Session], storage: BlobStore, keys: list[str]) -> None:
+    """Delete the files among ``keys`` that no page uses, after a submit that failed."""
+    try:
+        with session_scope(sessions) as s:
+            lock_blobs(s, keys)
+            remove_unused(s, storage, keys)
+    except Exception:
+        # The submit's own error is the one to answer; a file left here is only disk.
+        log.warning("could not remove the files of a failed submit", exc_info=True)
 
 
 def _check_request(
@@ -180,7 +222,15 @@ def _check_request(
     if not uploads:
         raise PageError("no_files", "send at least one file in the `files` field")
     if callback_url is not None:
-        check_callback_url(callback_url, allow_private=settings.webhook_allow_private)
+        try:
+            urlsplit(callback_url).port  # noqa: B018 (raises for a port or host it cannot read)
+        except ValueError:
+            raise PageError(
+                "invalid_callback_url",
+                "callback_url is not a URL that can be called: its host or port cannot be "
+                "read (a port is 1 to 65535; an IPv6 host is in brackets)",
+            ) from None
+        check_callback_url(callback_url, CallbackPolicy.from_settings(settings))
 
 
 def _inspect_all(uploads: Sequence[Upload], settings: Settings) -> list[int | PageError]:
@@ -260,6 +310,7 @@ def _inspect(up: Upload, settings: Settings) -> int | PageError:
             max_pages=settings.max_pages_per_job,
             max_pixels=settings.max_pixels,
             max_aspect=settings.max_aspect,
+            dpi=settings.pdf_dpi,
         )
     except RenderBusy:
         raise  # no renderer free: the whole request is answered 503, nothing stored
@@ -274,6 +325,14 @@ def _inspect(up: Upload, settings: Settings) -> int | PageError:
     return info.pages
 
 
+@dataclass(frozen=True)
+class Retried:
+    """What a retry did: pages put back in the queue, and, when none, why."""
+
+    requeued: int
+    reason: str | None = None
+
+
 def retry(
     *,
     sessions: sessionmaker[Session],
@@ -282,7 +341,21 @@ def retry(
     tenant_id: uuid.UUID,
     job_id: uuid.UUID | str,
 ) -> int:
-    """Re-queue the job's failed pages and return how many.
+    """Re-queue the job's failed pages and return how many (:func:`retry_job`)."""
+    return retry_job(
+        sessions=sessions, send=send, settings=settings, tenant_id=tenant_id, job_id=job_id
+    ).requeued
+
+
+def retry_job(
+    *,
+    sessions: sessionmaker[Session],
+    send: Send,
+    settings: Settings,
+    tenant_id: uuid.UUID,
+    job_id: uuid.UUID | str,
+) -> Retried:
+    """Re-queue the job's failed pages; how many, and why none when none.
 
     Pages that failed for their input (``PERMANENT_CODES``: a broken file, a format refused,
     too large...) stay failed: reading them again can only fail again. ``attempts`` is the
@@ -313,8 +386,29 @@ def retry(
         ).all()
         if ids:
             reopen(s, jid)  # it completes again, with a new event, when they finish
+            reason = None
+        else:
+            reason = _nothing_to_retry(s, jid)
     _send_or_leave_to_sweeper(send, [str(i) for i in ids], queue)
-    return len(ids)
+    return Retried(len(ids), reason)
+
+
+def _nothing_to_retry(s: Session, jid: uuid.UUID) -> str:
+    """Why a retry of job ``jid`` put no page back."""
+    failed = s.execute(
+        select(Page.error_code, func.count())
+        .where(Page.job_id == jid, Page.status == "failed")
+        .group_by(Page.error_code)
+        .order_by(Page.error_code)
+    ).all()
+    if not failed:
+        return "no page of the job has failed: there is nothing to retry"
+    n = sum(count for _, count in failed)
+    codes = ", ".join(f"{code} ({count})" for code, count in failed)
+    return (
+        f"the job's {n} failed pages failed for their input ({codes}): reading the same file "
+        "again would fail again; send a corrected file as a new job"
+    )
 
 
 #: The status poll's one statement, built once: constructing it (and its correlated
@@ -327,6 +421,8 @@ _JOB_WITH_PAGES = (
         Page.index.label("page_index"),
         Page.status.label("page_status"),
         Page.attempts.label("page_attempts"),
+        Page.queued_at.label("page_queued_at"),
+        Page.finished_at.label("page_finished_at"),
     )
     .outerjoin(Page, Page.job_id == Job.id)
     .outerjoin(WebhookEvent, WebhookEvent.id == latest_event_id(Job.id))
@@ -353,7 +449,12 @@ def get_job(
         setattr(counts, p.status, getattr(counts, p.status) + 1)
     return JobResource(
         id=job.id,
-        status=job_status(counts, started=any(r.page_attempts > 0 for r in rows)),
+        status=job_status(
+            counts,
+            started=started(
+                (r.page_status, r.page_attempts, r.page_queued_at, r.page_finished_at) for r in rows
+            ),
+        ),
         external_id=job.external_id,
         mode=job.mode,
         model=job.model,
@@ -364,6 +465,25 @@ def get_job(
         webhook=webhook_state(event),
         counts=counts,
         pages=pages,
+    )
+
+
+def started(pages: Iterable[tuple[str, int, datetime, datetime | None]]) -> bool:
+    """Whether a worker is at work on the job's current round, from each page's status,
+    attempts, ``queued_at`` and ``finished_at``: a page is running, or a worker finished one
+    since the pages still waiting were queued. So a job is ``queued`` until a worker claims
+    one of its pages, and again right after a retry put its failed pages back (the earlier
+    rounds' pages finished before that), not ``running`` with no page being read."""
+    pages = list(pages)
+    if any(status == "running" for status, _, _, _ in pages):
+        return True
+    waiting = [queued_at for status, _, queued_at, _ in pages if status == "queued"]
+    if not waiting:
+        return any(attempts > 0 for _, attempts, _, _ in pages)
+    first = min(waiting)
+    return any(
+        attempts > 0 and finished is not None and finished >= first
+        for _, attempts, _, finished in pages
     )
 
 

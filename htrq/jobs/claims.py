@@ -268,20 +268,30 @@ def _job_of(session: Session, claim: Claim) -> uuid.UUID:
     return session.execute(select(Page.job_id).where(Page.id == claim.page_id)).scalar_one()
 
 
+#: What a transient error's message says of what comes next: another attempt, or none.
+WILL_RETRY = "; it will be tried again"
+NO_ATTEMPTS_LEFT = (
+    "; that was its last attempt (POST /v1/jobs/{id}/retry gives it more once the cause is fixed)"
+)
+
+
 def release_for_retry(session: Session, claim: Claim, *, code: str, message: str) -> str | None:
     """After a transient error: back to ``queued``, or ``failed`` once attempts are spent.
 
     Returns the new status, or None if the claim no longer holds. The error is kept on the
-    page either way, so a page that runs out of attempts shows the last one.
+    page either way, so a page that runs out of attempts shows the last one; ``message``
+    says what went wrong, and this adds whether it will be tried again, which only this
+    knows.
     """
     if claim.token >= claim.attempt_limit:
-        return "failed" if write_failure(session, claim, code=code, message=message) else None
+        final = message + NO_ATTEMPTS_LEFT
+        return "failed" if write_failure(session, claim, code=code, message=final) else None
     kept = _fenced_update(
         session,
         claim,
         status="queued",
         error_code=code,
-        error_message=message,
+        error_message=message + WILL_RETRY,
         queued_at=utcnow(),
     )
     return "queued" if kept else None

@@ -51,12 +51,13 @@ def correct_line(
     ``reviewed=True`` alone confirms the line as it reads now (a correction is kept);
     ``reviewed=False`` takes a person's judgement back: no correction, not reviewed.
 
+    Neither ``text`` nor ``reviewed``: nothing changes, and the line is answered as it is
+    (an empty PATCH).
+
     Raises :class:`NotFound` (another tenant's job too), :class:`PageNotSucceeded`, and
-    :class:`InvalidCorrection` for a text that is not one line, or a request that asks for
-    nothing or contradicts itself.
+    :class:`InvalidCorrection` for a text that is not one line, or a request that
+    contradicts itself.
     """
-    if text is None and reviewed is None:
-        raise InvalidCorrection("send text (the line's reading) or reviewed (true or false)")
     if text is not None and reviewed is False:
         raise InvalidCorrection("a correction is a review: send text without reviewed=false")
     try:
@@ -84,7 +85,9 @@ def correct_line(
         if line is None:
             raise NotFound(f"no line {line_index} on page {page_index} of job {job_id}")
         now = utcnow()
-        if cleaned is not None:
+        if cleaned is None and reviewed is None:
+            pass  # nothing asked: the line as it is
+        elif cleaned is not None:
             if cleaned == line.text:
                 line.correction, line.corrected_at = None, None
             elif cleaned != line.correction:

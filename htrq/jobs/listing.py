@@ -7,12 +7,12 @@ many jobs arrive meanwhile, and costs one index range scan however deep the list
 
 from __future__ import annotations
 
-import base64
+import re
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, FromClause, Row, and_, case, func, select, tuple_
+from sqlalchemy import ColumnElement, FromClause, Row, and_, case, func, or_, select, tuple_
 from sqlalchemy.orm import Session, sessionmaker
 
 from htrq.errors import PageError
@@ -21,6 +21,11 @@ from htrq.resources import JobList, JobStatus, JobSummary, StatusCounts, job_sta
 
 #: Most jobs one page of the list may hold.
 MAX_LIMIT = 200
+#: A cursor: the last job's creation time in microseconds since 1970, ``-``, and its id in
+#: hex. Every text of this shape is a cursor the list can continue from, so that the OpenAPI
+#: document can say exactly which cursors the server takes (17 digits reach the year 5138).
+CURSOR_PATTERN = r"^[0-9]{1,17}-[0-9a-f]{32}$"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def list_jobs(
@@ -44,6 +49,13 @@ def list_jobs(
                 for state in ("queued", "running", "succeeded", "failed")
             ),
             func.max(Page.attempts).label("max_attempts"),
+            # What htrq.jobs.started reads, as aggregates: a page running, the first
+            # waiting page's queued_at, the last finish by a worker.
+            func.max(case((Page.status == "running", 1), else_=0)).label("any_running"),
+            func.min(case((Page.status == "queued", Page.queued_at))).label("first_wait"),
+            func.max(
+                case((and_(Page.attempts > 0, Page.finished_at.is_not(None)), Page.finished_at))
+            ).label("last_finish"),
         )
         .where(Page.job_id == Job.id)
         .group_by(Page.job_id)
@@ -74,12 +86,18 @@ def list_jobs(
 
 def _status_is(status: JobStatus, c: FromClause) -> ColumnElement[bool]:
     finished = c.c.queued + c.c.running == 0
+    # htrq.jobs.started: a page running, or a worker's finish since the waiting were queued
+    # (a job with unfinished pages has a running page or a waiting one: no NULL here).
+    started = or_(
+        c.c.any_running == 1,
+        and_(c.c.last_finish.is_not(None), c.c.last_finish >= c.c.first_wait),
+    )
     return {
         "succeeded": and_(finished, c.c.failed == 0),
         "failed": and_(finished, c.c.succeeded == 0, c.c.failed > 0),
         "partial": and_(finished, c.c.succeeded > 0, c.c.failed > 0),
-        "running": and_(~finished, c.c.max_attempts > 0),
-        "queued": and_(~finished, c.c.max_attempts == 0),
+        "running": and_(~finished, started),
+        "queued": and_(~finished, ~started),
     }[status]
 
 
@@ -90,7 +108,14 @@ def _summary(row: Row[*tuple[Any, ...]]) -> JobSummary:
     )
     return JobSummary(
         id=job.id,
-        status=job_status(counts, started=row.max_attempts > 0),
+        status=job_status(
+            counts,
+            started=bool(row.any_running)
+            or (
+                row.last_finish is not None
+                and (row.first_wait is None or row.last_finish >= row.first_wait)
+            ),
+        ),
         external_id=job.external_id,
         mode=job.mode,
         model=job.model,
@@ -102,14 +127,12 @@ def _summary(row: Row[*tuple[Any, ...]]) -> JobSummary:
 
 
 def _encode(job: Job) -> str:
-    raw = f"{job.created_at.isoformat()}|{job.id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    micros = (job.created_at - _EPOCH) // timedelta(microseconds=1)
+    return f"{micros}-{job.id.hex}"
 
 
 def _decode(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        at, _, last = raw.partition("|")
-        return datetime.fromisoformat(at), uuid.UUID(last)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise PageError("invalid_cursor", "cursor is not one this API gave out") from exc
+    if not re.fullmatch(CURSOR_PATTERN, cursor):
+        raise PageError("invalid_cursor", "cursor is not one this API gave out")
+    micros, _, last = cursor.partition("-")
+    return _EPOCH + timedelta(microseconds=int(micros)), uuid.UUID(hex=last)

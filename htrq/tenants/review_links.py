@@ -1,50 +1,51 @@
-"""Signed, expiring review links: a person reviews one job in the browser without an API key.
+"""Review links: a person reviews one job in the browser without an API key, until the link
+expires or is revoked.
 
 A DMS asks for a link with its key (``POST /v1/jobs/{id}/review-link``) and hands it to its
-user; the link's token lets the review page, and the calls it makes, act on that one job
-until the token expires. A token is ``<expiry>.<mac>``: the expiry in Unix seconds and an
-HMAC-SHA256 over the job id, the job's tenant and the expiry. Nothing in it is secret; it
-cannot be altered (another job, a later expiry) without the key.
+user; the link's token lets the review page, and the calls it makes, act on that one job.
+A token is ``htrv_`` and 43 random URL-safe characters (256 bits), recorded as a row
+(:class:`htrq.models.ReviewLink`) that keeps only its SHA-256, as API keys are kept: a
+database backup opens nothing, and no server key signs links, so no other secret (a
+tenant's webhook secret, which every receiver holds) can forge one.
 
-The key: ``HTRQ_REVIEW_SECRET`` where it is set. Otherwise a key derived from the job's
-tenant's webhook secret, which is 256 random bits made for that tenant (``htrq.tenants``),
-kept in the database and known outside it only to that tenant's DMS, which holds an API key
-that can do all a link can and more. So whoever could forge a link could act for the tenant
-anyway, and one tenant's secret opens nothing of another's. The key is derived (an HMAC of
-a fixed label), so that a link's MAC can never be taken for a webhook signature or the other
-way round. Nothing is derived from anything public (the job id, a default value), which
-would let anyone make links.
+Because each link is a row, it can end before its expiry:
+
+- ``DELETE /v1/jobs/{id}/review-links`` revokes every link of a job;
+- ``DELETE /v1/review-links`` (or ``htrq tenants revoke-links``) every link of a tenant;
+- revoking the API key that asked for a link (``htrq keys revoke``) ends the link with it.
+
+Where the token travels: in the link's fragment (``/review/{job}#t=<token>``), which a
+browser never sends to a server, so it lands in no access log, proxy log or ``Referer``; the
+review page reads it there and sends it in the ``X-Review-Token`` header with each call,
+images included (fetched by script, not by ``<img src>``).
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
-import time
+import secrets
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from htrq.db import session_scope
 from htrq.jobs import owned_job
-from htrq.models import Job, Tenant
+from htrq.models import ApiKey, Job, ReviewLink, utcnow
 from htrq.settings import Settings
+from htrq.tenants import hash_key
 
-#: Where a token may travel: the header for the page's API calls, the query parameter for
-#: the page itself and its image (a browser sends no header with a link or an ``<img>``).
+#: The header a review link's token travels in.
 TOKEN_HEADER = "X-Review-Token"
-TOKEN_QUERY = "t"
+#: Where the token stands in a link: its fragment, ``#t=<token>``.
+TOKEN_FRAGMENT = "t"
+TOKEN_PREFIX = "htrv_"
 #: Longest lifetime a link may ask for.
 MAX_LINK_SECONDS = 7 * 86400
 
-_LABEL = b"htrq review link v1"
-_MAC_CHARS = 43  # 32 bytes in unpadded base64url
-
 
 class InvalidLink(Exception):
-    """A review token that is malformed, altered, for another job, or expired."""
+    """A review token that is malformed, unknown, revoked, for another job, or expired."""
 
 
 def make_token(
@@ -53,21 +54,36 @@ def make_token(
     *,
     tenant_id: uuid.UUID,
     job_id: uuid.UUID | str,
+    api_key: str | None = None,
     seconds: int | None = None,
-    now: float | None = None,
+    now: datetime | None = None,
 ) -> tuple[str, datetime]:
-    """A token for the tenant's job, valid ``seconds`` (default ``review_link_seconds``);
-    returns it with its expiry. Raises ``NotFound`` for a job that is not the tenant's."""
+    """A new link's token for the tenant's job, valid ``seconds`` (default
+    ``review_link_seconds``) and for as long as ``api_key`` (the key that asks for it; None
+    while ``HTRQ_AUTH=off``) is not revoked; returns it with its expiry. Raises ``NotFound``
+    for a job that is not the tenant's."""
     lifetime = seconds or settings.review_link_seconds
     if not 0 < lifetime <= MAX_LINK_SECONDS:
         raise ValueError(f"a review link lasts 1 to {MAX_LINK_SECONDS} seconds")
-    with sessions() as s:
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    expires = (now or utcnow()) + timedelta(seconds=lifetime)
+    with session_scope(sessions) as s:
         job = owned_job(s, tenant_id, job_id)
-        secret = s.scalars(select(Tenant.webhook_secret).where(Tenant.id == tenant_id)).one()
-        jid = job.id
-    expires = int(now if now is not None else time.time()) + lifetime
-    mac = _mac(_key(settings, secret), jid, tenant_id, expires)
-    return f"{expires}.{mac}", datetime.fromtimestamp(expires, UTC)
+        key_id = (
+            s.scalars(select(ApiKey.id).where(ApiKey.key_hash == hash_key(api_key))).first()
+            if api_key is not None
+            else None
+        )
+        s.add(
+            ReviewLink(
+                token_hash=hash_key(token),
+                job_id=job.id,
+                tenant_id=tenant_id,
+                api_key_id=key_id,
+                expires_at=expires,
+            )
+        )
+    return token, expires.replace(microsecond=0)
 
 
 def check_token(
@@ -76,16 +92,16 @@ def check_token(
     *,
     job_id: str,
     token: str,
-    now: float | None = None,
+    now: datetime | None = None,
 ) -> uuid.UUID:
-    """The tenant a valid token for ``job_id`` acts for; :class:`InvalidLink` otherwise.
+    """The tenant a live token for ``job_id`` acts for; :class:`InvalidLink` otherwise.
 
-    A token for another job, an unknown job and an altered token are refused alike, so that
-    a link tells nothing about jobs it was not made for.
+    A token for another job, an unknown job, a revoked link and a made-up token are refused
+    alike, so that a token tells nothing about jobs it was not made for; an expired one says
+    so, since its holder can do nothing with it but ask for a new one.
     """
-    invalid = InvalidLink("the review link is not valid; ask for a new one")
-    expiry, dot, mac = token.partition(".")
-    if not dot or not expiry.isdigit() or len(expiry) > 12 or len(mac) != _MAC_CHARS:
+    invalid = InvalidLink("the review link is not valid (or was revoked); ask for a new one")
+    if not token.startswith(TOKEN_PREFIX) or len(token) > 100:
         raise invalid
     try:
         jid = uuid.UUID(job_id)
@@ -93,27 +109,35 @@ def check_token(
         raise invalid from None
     with sessions() as s:
         row = s.execute(
-            select(Job.tenant_id, Tenant.webhook_secret)
-            .join(Tenant, Job.tenant_id == Tenant.id)
-            .where(Job.id == jid)
+            select(
+                ReviewLink.tenant_id,
+                ReviewLink.expires_at,
+                ReviewLink.revoked_at,
+                ApiKey.revoked_at.label("key_revoked_at"),
+            )
+            .join(Job, Job.id == ReviewLink.job_id)
+            .outerjoin(ApiKey, ApiKey.id == ReviewLink.api_key_id)
+            .where(ReviewLink.token_hash == hash_key(token), ReviewLink.job_id == jid)
         ).first()
-    if row is None:
+    if row is None or row.revoked_at is not None or row.key_revoked_at is not None:
         raise invalid
-    expected = _mac(_key(settings, row.webhook_secret), jid, row.tenant_id, int(expiry))
-    if not hmac.compare_digest(expected, mac):
-        raise invalid
-    if int(expiry) <= (now if now is not None else time.time()):
+    if row.expires_at <= (now or utcnow()):
         raise InvalidLink("the review link has expired; ask for a new one")
     tenant_id: uuid.UUID = row.tenant_id
     return tenant_id
 
 
-def _key(settings: Settings, tenant_secret: str) -> bytes:
-    secret = settings.review_secret or tenant_secret
-    return hmac.new(secret.encode(), _LABEL, hashlib.sha256).digest()
-
-
-def _mac(key: bytes, job_id: uuid.UUID, tenant_id: uuid.UUID, expires: int) -> str:
-    msg = f"{job_id}\n{tenant_id}\n{expires}".encode()
-    digest = hmac.new(key, msg, hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+def revoke_links(
+    sessions: sessionmaker[Session],
+    *,
+    tenant_id: uuid.UUID,
+    job_id: uuid.UUID | str | None = None,
+) -> int:
+    """Revoke the tenant's live links (of one job, where given); returns how many. Raises
+    ``NotFound`` for a job that is not the tenant's."""
+    with session_scope(sessions) as s:
+        which = [ReviewLink.tenant_id == tenant_id, ReviewLink.revoked_at.is_(None)]
+        if job_id is not None:
+            which.append(ReviewLink.job_id == owned_job(s, tenant_id, job_id).id)
+        done = s.execute(update(ReviewLink).where(*which).values(revoked_at=utcnow()))
+        return done.rowcount  # type: ignore[attr-defined,no-any-return]

@@ -249,6 +249,26 @@ def test_a_store_that_does_not_answer_puts_the_pages_back(
     assert process_batch(queue.take(10), ctx).succeeded == 3
 
 
+def test_the_last_attempts_error_does_not_promise_another(
+    sessions: sessionmaker[Session], settings: Settings, unreachable_s3_settings: Settings
+) -> None:
+    """A page whose store stays down: after its first attempt the error says it will be tried
+    again; after its last (of HTRQ_MAX_ATTEMPTS=2) it says that was the last, not that."""
+    ctx = _context(sessions, settings, Broken())
+    (pid,) = _submit(ctx, [page_png()])
+    queue = ctx.send
+    assert isinstance(queue, LocalQueue)
+    queue.take(10)
+    ctx.storage = open_store(unreachable_s3_settings)
+    process_batch([pid], ctx)
+    (page,) = _pages(sessions, [pid])
+    assert page.status == "queued" and page.error_message.endswith("it will be tried again")
+    process_batch(queue.take(10), ctx)
+    (page,) = _pages(sessions, [pid])
+    assert (page.status, page.error_code, page.attempts) == ("failed", "storage_unavailable", 2)
+    assert "tried again" not in page.error_message and "last attempt" in page.error_message
+
+
 def test_sweeper_requeues_expired_leases_and_fails_spent_ones(
     sessions: sessionmaker[Session], settings: Settings
 ) -> None:

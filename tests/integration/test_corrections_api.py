@@ -187,8 +187,6 @@ def test_corrections_of_unfinished_or_unknown_lines(client: TestClient, job_id: 
         {"text": "carriage\rreturn"},
         {"text": "separator\u2028inside"},
         {"text": "x" * 1001},
-        {},
-        {"text": None},
         {"text": "ok", "reviewed": False},
         {"text": "ok", "confidence": 1},
         {"text": 7},
@@ -198,12 +196,25 @@ def test_corrections_of_unfinished_or_unknown_lines(client: TestClient, job_id: 
 def test_a_correction_is_one_line_of_text(
     client: TestClient, job_id: uuid.UUID, sessions: sessionmaker[Session], body: dict
 ) -> None:
-    """Line breaks, over-long text, empty or contradictory bodies, unknown fields and wrong
-    types answer 422 invalid_request as JSON, and store nothing."""
+    """Line breaks, over-long text, contradictory bodies, unknown fields and wrong types
+    answer 422 invalid_request as JSON, and store nothing."""
     r = client.patch(f"/v1/jobs/{job_id}/pages/0/lines/1", json=body)
     assert r.status_code == 422, r.text
     error = r.json()["error"]
     assert error["code"] == "invalid_request" and error["message"]
+    row = _line(sessions, job_id, 1)
+    assert (row.correction, row.reviewed_at) == (None, None)
+
+
+@pytest.mark.parametrize("body", [{}, {"text": None}, {"reviewed": None}])
+def test_a_patch_with_nothing_to_change_answers_the_line_as_it_is(
+    client: TestClient, job_id: uuid.UUID, sessions: sessionmaker[Session], body: dict
+) -> None:
+    """An empty PATCH (schema-valid: both fields are optional) changes nothing and answers
+    200 with the line, as the OpenAPI document promises."""
+    r = client.patch(f"/v1/jobs/{job_id}/pages/0/lines/1", json=body)
+    assert r.status_code == 200, r.text
+    assert r.json()["index"] == 1 and not r.json()["corrected"] and not r.json()["reviewed"]
     row = _line(sessions, job_id, 1)
     assert (row.correction, row.reviewed_at) == (None, None)
 

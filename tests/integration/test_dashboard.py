@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.routes.metrics import _ServiceCollector
 from htrq.queue import CelerySender, make_celery
 from htrq.settings import Settings
+from htrq.tenants.limits import LimitSettings, TenantLimiter
 from worker.serving import worker_metrics as metrics
 from worker.serving.batch import BatchReport, GroupRead
 
@@ -56,7 +57,10 @@ def exported(
     metrics.record_batch(report, model)
     metrics.generate_timer(model)(0.1)
     metrics.process_ready(model)
-    api = _ServiceCollector(sessions, CelerySender(make_celery(settings)))
+    assert settings.broker_url
+    limits = LimitSettings(rate=1, burst=1, heavy=1, slot_seconds=1)
+    limiter = TenantLimiter.from_url(settings.broker_url, limits)
+    api = _ServiceCollector(sessions, CelerySender(make_celery(settings)), limiter)
     for family in [f for m in metrics.ALL for f in m.collect()] + list(api.collect()):
         for s in family.samples:
             if not s.name.endswith("_created"):  # multiprocess mode does not serve them

@@ -146,3 +146,41 @@ def test_job_exports_hold_every_page_in_order(
     assert (
         json.loads(client.get(f"/v1/jobs/{job_id}/pages/0/export?format=json").text)["index"] == 0
     )
+
+
+def test_a_colour_pdf_keeps_its_colour_for_people(
+    client: TestClient, settings: Settings, sessions: sessionmaker[Session]
+) -> None:
+    """A PDF page with a red stamp: the page image (what the review page shows) and the
+    searchable PDF show it red; the worker's reading stays grey."""
+    import pypdfium2 as pdfium
+    from PIL import Image, ImageDraw
+
+    from htrq.inputs import render_page
+    from htrq.storage import open_store
+    from tests.finished import LETTER_LINES, finish, submit
+    from tests.pdfs import pdf_of
+
+    scan = Image.new("RGB", (480, 200), "white")
+    ImageDraw.Draw(scan).rectangle((300, 20, 460, 180), fill=(200, 20, 20))
+    data = pdf_of([scan], resolution=72.0)
+    settings = settings.model_copy(update={"pdf_dpi": 72})
+    client.app.state.settings = settings  # type: ignore[attr-defined]
+    job = submit(
+        sessions, open_store(settings), settings, default_tenant(sessions), [("s.pdf", data)]
+    )
+    finish(sessions, job, 0, LETTER_LINES, (480, 200))
+
+    def red(im: Image.Image) -> bool:
+        r, g, b = im.convert("RGB").getpixel((380, 100))
+        return r > 150 and g < 80 and b < 80
+
+    image = client.get(f"/v1/jobs/{job}/pages/0/image")
+    assert image.status_code == 200 and red(Image.open(io.BytesIO(image.content)))
+    export = client.get(f"/v1/jobs/{job}/export", params={"format": "pdf"})
+    assert export.status_code == 200
+    pdf = pdfium.PdfDocument(export.content)
+    page = pdf[0]
+    rendered = page.render(scale=480 / page.get_width()).to_pil()
+    assert red(rendered)
+    assert render_page(data, 0, dpi=72).mode == "L"  # what the worker reads

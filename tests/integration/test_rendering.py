@@ -77,7 +77,10 @@ def test_concurrent_pdf_exports_and_page_images_leave_the_api_serving(
     """Tenant A's 8 PDF exports and 48 page images of a 12-page PDF at once all succeed,
     the API process lives on, and tenant B's job polls are answered meanwhile."""
     key_a, key_b = two_tenants
-    settings = settings.model_copy(update={"auth": "required", "pdf_dpi": 100})
+    # The renderer is on trial here, not the tenant limits (test_tenant_limits.py): off.
+    settings = settings.model_copy(
+        update={"auth": "required", "pdf_dpi": 100, "tenant_heavy": 0, "tenant_rate": 0}
+    )
     url = processes.api(service_env(settings))
     api = processes.procs[-1]
     job_a = _finished_pdf_job(url, key_a, engine)

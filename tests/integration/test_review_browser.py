@@ -106,7 +106,8 @@ def test_an_archivist_corrects_a_line_in_the_browser(
 
     url, headers, job, lines = reviewed_job
     link = httpx.post(f"{url}/v1/jobs/{job}/review-link", headers=headers).json()["url"]
-    assert "?t=" in link
+    assert "#t=" in link and "?" not in link  # the token in the fragment, never sent
+    token = link.split("#t=", 1)[1]
     browser.get(link)
 
     def ready() -> bool:
@@ -180,6 +181,15 @@ def test_an_archivist_corrects_a_line_in_the_browser(
     browser.find_element(By.ID, "prev-page").click()
     wait_for(ready, "page 1 to come back")
     assert browser.execute_script("return location.hash") == "#page=1"
+
+    # The token travelled in no address the browser asked for (page, script, JSON, images),
+    # and left the address bar; the image was not cached.
+    asked = browser.execute_script(
+        "return [location.href, ...performance.getEntriesByType('resource').map(e => e.name)]"
+    )
+    assert len(asked) > 3 and not [a for a in asked if token in a], asked
+    image = httpx.get(f"{url}/v1/jobs/{job}/pages/0/image", headers={"X-Review-Token": token})
+    assert image.status_code == 200 and image.headers["cache-control"] == "no-store"
 
     errors = browser.execute_script("return window.__errors")
     console = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]

@@ -52,3 +52,20 @@ def test_transcribe_output_says_how_many_lines_to_review():
     """``htrq transcribe`` puts the count in each page's heading, only when there is one."""
     assert "2 of 4 lines to review" in _text_entry(_page([0.99, 0.1, 0.95, 0.2]))
     assert "to review" not in _text_entry(_page([0.99]))
+
+
+def test_a_line_exactly_at_the_threshold_is_not_flagged():
+    """needs_review means below HTRQ_REVIEW_BELOW (docs/review.md): a line whose confidence
+    equals the threshold is not flagged, one just under it is, in the API and in exports."""
+    from htrq.exports.formats import _row_line
+    from htrq.jobs import line_resource
+    from htrq.models import Line
+
+    def line(confidence: float) -> Line:
+        return Line(index=0, text="x", confidence=confidence, x0=0, y0=0, x1=1, y1=1)
+
+    at, under = line(0.75), line(0.75 - 1e-9)
+    assert not line_resource(at, review_below=0.75).needs_review
+    assert line_resource(under, review_below=0.75).needs_review
+    assert _row_line(at, 0.75)["needs_review"] is False
+    assert _row_line(under, 0.75)["needs_review"] is True

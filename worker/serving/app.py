@@ -214,6 +214,12 @@ def _start_sweeper(**_: Any) -> None:
     _sweeper.start()
     _webhooks = WebhookThread(sessions=sessions, settings=_settings)
     _webhooks.start()
+    if "max_attempts" in _settings.model_fields_set:
+        # A page's attempt limit is fixed by the API at submit (and retry), stored on it.
+        log.warning(
+            "HTRQ_MAX_ATTEMPTS is set on this worker, which does not read it: set it on the "
+            "API, which gives each page its attempt limit at submit and retry"
+        )
     if _watcher is not None and not _watcher.is_alive():
         _watcher.start()
 

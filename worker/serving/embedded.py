@@ -21,6 +21,7 @@ from htrq.jobs.uploads import Upload
 from htrq.resources import ErrorInfo, PageResource
 from htrq.settings import Settings
 from htrq.tenants import default_tenant
+from htrq.tenants.secretbox import SecretBox
 from migrations import upgrade
 from worker.serving.app import load_context
 from worker.serving.batch import process_batch
@@ -82,7 +83,7 @@ def transcribe(
         queue = LocalQueue()
         progress(f"loading model {settings.model}")
         ctx = load_context(settings, database_url=database_url, send=queue)
-        tenant = default_tenant(ctx.sessions)
+        tenant = default_tenant(ctx.sessions, box=SecretBox.of(settings.secret_key))
         pages: list[PageResource] = []
         refusals: list[PageError] = []
         for part in _parts(uploads, settings.max_pages_per_job):

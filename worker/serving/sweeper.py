@@ -13,17 +13,17 @@ import threading
 from collections import defaultdict
 from datetime import datetime, timedelta
 
-import httpx
 from sqlalchemy.orm import Session, sessionmaker
 
 from htrq.db import session_scope
-from htrq.delivery.webhooks import deliver_due
+from htrq.delivery.webhooks import Dispatcher
 from htrq.jobs.claims import Route, Swept, routes_of, stale_routes, sweep
 from htrq.jobs.deletion import purge_finished
 from htrq.models import utcnow
 from htrq.queue import LEGACY_QUEUE, CelerySender, page_queue
 from htrq.settings import Settings
 from htrq.storage import BlobStore
+from htrq.tenants.secretbox import SecretBox
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,8 @@ class SweeperThread(threading.Thread):
 
 class WebhookThread(threading.Thread):
     """Sends due completion events from the outbox, in every worker's main process (any
-    number of them may run: each event is claimed by one at a time)."""
+    number of them may run: each event is claimed by one at a time), several at once
+    (:class:`htrq.delivery.webhooks.Dispatcher`)."""
 
     def __init__(self, *, sessions: sessionmaker[Session], settings: Settings) -> None:
         super().__init__(name="htrq-webhooks", daemon=True)
@@ -129,21 +130,19 @@ class WebhookThread(threading.Thread):
         self.stopping = threading.Event()
 
     def run(self) -> None:
-        s = self.settings
-        # No redirects: a public URL that redirects inward would get past the address check.
-        with httpx.Client(timeout=s.webhook_timeout, follow_redirects=False) as client:
-            while not self.stopping.wait(s.webhook_poll):
+        dispatcher = Dispatcher(
+            sessions=self.sessions,
+            settings=self.settings,
+            box=SecretBox.of(self.settings.secret_key),
+        )
+        try:
+            while not self.stopping.wait(self.settings.webhook_poll):
                 try:
-                    deliver_due(
-                        self.sessions,
-                        client,
-                        backoff=s.webhook_backoff,
-                        backoff_max=s.webhook_backoff_max,
-                        max_attempts=s.webhook_max_attempts,
-                        allow_private=s.webhook_allow_private,
-                    )
+                    dispatcher.dispatch()
                 except Exception:
                     log.exception("webhooks: delivery round failed")
+        finally:
+            dispatcher.close(wait=False)
 
     def stop(self) -> None:
         self.stopping.set()

@@ -83,6 +83,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from worker.training.data import read_column, read_lines_tsv
     from worker.training.evaluate import evaluate
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     pairs = read_lines_tsv(args.dir)[: args.limit or None]
     samples = [(Image.open(p).convert("L"), t) for p, t in pairs]
     groups = read_column(args.dir, args.by)[: len(samples)] if args.by else None
@@ -134,7 +138,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
             f"language={args.language} words={word_weight:g}/{word_floor:g} "
             f"lines={res.lines} "
             f"CER={res.cer:.4f} WER={res.wer:.4f} "
-            f"lines/s={res.lines_per_s:.1f} conf(exact)={res.conf_exact:.3f} "
+            f"lines/s={res.lines_per_s:.1f} lines/cpu-s={res.lines_per_cpu_s:.1f} "
+            f"conf(exact)={res.conf_exact:.3f} "
             f"conf(wrong)={res.conf_wrong:.3f} CER(bottom 10% conf)={res.low_conf_cer:.4f} "
             f"ratio={res.low_conf_ratio:.2f} | below {res.review_below}: "
             f"{res.flagged:.0%} of lines, {res.flagged_wrong:.0%} of them wrong; "
@@ -332,6 +337,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--batch-size", default="32", help="comma-separated batch sizes")
     p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument(
         "--language",
         default="none",

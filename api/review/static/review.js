@@ -1,7 +1,10 @@
 // The review page: a job's page image with its lines outlined, the doubtful ones first, and
 // an editor that saves corrections with PATCH. Plain script, no build step, no library.
-// It acts with the review link's token (?t=...) where it has one, else as the API allows
-// (HTRQ_AUTH=off). Text from the server is only ever put in the page as text, never as HTML.
+// It acts with the review link's token where it has one, else as the API allows
+// (HTRQ_AUTH=off). The token comes in the link's fragment (#t=...), which the browser never
+// sends to a server; it is kept in this tab's session storage, taken out of the address, and
+// sent only in the X-Review-Token header, images included (fetched here, shown as blob: URLs).
+// Text from the server is only ever put in the page as text, never as HTML.
 "use strict";
 
 (() => {
@@ -10,8 +13,22 @@
   const CROP_MAX_HEIGHT = 120; // CSS pixels
   const CROP_MAX_SCALE = 4;
 
-  const token = new URLSearchParams(window.location.search).get("t");
   const jobId = decodeURIComponent(window.location.pathname.replace(/\/+$/, "").split("/").pop());
+  const fragment = new URLSearchParams(window.location.hash.replace(/^#/, ""));
+  const storageKey = `htrq-review-token:${jobId}`;
+
+  // The token: from the link's fragment on first load (or the query of a link made before
+  // fragments), else from this tab's earlier load; then out of the address bar for good.
+  function takeToken() {
+    const given = fragment.get("t") || new URLSearchParams(window.location.search).get("t");
+    try {
+      if (given) window.sessionStorage.setItem(storageKey, given);
+      return given || window.sessionStorage.getItem(storageKey);
+    } catch (_) {
+      return given; // storage refused (private mode): this load only
+    }
+  }
+  const token = takeToken();
 
   const $ = (id) => document.getElementById(id);
   const el = {
@@ -84,10 +101,30 @@
     return body;
   }
 
-  function imageUrl(index) {
-    const url = apiUrl(`/pages/${index}/image`);
-    if (token) url.searchParams.set("t", token);
-    return url.toString();
+  // The page image, fetched with the token in a header (an <img src> could only carry it in
+  // the address); shown through a blob: URL, released when another page is shown.
+  let imageObjectUrl = null;
+  async function imageUrl(index) {
+    const headers = token ? { "X-Review-Token": token } : {};
+    const response = await fetch(apiUrl(`/pages/${index}/image`), {
+      headers,
+      cache: "no-store",
+      credentials: "omit",
+    });
+    if (!response.ok) {
+      let message = `HTTP ${response.status}`;
+      try {
+        const body = await response.json();
+        if (body && body.error) message = body.error.message;
+      } catch (_) {
+        // not JSON: keep the status
+      }
+      throw new ApiError(response.status, message);
+    }
+    const url = URL.createObjectURL(await response.blob());
+    if (imageObjectUrl) URL.revokeObjectURL(imageObjectUrl);
+    imageObjectUrl = url;
+    return url;
   }
 
   function showMessage(text) {
@@ -221,10 +258,12 @@
         return;
       }
       el.image.alt = `Page ${index + 1}${page.filename ? ` of ${page.filename}` : ""}, with its lines outlined`;
+      const src = await imageUrl(index);
+      if (state.pageIndex !== index) return;
       await new Promise((resolve, reject) => {
         el.image.onload = resolve;
         el.image.onerror = () => reject(new Error("the page image could not be loaded"));
-        el.image.src = imageUrl(index);
+        el.image.src = src;
       });
       applyZoom();
       renderLines();
@@ -235,6 +274,10 @@
 
   function explain(error) {
     if (error instanceof ApiError && error.status === 401) {
+      if (!token) {
+        return "Open this page from a review link: the link your document system makes for you " +
+          "(POST /v1/jobs/{id}/review-link with its API key). This address has none.";
+      }
       return `This review link cannot be used: ${error.message}`;
     }
     return `Something went wrong: ${error.message}`;
@@ -389,6 +432,11 @@
   });
 
   async function start() {
+    if (fragment.has("t") || new URLSearchParams(window.location.search).has("t")) {
+      // The token leaves the address bar (and so the history, and any copy of the address).
+      const page = fragment.get("page");
+      window.history.replaceState(null, "", `${window.location.pathname}${page ? `#page=${page}` : ""}`);
+    }
     try {
       state.job = await call("");
     } catch (error) {
@@ -398,7 +446,7 @@
     const job = state.job;
     el.title.textContent = `Review ${job.external_id || `job ${job.id.slice(0, 8)}`}`;
     document.title = `${el.title.textContent} – htrq`;
-    const asked = Number((window.location.hash.match(/page=(\d+)/) || [])[1]);
+    const asked = Number(fragment.get("page"));
     const first = Number.isInteger(asked) && asked >= 1 && asked <= job.pages.length ? asked - 1 : 0;
     await loadPage(first);
   }
