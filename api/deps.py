@@ -31,19 +31,23 @@ class Unauthorized(Exception):
 
 
 def get_settings(request: Request) -> Settings:
-    return request.app.state.settings  # type: ignore[no-any-return]
+    settings: Settings = request.app.state.settings  # (Starlette's State holds Any)
+    return settings
 
 
 def get_sessions(request: Request) -> sessionmaker[Session]:
-    return request.app.state.sessions  # type: ignore[no-any-return]
+    sessions: sessionmaker[Session] = request.app.state.sessions  # (Starlette's State holds Any)
+    return sessions
 
 
 def get_storage(request: Request) -> BlobStore:
-    return request.app.state.storage  # type: ignore[no-any-return]
+    storage: BlobStore = request.app.state.storage  # (Starlette's State holds Any)
+    return storage
 
 
 def get_sender(request: Request) -> CelerySender:
-    return request.app.state.sender  # type: ignore[no-any-return]
+    sender: CelerySender = request.app.state.sender  # (Starlette's State holds Any)
+    return sender
 
 
 def get_limiter(request: Request) -> TenantLimiter:
@@ -67,7 +71,8 @@ def _key_tenant(request: Request, credentials: HTTPAuthorizationCredentials | No
         if state.default_tenant is None:
             box = SecretBox.of(state.settings.secret_key)
             state.default_tenant = default_tenant(state.sessions, box=box)
-        return state.default_tenant  # type: ignore[no-any-return]
+        tenant_id: uuid.UUID = state.default_tenant
+        return tenant_id
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Unauthorized("send an API key: Authorization: Bearer <key>")
     tenant = tenant_for_key(state.sessions, credentials.credentials)

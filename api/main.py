@@ -78,7 +78,8 @@ def _openapi_with_error_bodies(app: FastAPI) -> Callable[[], dict[str, Any]]:
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
+        schema = app.openapi_schema
+        if schema is None:
             schema = generate()
             for operations in schema["paths"].values():
                 for operation in operations.values():
@@ -91,7 +92,7 @@ def _openapi_with_error_bodies(app: FastAPI) -> Callable[[], dict[str, Any]]:
                         }
             for name in ("HTTPValidationError", "ValidationError"):
                 schema.get("components", {}).get("schemas", {}).pop(name, None)
-        return app.openapi_schema  # type: ignore[return-value]
+        return schema
 
     return openapi
 
@@ -133,6 +134,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     _serve_docs(app)
     _open_services(app, settings, engine)
     _include_routes(app)
+    # Assigning app.openapi is how FastAPI's documentation customises the schema; mypy
+    # refuses any assignment to a method.
     app.openapi = _openapi_with_error_bodies(app)  # type: ignore[method-assign]
     _answer_errors(app)
     app.add_middleware(RequestSizeLimit, max_bytes=settings.max_request_bytes)

@@ -381,7 +381,7 @@ def _explain(conn: psycopg.Connection, tenant: str) -> str:
         "WHERE t.name = %s ORDER BY random() LIMIT 1",
         (tenant,),
     ).fetchone() or (None, None)
-    queries = {
+    queries: dict[str, tuple[str, dict[str, object]]] = {
         "poll: the job": ("SELECT * FROM jobs WHERE id = %(j)s AND tenant_id = %(t)s", {}),
         "poll: its pages": (
             "SELECT id, index, status, attempts FROM pages WHERE job_id = %(j)s ORDER BY index",
@@ -454,7 +454,9 @@ def _phases(
     listing = _get(host, "/v1/jobs?limit=50", headers)
     counter = iter(range(10**9))
     submits = [_multipart(host, next(counter), headers) for _ in range(3000)]
-    started = conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
+    now = conn.execute("SELECT now()").fetchone()
+    assert now is not None  # SELECT now() returns one row
+    started = now[0]
 
     def submit() -> bytes:
         n = next(counter)

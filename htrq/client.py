@@ -18,7 +18,7 @@ from __future__ import annotations
 import mimetypes
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -185,10 +185,10 @@ class Client:
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         return self._send(lambda: self.http.request(method, path, **kwargs))
 
-    def _call(self, send: Any) -> Any:
+    def _call(self, send: Callable[[], httpx.Response]) -> Any:
         return self._send(send).json()
 
-    def _send(self, send: Any) -> httpx.Response:
+    def _send(self, send: Callable[[], httpx.Response]) -> httpx.Response:
         for attempt in range(self.retries + 1):
             last = attempt == self.retries
             try:

@@ -1,6 +1,7 @@
 """Errors a user can act on: a stable code plus a message that says what to do."""
 
 import re
+from typing import Self
 
 
 class PageError(Exception):
@@ -15,7 +16,7 @@ class PageError(Exception):
         self.code = code
         self.message = message
 
-    def __reduce__(self):  # type: ignore[no-untyped-def]
+    def __reduce__(self) -> tuple[type[Self], tuple[str, str]]:
         # Pickled whole (a PDF page's error comes back from its render process).
         return (type(self), (self.code, self.message))
 

@@ -279,7 +279,8 @@ def render_pdf_page(
                 check_aspect(size, max_aspect)
                 check_pixels(size, max_pixels)
                 # Grey for reading: the recognizer reads L images, and it is a third of RGB.
-                return page.render(scale=scale, grayscale=grey).to_pil()
+                image: Image.Image = page.render(scale=scale, grayscale=grey).to_pil()
+                return image
             finally:
                 page.close()
         except PageError:

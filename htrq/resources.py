@@ -206,6 +206,7 @@ class PageResource(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
 
+    # mypy allows no decorator above @property; pydantic's documentation ignores it the same way.
     @computed_field  # type: ignore[prop-decorator]
     @property
     def lines_to_review(self) -> int:

@@ -28,7 +28,7 @@ def png(size: tuple[int, int], fill: int = 255) -> bytes:
 
 def saved_as(fmt: str) -> bytes:
     """A small page image in ``fmt`` (a format Pillow writes but the service refuses)."""
-    im = Image.open(io.BytesIO(page_png("not accepted")))
+    im: Image.Image = Image.open(io.BytesIO(page_png("not accepted")))
     if fmt in ("ICO", "GIF", "PCX", "TGA", "DDS"):
         im = im.convert("RGB" if fmt == "DDS" else "L")
     buf = io.BytesIO()

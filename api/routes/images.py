@@ -3,6 +3,8 @@ line coordinates (what the review page draws the outlines on)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
@@ -13,7 +15,7 @@ from htrq.storage import BlobMissing
 
 router = APIRouter(prefix="/v1/jobs", tags=["review"])
 
-ERRORS = {
+ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "no API key or review token, or a bad one"},
     404: {"model": ErrorBody, "description": "unknown job or page, or its file is gone"},
     409: {"model": ErrorBody, "description": "the page has not succeeded"},

@@ -10,7 +10,7 @@ import functools
 import tempfile
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import anyio.to_thread
 from fastapi import APIRouter, Header, Query, Request, Response
@@ -43,7 +43,7 @@ from htrq.resources import JobStatus
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
-ERRORS = {
+ERRORS: dict[int | str, dict[str, Any]] = {
     400: {
         "model": ErrorBody,
         "description": "a body that is not valid multipart/form-data, or one cut off before "

@@ -6,6 +6,8 @@ another tenant's job answers 404.
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter
 
 from api.deps import ReviewerDep, SessionsDep, SettingsDep
@@ -14,7 +16,7 @@ from htrq.jobs.corrections import correct_line
 
 router = APIRouter(prefix="/v1/jobs", tags=["review"])
 
-ERRORS = {
+ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "a body that is not valid JSON"},
     401: {"model": ErrorBody, "description": "no API key or review token, or a bad one"},
     404: {"model": ErrorBody, "description": "unknown job, page or line"},

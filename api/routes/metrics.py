@@ -10,8 +10,9 @@ from collections.abc import Iterator
 
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from sqlalchemy.orm import Session, sessionmaker
 
 from api.deps import SenderDep, SessionsDep, get_limiter
 from htrq.queue import CelerySender
@@ -22,10 +23,12 @@ router = APIRouter(tags=["health"])
 
 
 class _ServiceCollector(Collector):
-    def __init__(self, sessions, sender: CelerySender, limiter: TenantLimiter) -> None:  # type: ignore[no-untyped-def]
+    def __init__(
+        self, sessions: sessionmaker[Session], sender: CelerySender, limiter: TenantLimiter
+    ) -> None:
         self.sessions, self.sender, self.limiter = sessions, sender, limiter
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily(
             "htrq_up", "1 when htrq can reach the component", labels=["component"]
         )

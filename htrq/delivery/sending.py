@@ -219,8 +219,7 @@ def post(
         return Attempt(None, "bad_answer", budget.bytes_read, _detail(exc))
     except (httpcore.NetworkError, OSError, ValueError) as exc:
         return Attempt(None, "unreachable", budget.bytes_read, _detail(exc))
-    error = None if 200 <= status < 300 else "http_status"
-    return Attempt(status, error, budget.bytes_read)
+    return Attempt(status, None if 200 <= status < 300 else "http_status", budget.bytes_read)
 
 
 def _host_header(target: Target, scheme: str) -> str:

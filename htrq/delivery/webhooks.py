@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal, cast
 
 from sqlalchemy import ScalarSelect, func, select, update
 from sqlalchemy.orm import Session, aliased, sessionmaker
@@ -99,10 +99,12 @@ def webhook_state(ev: WebhookEvent | None) -> WebhookState | None:
     return WebhookState(
         event_id=ev.id,
         completion=ev.seq,
-        status=ev.status,
+        # The column is a str; its CHECK constraint holds it to these three values.
+        status=cast(Literal["pending", "delivered", "failed"], ev.status),
         attempts=ev.attempts,
         last_status=ev.last_status,
-        last_error_code=code,
+        # One of ERRORS' keys or "failed": the Literal's values, which mypy cannot see.
+        last_error_code=code,  # type: ignore[arg-type]
         last_error=ERRORS[code] if code else None,
         next_attempt_at=ev.next_attempt_at if ev.status == "pending" else None,
         delivered_at=ev.delivered_at,
@@ -272,7 +274,7 @@ def _claim_due(
             .limit(limit * 2)
         ).all()
         room = {t: per_tenant - busy.get(t, 0) for _, t in candidates}
-        chosen = []
+        chosen: list[uuid.UUID] = []
         for event_id, tenant in candidates:
             if room[tenant] > 0 and len(chosen) < limit:
                 room[tenant] -= 1

@@ -194,7 +194,7 @@ def alto(page: PageResult) -> bytes:
     )
     if page.lines:
         block = ET.SubElement(
-            space, a("TextBlock"), ID=f"p{page.index}_b0", **_alto_box(_union(page.lines))
+            space, a("TextBlock"), {"ID": f"p{page.index}_b0", **_alto_box(_union(page.lines))}
         )
         for i, ln in enumerate(page.lines):
             attrs = {"ID": f"p{page.index}_l{i}", **_alto_box(ln.bbox)}
@@ -323,7 +323,7 @@ def from_resource(page: Mapping[str, Any]) -> PageResult:
         LineResult(
             text=ln["text"],
             confidence=ln.get("confidence"),
-            bbox=tuple(int(v) for v in ln["bbox"]),  # type: ignore[arg-type]
+            bbox=_stored_bbox(ln["bbox"]),
             polygon=_stored_points(ln.get("polygon")),
             baseline=_stored_points(ln.get("baseline")),
             needs_review=ln.get("needs_review"),
@@ -350,6 +350,12 @@ def from_resource(page: Mapping[str, Any]) -> PageResult:
         frame=frame,
         provenance=Provenance(**prov) if prov else None,
     )
+
+
+def _stored_bbox(value: Sequence[Any]) -> tuple[int, int, int, int]:
+    """A stored box (x0, y0, x1, y1) as four ints."""
+    x0, y0, x1, y1 = (int(v) for v in value)
+    return x0, y0, x1, y1
 
 
 def _stored_points(value: Any) -> list[tuple[int, int]] | None:
@@ -421,4 +427,5 @@ def _serialise(root: ET.Element) -> bytes:
         for key, value in el.attrib.items():
             el.attrib[key] = xml_safe(value)
     ET.indent(root)
-    return ET.tostring(root, encoding="utf-8", xml_declaration=True)
+    data: bytes = ET.tostring(root, encoding="utf-8", xml_declaration=True)
+    return data

@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import cast
 from urllib.parse import urlsplit
 
 from sqlalchemy import bindparam, func, select, update
@@ -29,7 +30,7 @@ from htrq.delivery.addresses import CallbackPolicy, check_callback_url
 from htrq.delivery.completion import reopen
 from htrq.delivery.webhooks import latest_event_id, webhook_state
 from htrq.errors import PERMANENT_CODES, PageError
-from htrq.jobs.uploads import Upload
+from htrq.jobs.uploads import Upload as Upload  # callers build uploads as jobs.Upload
 from htrq.models import JOB_MODES, Job, Line, Page, WebhookEvent, utcnow
 from htrq.queue import Send, page_queue
 from htrq.rendering import RenderBusy, RenderUnavailable, pdf_renderer
@@ -39,6 +40,7 @@ from htrq.resources import (
     JobResource,
     LineResource,
     PageResource,
+    PageStatus,
     PageSummary,
     Provenance,
     ReusedFrom,
@@ -522,7 +524,8 @@ def page_resource(
         id=page.id,
         job_id=page.job_id,
         index=page.index,
-        status=page.status,  # type: ignore[arg-type]
+        # The column is a str; its CHECK constraint holds it to PageStatus's values.
+        status=cast(PageStatus, page.status),
         filename=page.filename,
         frame=page.frame,
         width=page.width,
@@ -564,7 +567,7 @@ def line_resource(ln: Line, *, review_below: float = REVIEW_BELOW) -> LineResour
         text=ln.correction if ln.correction is not None else ln.text,
         model_text=ln.text,
         confidence=ln.confidence,
-        bbox=(ln.x0, ln.y0, ln.x1, ln.y1),
+        bbox=[ln.x0, ln.y0, ln.x1, ln.y1],
         polygon=json.loads(ln.polygon) if ln.polygon else None,
         baseline=json.loads(ln.baseline) if ln.baseline else None,
         needs_review=ln.confidence < review_below and not (corrected or reviewed),

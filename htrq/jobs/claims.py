@@ -19,9 +19,10 @@ import uuid
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol, cast
 
-from sqlalchemy import and_, bindparam, delete, false, insert, or_, select, true, update
+from sqlalchemy import Table, and_, bindparam, delete, false, insert, or_, select, true, update
+from sqlalchemy.engine import CursorResult, Result
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -148,12 +149,20 @@ def _fenced_update(session: Session, claim: Claim, **values: object) -> bool:
         .values(lease_until=None, **values)
         .execution_options(**NO_SYNC)
     )
-    return done.rowcount == 1  # type: ignore[attr-defined]
+    return _rowcount(done) == 1
+
+
+def _rowcount(result: Result[Any]) -> int:
+    """The rows an UPDATE matched. ``Session.execute`` types every result as a ``Result``;
+    a DML statement's is a ``CursorResult``, which counts them."""
+    assert isinstance(result, CursorResult)
+    return result.rowcount
 
 
 # The statements a page's result takes: Core statements on the tables (the ORM's bulk path
 # costs more Python time per page than the round trips do), built once with bound parameters.
-_pages, _lines = Page.__table__, Line.__table__
+# (Declarative types ``__table__`` as any FromClause; a mapped class's is its Table.)
+_pages, _lines = cast(Table, Page.__table__), cast(Table, Line.__table__)
 _STORE_RESULT = (
     update(_pages)
     .where(
@@ -221,7 +230,7 @@ def write_result(
             "new_height": size[1] if size else None,
         },
     )
-    if done.rowcount != 1:  # type: ignore[attr-defined]
+    if _rowcount(done) != 1:
         return False
     session.execute(_DROP_LINES, {"claimed_id": claim.page_id})
     if lines:

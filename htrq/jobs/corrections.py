@@ -138,7 +138,9 @@ def checked_lines(
         return [CheckedLine(**row._mapping) for row in s.execute(_checked_query(s, tenant, since))]
 
 
-def _checked_query(session: Session, tenant: str | None, since: datetime | None) -> Select[Any]:
+def _checked_query(
+    session: Session, tenant: str | None, since: datetime | None
+) -> Select[*tuple[Any, ...]]:
     q = (
         select(
             Page.job_id,

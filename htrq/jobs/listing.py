@@ -10,8 +10,9 @@ from __future__ import annotations
 import re
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import and_, case, func, or_, select, tuple_
+from sqlalchemy import ColumnElement, FromClause, Row, and_, case, func, or_, select, tuple_
 from sqlalchemy.orm import Session, sessionmaker
 
 from htrq.errors import PageError
@@ -83,7 +84,7 @@ def list_jobs(
     return JobList(jobs=jobs, next_cursor=_encode(rows[limit - 1][0]) if more else None)
 
 
-def _status_is(status: JobStatus, c) -> object:  # type: ignore[no-untyped-def]
+def _status_is(status: JobStatus, c: FromClause) -> ColumnElement[bool]:
     finished = c.c.queued + c.c.running == 0
     # htrq.jobs.started: a page running, or a worker's finish since the waiting were queued
     # (a job with unfinished pages has a running page or a waiting one: no NULL here).
@@ -100,7 +101,7 @@ def _status_is(status: JobStatus, c) -> object:  # type: ignore[no-untyped-def]
     }[status]
 
 
-def _summary(row) -> JobSummary:  # type: ignore[no-untyped-def]
+def _summary(row: Row[*tuple[Any, ...]]) -> JobSummary:
     job = row[0]
     counts = StatusCounts(
         queued=row.queued, running=row.running, succeeded=row.succeeded, failed=row.failed

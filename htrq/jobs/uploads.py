@@ -32,14 +32,19 @@ class Upload:
 
     @property
     def source(self) -> Source:
-        return self.data if self.data is not None else self.path  # type: ignore[return-value]
+        return self.data if self.data is not None else self._file
 
     def open(self) -> BinaryIO:
-        return io.BytesIO(self.data) if self.data is not None else self.path.open("rb")  # type: ignore[union-attr]
+        return io.BytesIO(self.data) if self.data is not None else self._file.open("rb")
 
     @functools.cached_property
     def size(self) -> int:
-        return len(self.data) if self.data is not None else self.path.stat().st_size  # type: ignore[union-attr]
+        return len(self.data) if self.data is not None else self._file.stat().st_size
+
+    @property
+    def _file(self) -> Path:
+        assert self.path is not None  # no data, so a path (__post_init__)
+        return self.path
 
     @functools.cached_property
     def digest(self) -> str:

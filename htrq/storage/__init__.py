@@ -211,7 +211,7 @@ class S3Store:
         name = self.object_name(key)
         with _s3_errors(missing=key):
             response = self._client.get_object(Bucket=self.bucket, Key=name)
-            return response["Body"].read()  # type: ignore[no-any-return]
+            return response["Body"].read()
 
     def delete(self, key: str) -> None:
         if not is_blob_key(key):

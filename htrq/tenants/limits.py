@@ -28,6 +28,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import cast
 
 import redis
 
@@ -167,7 +168,8 @@ class TenantLimiter:
 
     def refused(self) -> dict[str, int]:
         """Requests refused so far, by code, over every API process."""
-        counts = self.client.hgetall(REFUSED_KEY)
+        # (redis types a reply for its sync and async clients alike; this one is sync.)
+        counts = cast(dict[bytes, bytes], self.client.hgetall(REFUSED_KEY))
         return {k.decode(): int(v) for k, v in counts.items()}
 
     def _unchecked(self, exc: Exception) -> None:

@@ -209,7 +209,7 @@ def test_uploads_the_store_cannot_take_get_503_and_no_job(
     assert _waiting(unreachable_s3_settings, engine) == 0
 
 
-def test_metrics_show_the_work_waiting_and_in_flight(client: TestClient, engine) -> None:  # type: ignore[no-untyped-def]
+def test_metrics_show_the_work_waiting_and_in_flight(client: TestClient, engine) -> None:
     """Queued and running pages, expired leases, the oldest wait and the broker queue."""
     from uuid import UUID
 

@@ -17,6 +17,7 @@ from htrq.db import make_sessions, session_scope
 from htrq.jobs.deletion import delete_job
 from htrq.models import Job, Page
 from htrq.queue import CelerySender, make_celery, tenant_queue
+from htrq.resources import JobResource
 from htrq.settings import Settings
 from htrq.storage import open_store
 from htrq.tenants import ensure_tenant
@@ -96,7 +97,7 @@ def test_one_tenant_s_backlog_does_not_hold_back_another_tenant_s_page(
         with session_scope(sessions) as session:
             return ensure_tenant(session, f"{name}-{uuid.uuid4().hex[:8]}").id
 
-    def submit(tenant_id: uuid.UUID, n: int) -> jobs.JobResource:
+    def submit(tenant_id: uuid.UUID, n: int) -> JobResource:
         ups = [jobs.Upload(f"{i}.png", page_png(f"{tenant_id.hex[:4]} {i}")) for i in range(n)]
         job, _ = jobs.submit(
             sessions=sessions, storage=storage, send=sender, settings=s, tenant_id=tenant_id,

@@ -34,7 +34,7 @@ def _tenant_id(engine: Engine, name: str) -> uuid.UUID:
 
 
 @pytest.fixture
-def cleanup_tenants(engine: Engine):  # type: ignore[no-untyped-def]
+def cleanup_tenants(engine: Engine):
     names: list[str] = []
     yield names
     with make_sessions(engine).begin() as s:

@@ -44,7 +44,7 @@ def png_header(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
 
 
-def codes(fn, *args, **kwargs) -> str:  # type: ignore[no-untyped-def]
+def codes(fn, *args, **kwargs) -> str:
     with pytest.raises(PageError) as err:
         fn(*args, **kwargs)
     return err.value.code

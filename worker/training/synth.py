@@ -53,7 +53,8 @@ def _charset(path: Path, missing: str) -> frozenset[str]:
     # fontTools reports harmless quirks of some fonts' tables (extra bytes in 'post').
     logging.getLogger("fontTools").setLevel(logging.ERROR)
 
-    cmap = TTFont(str(path), lazy=True).getBestCmap() or {}
+    with TTFont(str(path), lazy=True) as font:  # lazy: it reads the file until closed
+        cmap = font.getBestCmap() or {}
     return frozenset(chr(c) for c in cmap) - set(missing)
 
 

@@ -389,6 +389,8 @@ def train(cfg: TrainConfig) -> Path:
         generation_num_beams=1,
         dataloader_num_workers=cfg.workers,
         dataloader_persistent_workers=cfg.workers > 0,
+        # Pinned memory only speeds copies to a GPU (torch warns when there is none).
+        dataloader_pin_memory=cuda,
         # A stream has no epochs to skip through on resume; the step counter drives the data.
         ignore_data_skip=True,
         bf16=bf16,
