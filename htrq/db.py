@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import CursorResult, Result
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -95,3 +96,10 @@ def read_scope(sessions: sessionmaker[Session]) -> Iterator[Session]:
         if isinstance(session.get_bind(), Engine):
             session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
         yield session
+
+
+def rowcount(result: Result[Any]) -> int:
+    """The rows an UPDATE or DELETE matched. ``Session.execute`` types every result as a
+    ``Result``; a DML statement's is a ``CursorResult``, which counts them."""
+    assert isinstance(result, CursorResult)
+    return result.rowcount

@@ -19,13 +19,13 @@ import uuid
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Protocol, cast
+from typing import Protocol, cast
 
 from sqlalchemy import Table, and_, bindparam, delete, false, insert, or_, select, true, update
-from sqlalchemy.engine import CursorResult, Result
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
+from htrq.db import rowcount
 from htrq.delivery.completion import note_finished
 from htrq.jobs.reuse import copy_to_waiters, release_waiters
 from htrq.models import Job, Line, Page, utcnow
@@ -149,14 +149,7 @@ def _fenced_update(session: Session, claim: Claim, **values: object) -> bool:
         .values(lease_until=None, **values)
         .execution_options(**NO_SYNC)
     )
-    return _rowcount(done) == 1
-
-
-def _rowcount(result: Result[Any]) -> int:
-    """The rows an UPDATE matched. ``Session.execute`` types every result as a ``Result``;
-    a DML statement's is a ``CursorResult``, which counts them."""
-    assert isinstance(result, CursorResult)
-    return result.rowcount
+    return rowcount(done) == 1
 
 
 # The statements a page's result takes: Core statements on the tables (the ORM's bulk path
@@ -230,7 +223,7 @@ def write_result(
             "new_height": size[1] if size else None,
         },
     )
-    if _rowcount(done) != 1:
+    if rowcount(done) != 1:
         return False
     session.execute(_DROP_LINES, {"claimed_id": claim.page_id})
     if lines:

@@ -39,12 +39,13 @@ import uuid
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, bindparam, delete, insert, or_, select, text, true, update
+from sqlalchemy import Table, and_, bindparam, delete, insert, or_, select, text, true, update
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
+from htrq.db import rowcount
 from htrq.models import Job, Line, Page, utcnow
 
 #: Recorded with the reading but without effect on it: the pages read in one call (each line
@@ -54,7 +55,9 @@ NOT_READING = frozenset({"batch_size"})
 
 NO_SYNC = {"synchronize_session": False}
 
-_pages, _lines = Page.__table__, Line.__table__
+# The tables themselves (``__table__`` is typed as any FromClause): copies are bulk
+# statements over columns, not objects.
+_pages, _lines = cast(Table, Page.__table__), cast(Table, Line.__table__)
 #: What a copy takes of its original's page row: the machine's reading and its provenance.
 _READING = ("text", "confidence", "model", "model_sha256", "decoding", "htrq_version")
 _SIZE = ("width", "height")
@@ -167,7 +170,7 @@ def settle(
                 .values(reading_key=c.key, waiting_on=reader_id, lease_until=lease)
                 .execution_options(**NO_SYNC)
             )
-            (out.waiting if waits.rowcount == 1 else out.lost).append(c.page_id)  # type: ignore[attr-defined]
+            (out.waiting if rowcount(waits) == 1 else out.lost).append(c.page_id)
         else:
             marked.append(c)
             # The next identical page of this group waits for this one.

@@ -30,7 +30,7 @@ from htrq.jobs.deletion import delete_job
 from htrq.jobs.reuse import Candidate, reading_key, settle
 from htrq.models import Job, Page, WebhookEvent, utcnow
 from htrq.queue import CelerySender, make_celery, page_queue
-from htrq.resources import PageResource
+from htrq.resources import JobResource, PageResource
 from htrq.settings import Settings
 from htrq.storage import DirectoryStore
 from htrq.tenants import default_tenant, ensure_tenant
@@ -104,7 +104,7 @@ def _submit(
     tenant_id: uuid.UUID | None = None,
     settings: Settings | None = None,
     **kwargs: Any,
-) -> jobs.JobResource:
+) -> JobResource:
     job, _ = jobs.submit(
         sessions=ctx.sessions,
         tenant_id=tenant_id or default_tenant(ctx.sessions),
@@ -117,11 +117,11 @@ def _submit(
     return job
 
 
-def _ids(job: jobs.JobResource) -> list[str]:
+def _ids(job: JobResource) -> list[str]:
     return [str(p.id) for p in job.pages]
 
 
-def _page(ctx: BatchContext, job: jobs.JobResource, index: int = 0) -> PageResource:
+def _page(ctx: BatchContext, job: JobResource, index: int = 0) -> PageResource:
     with ctx.sessions() as s:  # a deleted job: the default tenant's, whose page is not found
         tenant = s.scalars(select(Job.tenant_id).where(Job.id == job.id)).first()
     tenant = tenant or default_tenant(ctx.sessions)
@@ -589,7 +589,7 @@ def test_a_worker_reads_a_page_once_for_every_job_that_sends_it(
 
 def _held_reader(
     sessions: sessionmaker[Session], settings: Settings, key_of: Callable[[Page, Job], str]
-) -> tuple[jobs.JobResource, Any]:
+) -> tuple[JobResource, Any]:
     """A page submitted with its message dropped and claimed here, settled as its key's
     reader exactly as a worker would: a reading in progress that the test finishes."""
     tenant = default_tenant(sessions)
@@ -624,14 +624,14 @@ def test_a_copy_arriving_while_its_original_is_read_waits_then_succeeds(
     send = CelerySender(make_celery(settings))
     storage = DirectoryStore(settings.storage_dir)
 
-    def submit(data: bytes, **kwargs: Any) -> jobs.JobResource:
+    def submit(data: bytes, **kwargs: Any) -> JobResource:
         job, _ = jobs.submit(
             sessions=sessions, storage=storage, send=send, settings=settings, tenant_id=tenant,
             uploads=[jobs.Upload("p.png", data)], mode="line", **kwargs,
         )  # fmt: skip
         return job
 
-    def status(job: jobs.JobResource) -> str:
+    def status(job: JobResource) -> str:
         return jobs.get_page(sessions=sessions, tenant_id=tenant, job_id=job.id, index=0).status
 
     warm = submit(page_png("warm up"))  # the worker loads its model and records provenance

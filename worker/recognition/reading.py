@@ -29,8 +29,11 @@ if TYPE_CHECKING:
 
 
 class Recognized(Protocol):
-    text: str
-    confidence: float
+    # Read-only members, so that frozen dataclasses (``LineResult``) match.
+    @property
+    def text(self) -> str: ...
+    @property
+    def confidence(self) -> float: ...
 
 
 #: The recognizer seen from here: crops in, one result per crop out, in order.
