@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from htrq.resources import ErrorInfo, JobList, JobResource, LineResource, PageResource
 from htrq.tenants.review_links import MAX_LINK_SECONDS
@@ -17,6 +18,7 @@ __all__ = [
     "NO_NUL",
     "SUBMIT_BODY",
     "ErrorBody",
+    "IsoDatetime",
     "JobList",
     "JobResource",
     "LineCorrection",
@@ -34,6 +36,20 @@ __all__ = [
 #: Text that PostgreSQL stores: anything but NUL, which a text column refuses (a 500 if it
 #: reached the database; a 422 here).
 NO_NUL = r"^[^\x00]*$"
+
+_NUMBER = re.compile(r"\s*[+-]?\d+(\.\d*)?\s*")
+
+
+def _date_not_number(value: object) -> object:
+    """Pydantic reads a bare number as Unix seconds; the API's times are ISO 8601 only, so
+    that ``created_after=1700000000`` is an error the client sees, not a date it did not mean."""
+    if isinstance(value, str) and _NUMBER.fullmatch(value):
+        raise ValueError("expected an ISO 8601 date and time, e.g. 2026-12-07T10:00:00Z")
+    return value
+
+
+#: A query parameter holding a date and time, written out (ISO 8601), never a number.
+IsoDatetime = Annotated[datetime, BeforeValidator(_date_not_number)]
 
 
 class ErrorBody(BaseModel):

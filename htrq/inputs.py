@@ -37,6 +37,9 @@ _PDF_ERR_PASSWORD = 4
 class UploadInfo:
     format: str  #: ``PNG``, ``JPEG``, ``TIFF``, ``WEBP``, ``BMP`` or ``PDF``
     pages: int  #: how many page rows the file becomes
+    #: PDF pages refused from their size alone, by index: each fails alone at submit, and
+    #: the file's other pages are read.
+    refused: tuple[tuple[int, PageError], ...] = ()
 
 
 #: What :func:`inspect_upload` reads: the bytes, or a file holding them (an upload spooled
@@ -63,18 +66,22 @@ def inspect_upload(
     """Identify ``data`` and count its pages, or raise :class:`PageError`.
 
     With ``max_pixels`` an image whose (first) page is over the bound is refused here, from
-    its header, as is one whose shape is beyond ``max_aspect``; with ``dpi`` too, so is a PDF
-    with a page that would be over them rendered at that resolution (the worker's), from
-    the page sizes alone. TIFF frames are counted no further than ``max_pages`` (a file of
+    its header, as is one whose shape is beyond ``max_aspect``; with ``dpi`` too, a PDF page
+    that would be over them rendered at that resolution (the worker's) is listed in
+    ``refused``, from the page sizes alone (a PDF all of whose pages are is refused whole,
+    with the first page's reason). TIFF frames are counted no further than ``max_pages`` (a file of
     80,000 tiny frames is refused after 501 of them).
     """
     if (data.stat().st_size if isinstance(data, Path) else len(data)) == 0:
         raise PageError("empty_file", "the uploaded file is empty")
+    refused: tuple[tuple[int, PageError], ...] = ()
     if is_pdf(data):
         with _open_pdf(data) as pdf:
             pages = len(pdf)
-            if dpi is not None and max_pixels is not None:
-                _check_pdf_pages(pdf, min(pages, max_pages), dpi, max_pixels, max_aspect)
+            if dpi is not None and max_pixels is not None and pages <= max_pages:
+                refused = _check_pdf_pages(pdf, pages, dpi, max_pixels, max_aspect)
+                if refused and len(refused) == pages:
+                    raise refused[0][1]
         fmt = "PDF"
     else:
         with _open_image(data) as im:
@@ -92,7 +99,7 @@ def inspect_upload(
             "too_many_pages",
             f"the file has {pages} pages, over the limit of {max_pages}; split it into parts",
         )
-    return UploadInfo(format=fmt, pages=pages)
+    return UploadInfo(format=fmt, pages=pages, refused=refused)
 
 
 def render_page(
@@ -147,21 +154,26 @@ def render_page(
 
 def _check_pdf_pages(
     pdf: pdfium.PdfDocument, pages: int, dpi: int, max_pixels: int, max_aspect: float
-) -> None:
-    """Refuse a PDF any of whose first ``pages`` pages would be too large or too long once
-    rendered at ``dpi``: read from each page's size (points), no page rendered."""
+) -> tuple[tuple[int, PageError], ...]:
+    """The pages of ``pdf`` that would be too large or too long once rendered at ``dpi``,
+    and why: read from each page's size (points), no page rendered."""
+    refused = []
     for index in range(pages):
         try:
             w_pt, h_pt = pdf.get_page_size(index)
-        except Exception as exc:  # a malformed page tree
-            raise PageError("invalid_pdf", f"page {index} has no readable size") from exc
+        except Exception:  # a malformed page tree
+            error = PageError("invalid_pdf", f"page {index + 1} has no readable size")
+            refused.append((index, error))
+            continue
         size = (round(w_pt * dpi / 72), round(h_pt * dpi / 72))
         try:
             check_aspect(size, max_aspect)
             check_pixels(size, max_pixels)
         except PageError as exc:
             inches = f"{w_pt / 72:.0f}x{h_pt / 72:.0f} inches"
-            raise PageError(exc.code, f"page {index + 1} ({inches}): {exc.message}") from None
+            message = f"page {index + 1} ({inches}): {exc.message}"
+            refused.append((index, PageError(exc.code, message)))
+    return tuple(refused)
 
 
 def check_pixels(size: tuple[int, int], max_pixels: int) -> None:

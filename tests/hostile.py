@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import struct
+import warnings
 import zlib
 from dataclasses import dataclass
 
@@ -32,7 +33,10 @@ def saved_as(fmt: str) -> bytes:
     if fmt in ("ICO", "GIF", "PCX", "TGA", "DDS"):
         im = im.convert("RGB" if fmt == "DDS" else "L")
     buf = io.BytesIO()
-    im.save(buf, fmt)
+    with warnings.catch_warnings():
+        # Pillow 12 deprecates writing some of these formats (IM); refusing them is the point.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        im.save(buf, fmt)
     return buf.getvalue()
 
 

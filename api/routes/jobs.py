@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import tempfile
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -30,6 +29,7 @@ from api.schemas import (
     NO_NUL,
     SUBMIT_BODY,
     ErrorBody,
+    IsoDatetime,
     JobList,
     JobResource,
     PageResource,
@@ -145,7 +145,7 @@ def read_jobs(
     tenant: TenantDep,
     status: JobStatus | None = None,
     external_id: Annotated[str | None, Query(max_length=255, pattern=NO_NUL)] = None,
-    created_after: datetime | None = None,
+    created_after: IsoDatetime | None = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50,
     cursor: Annotated[
         str | None,

@@ -30,6 +30,7 @@ from htrq.delivery.addresses import CallbackPolicy, check_callback_url
 from htrq.delivery.completion import reopen
 from htrq.delivery.webhooks import latest_event_id, webhook_state
 from htrq.errors import PERMANENT_CODES, PageError
+from htrq.inputs import UploadInfo
 from htrq.jobs.uploads import Upload as Upload  # callers build uploads as jobs.Upload
 from htrq.models import JOB_MODES, Job, Line, Page, WebhookEvent, utcnow
 from htrq.queue import Send, page_queue
@@ -240,7 +241,7 @@ def _check_request(
         check_callback_url(callback_url, CallbackPolicy.from_settings(settings))
 
 
-def _inspect_all(uploads: Sequence[Upload], settings: Settings) -> list[int | PageError]:
+def _inspect_all(uploads: Sequence[Upload], settings: Settings) -> list[UploadInfo | PageError]:
     """Each file's page count, or why it cannot be read; raises :class:`PageError` when no
     file is readable or the pages are too many for one job."""
     inspected = [_inspect(up, settings) for up in uploads]
@@ -251,7 +252,7 @@ def _inspect_all(uploads: Sequence[Upload], settings: Settings) -> list[int | Pa
         # Nothing readable: a job of failed pages only would tell the client less than a 4xx.
         up, exc = refused[0]
         raise PageError(exc.code, f"{up.filename or 'upload'}: {exc.message}")
-    total = sum(1 if isinstance(i, PageError) else i for i in inspected)
+    total = sum(1 if isinstance(i, PageError) else i.pages for i in inspected)
     if total > settings.max_pages_per_job:
         raise PageError(
             "too_many_pages",
@@ -266,7 +267,7 @@ def _store_and_insert(
     settings: Settings,
     job: Job,
     uploads: Sequence[Upload],
-    inspected: Sequence[int | PageError],
+    inspected: Sequence[UploadInfo | PageError],
 ) -> tuple[uuid.UUID, list[str]]:
     """Store the files and insert ``job`` with a page per frame, in one transaction; return
     its id and those of the pages to enqueue (a refused file's page is ``failed`` at once)."""
@@ -279,7 +280,8 @@ def _store_and_insert(
             with up.open() as fh:
                 storage.put_from(up.digest, fh)
         for up, info in zip(uploads, inspected, strict=True):
-            frames = 1 if isinstance(info, PageError) else info
+            frames = 1 if isinstance(info, PageError) else info.pages
+            refused = {0: info} if isinstance(info, PageError) else dict(info.refused)
             for frame in range(frames):
                 page = Page(
                     index=len(job.pages),
@@ -290,17 +292,18 @@ def _store_and_insert(
                     attempts=0,
                     attempt_limit=settings.max_attempts,
                 )
-                if isinstance(info, PageError):
+                if (error := refused.get(frame)) is not None:
                     page.status, page.finished_at = "failed", utcnow()
-                    page.error_code, page.error_message = info.code, info.message
+                    page.error_code, page.error_message = error.code, error.message
                 job.pages.append(page)
         s.add(job)
         s.flush()
         return job.id, [str(p.id) for p in job.pages if p.status == "queued"]
 
 
-def _inspect(up: Upload, settings: Settings) -> int | PageError:
-    """How many pages ``up`` holds, or why it cannot be read.
+def _inspect(up: Upload, settings: Settings) -> UploadInfo | PageError:
+    """How many pages ``up`` holds (and which fail from their size alone), or why it cannot
+    be read.
 
     Raises :class:`PageError` for what refuses the whole request (over the byte or page limit).
     """
@@ -329,7 +332,7 @@ def _inspect(up: Upload, settings: Settings) -> int | PageError:
         if exc.code == "too_many_pages":  # the job would be over the limit too
             raise PageError(exc.code, f"{name}: {exc.message}") from exc
         return exc
-    return info.pages
+    return info
 
 
 @dataclass(frozen=True)

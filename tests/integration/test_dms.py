@@ -49,7 +49,8 @@ def _post(client: TestClient, text: str, **data: str) -> dict:
 
 def test_the_list_is_newest_first_filtered_and_paged(api: tuple, engine: Engine) -> None:
     """Keyset pages of 2 walk every job once, newest first; status, external_id and
-    created_after filter; a forged cursor is a 422."""
+    created_after filter (ISO 8601 only: a bare number is a 422, not Unix seconds); a forged
+    cursor is a 422."""
     client, _ = api
     made = [_post(client, f"job {i}", external_id=f"ext-{i}")["id"] for i in range(5)]
     with make_sessions(engine).begin() as s:  # the first two finish: one failed, one not
@@ -71,6 +72,9 @@ def test_the_list_is_newest_first_filtered_and_paged(api: tuple, engine: Engine)
     assert by(external_id="ext-3") == [made[3]]
     first = client.get(f"/v1/jobs/{made[2]}").json()["created_at"]
     assert by(created_after=first) == made[3:][::-1]
+    for number in ("-176", "1700000000", "1.5"):
+        r = client.get("/v1/jobs", params={"created_after": number})
+        assert r.status_code == 422 and "ISO 8601" in r.text, r.text
     bad = client.get("/v1/jobs", params={"cursor": "not-a-cursor"})
     assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_cursor"
 
