@@ -20,11 +20,8 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import re
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,18 +31,14 @@ from pathlib import Path
 
 import redis
 from PIL import Image, ImageDraw
-from scratch import scratch_database, settings_env, start_service
+from scratch import WorkerBench, scratch_service
 from sqlalchemy import func, select
 
-from htrq import jobs
-from htrq.db import make_engine, make_sessions, session_scope
+from htrq.db import session_scope
 from htrq.jobs.deletion import delete_job
 from htrq.models import Page
-from htrq.queue import CelerySender, make_celery
-from htrq.settings import Settings, load_settings
-from htrq.storage import open_store
+from htrq.settings import Settings
 from htrq.tenants import ensure_tenant
-from migrations import upgrade
 
 
 def make_pages(n: int, synthetic: bool) -> list[bytes]:
@@ -66,29 +59,14 @@ def make_pages(n: int, synthetic: bool) -> list[bytes]:
     return out
 
 
-class Service:
+class Service(WorkerBench):
     """A real worker process, and submits through the job service for two tenants."""
 
     def __init__(self, settings: Settings, log: Path) -> None:
-        assert settings.database_url
-        self.settings, self.log = settings, log
-        env = settings_env(settings, TRANSFORMERS_VERBOSITY="error")
-        self.worker = start_service(["worker", "--loglevel=info"], env, log)
-        self.engine = make_engine(settings.database_url)
-        self.sessions = make_sessions(self.engine)
-        self.sender = CelerySender(make_celery(settings))
-        self.storage = open_store(settings)
+        super().__init__(settings, log)
         with session_scope(self.sessions) as s:
             run = uuid.uuid4().hex[:6]
             self.a, self.b = (ensure_tenant(s, f"{n}-{run}").id for n in ("A", "B"))
-
-    def submit(self, tenant: uuid.UUID, pages: list[bytes]) -> uuid.UUID:
-        uploads = [jobs.Upload(f"{i}.png", d) for i, d in enumerate(pages)]
-        job, _ = jobs.submit(
-            sessions=self.sessions, storage=self.storage, send=self.sender,
-            settings=self.settings, tenant_id=tenant, uploads=uploads, mode="line",
-        )  # fmt: skip
-        return job.id
 
     def finished(self, job_id: uuid.UUID) -> tuple[int, datetime | None]:
         with self.sessions() as s:
@@ -126,15 +104,6 @@ class Service:
     def group_seconds(self) -> list[float]:
         """Pipeline seconds of each group the worker has read, from its log."""
         return [int(ms) / 1e3 for ms in re.findall(r"\(pipeline (\d+) ms", self.log.read_text())]
-
-    def close(self) -> None:
-        os.killpg(self.worker.pid, signal.SIGTERM)
-        try:
-            self.worker.wait(timeout=60)
-        except subprocess.TimeoutExpired:  # still in a long group (a loaded machine)
-            os.killpg(self.worker.pid, signal.SIGKILL)
-            self.worker.wait(timeout=60)
-        self.engine.dispose()
 
 
 def run(settings: Settings, args: argparse.Namespace, pages: list[bytes], tag: str) -> dict:
@@ -194,29 +163,18 @@ def main() -> None:
     p.add_argument("--timeout", type=float, default=1800)
     args = p.parse_args()
 
-    with (
-        scratch_database(args.admin_url, args.broker_url) as database_url,
-        tempfile.TemporaryDirectory(prefix="htrq-bench-") as tmp,
-    ):
-        model = args.model
-        if model == "tiny":
-            from worker.training.build import build_tiny_model
-
-            model = str(build_tiny_model(Path(tmp) / "tiny"))
-        settings = load_settings(
-            database_url=database_url,
-            broker_url=args.broker_url,
-            storage_dir=Path(tmp) / "blobs",
-            model=model,
-            batch_size=args.batch_size,
-            flush_every=args.flush_every,
-            num_beams=args.num_beams,
-            max_new_tokens=args.max_new_tokens,
-            max_pages_per_job=max(args.backlog, 500),
-            torch_threads=args.torch_threads,
-            queue_refresh=1.0,
-        )
-        upgrade(settings.database_url or "")
+    with scratch_service(
+        args.admin_url,
+        args.broker_url,
+        args.model,
+        batch_size=args.batch_size,
+        flush_every=args.flush_every,
+        num_beams=args.num_beams,
+        max_new_tokens=args.max_new_tokens,
+        max_pages_per_job=max(args.backlog, 500),
+        torch_threads=args.torch_threads,
+        queue_refresh=1.0,
+    ) as settings:
         pages = make_pages(args.backlog + 1, args.synthetic)
         print(
             f"tenant A: {args.backlog} one-line pages in one job; tenant B: 1 page; model "

@@ -24,9 +24,6 @@ import argparse
 import io
 import os
 import re
-import signal
-import subprocess
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -35,18 +32,13 @@ from pathlib import Path
 
 from fair_share import make_pages
 from PIL import Image, ImageDraw
-from scratch import group_cpu_seconds, scratch_database, settings_env, start_service
+from scratch import WorkerBench, group_cpu_seconds, scratch_service
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from htrq import jobs
-from htrq.db import make_engine, make_sessions
 from htrq.models import Line, Page
-from htrq.queue import CelerySender, make_celery
-from htrq.settings import Settings, load_settings
-from htrq.storage import open_store
+from htrq.settings import Settings
 from htrq.tenants import default_tenant
-from migrations import upgrade
 
 
 @dataclass(frozen=True)
@@ -80,28 +72,15 @@ def backend_cpu_seconds(sessions: sessionmaker[Session], database: str) -> float
     return total / os.sysconf("SC_CLK_TCK")
 
 
-class Service:
+class Service(WorkerBench):
+    """A real worker process; jobs of the default tenant, read and read again."""
+
     def __init__(self, settings: Settings, log: Path) -> None:
+        super().__init__(settings, log)
         assert settings.database_url
-        self.settings, self.log = settings, log
-        env = settings_env(settings, TRANSFORMERS_VERBOSITY="error")
-        self.worker = start_service(["worker", "--loglevel=info"], env, log)
-        self.engine = make_engine(settings.database_url)
-        self.sessions = make_sessions(self.engine)
         self.database = settings.database_url.rsplit("/", 1)[1]
-        self.sender = CelerySender(make_celery(settings))
-        self.storage = open_store(settings)
         self.tenant = default_tenant(self.sessions)
         self.last_job: uuid.UUID | None = None
-
-    def submit(self, pages: list[bytes], *, reuse: bool = True) -> uuid.UUID:
-        uploads = [jobs.Upload(f"{i}.png", d) for i, d in enumerate(pages)]
-        job, _ = jobs.submit(
-            sessions=self.sessions, storage=self.storage, send=self.sender,
-            settings=self.settings, tenant_id=self.tenant, uploads=uploads, mode="line",
-            reuse=reuse,
-        )  # fmt: skip
-        return job.id
 
     def wait(self, job_id: uuid.UUID, n: int, timeout: float) -> datetime:
         deadline = time.monotonic() + timeout
@@ -132,7 +111,7 @@ class Service:
         read, reused = self.counted("read"), self.counted("reused")
         started = datetime.now(UTC)
         t0 = time.perf_counter()
-        job = self.submit(pages, reuse=reuse)
+        job = self.submit(self.tenant, pages, reuse=reuse)
         submit_s = time.perf_counter() - t0
         last = self.wait(job, len(pages), timeout)
         time.sleep(1.0)  # the batch line is logged after the group's last write
@@ -175,15 +154,6 @@ class Service:
                 f"copies wrong: {len(bad)} pages not from their original; lines {lines}"
             )
 
-    def close(self) -> None:
-        os.killpg(self.worker.pid, signal.SIGTERM)
-        try:
-            self.worker.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.worker.pid, signal.SIGKILL)
-            self.worker.wait(timeout=60)
-        self.engine.dispose()
-
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -200,28 +170,17 @@ def main() -> None:
     p.add_argument("--timeout", type=float, default=3600)
     args = p.parse_args()
 
-    with (
-        scratch_database(args.admin_url, args.broker_url) as database_url,
-        tempfile.TemporaryDirectory(prefix="htrq-bench-") as tmp,
-    ):
-        model = args.model
-        if model == "tiny":
-            from worker.training.build import build_tiny_model
-
-            model = str(build_tiny_model(Path(tmp) / "tiny"))
-        settings = load_settings(
-            database_url=database_url,
-            broker_url=args.broker_url,
-            storage_dir=Path(tmp) / "blobs",
-            model=model,
-            batch_size=args.batch_size,
-            flush_every=args.flush_every,
-            num_beams=args.num_beams,
-            max_new_tokens=args.max_new_tokens,
-            max_pages_per_job=max(args.pages, 500),
-            torch_threads=args.torch_threads,
-        )
-        upgrade(database_url)
+    with scratch_service(
+        args.admin_url,
+        args.broker_url,
+        args.model,
+        batch_size=args.batch_size,
+        flush_every=args.flush_every,
+        num_beams=args.num_beams,
+        max_new_tokens=args.max_new_tokens,
+        max_pages_per_job=max(args.pages, 500),
+        torch_threads=args.torch_threads,
+    ) as settings:
         pages = make_pages(args.pages, synthetic=False)
         print(
             f"{args.pages} distinct one-line pages per job; model {args.model}, beams "
@@ -229,11 +188,11 @@ def main() -> None:
             "process",
             flush=True,
         )
-        log = Path(tmp) / "worker.log"
+        log = settings.storage_dir.parent / "worker.log"
         service = Service(settings, log)
         try:
             # Warm-up: the worker has started and loaded its model (other pages, not reused).
-            service.wait(service.submit([_warm()]), 1, args.timeout)
+            service.wait(service.submit(service.tenant, [_warm()]), 1, args.timeout)
             runs: dict[str, Run] = {}
             runs["first reading"] = service.run(pages, args.timeout)
             first_job = service.last_job

@@ -6,23 +6,35 @@ repository's root is put there below, for ``tests``)."""
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
+import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import redis
 
 # tests/services.py starts `htrq` service processes for the tests and for these benches.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from htrq import jobs
+from htrq.db import make_engine, make_sessions
+from htrq.queue import CelerySender, make_celery
+from htrq.settings import Settings, load_settings
+from htrq.storage import open_store
+from migrations import upgrade
 from tests.services import htrq_free_env, settings_env, start_service
 
 __all__ = [
+    "WorkerBench",
     "group_cpu_seconds",
     "htrq_free_env",
     "scratch_database",
+    "scratch_service",
     "settings_env",
     "start_service",
 ]
@@ -56,3 +68,60 @@ def group_cpu_seconds(pgid: int) -> float:
         if int(fields[2]) == pgid:  # pgrp; utime and stime follow at 11 and 12
             total += int(fields[11]) + int(fields[12])
     return total / os.sysconf("SC_CLK_TCK")
+
+
+@contextmanager
+def scratch_service(
+    admin_url: str, broker_url: str, model: str, **settings: Any
+) -> Iterator[Settings]:
+    """Settings for one bench run on a scratch database (migrated) and a scratch blob folder;
+    ``model`` ``tiny`` builds a small random model there (for the service's own costs)."""
+    with (
+        scratch_database(admin_url, broker_url) as database_url,
+        tempfile.TemporaryDirectory(prefix="htrq-bench-") as tmp,
+    ):
+        if model == "tiny":
+            from worker.training.build import build_tiny_model
+
+            model = str(build_tiny_model(Path(tmp) / "tiny"))
+        upgrade(database_url)
+        yield load_settings(
+            database_url=database_url,
+            broker_url=broker_url,
+            storage_dir=Path(tmp) / "blobs",
+            model=model,
+            **settings,
+        )
+
+
+class WorkerBench:
+    """A real ``htrq worker`` process (its log in ``log``) and job submits through the job
+    service, as the API makes them."""
+
+    def __init__(self, settings: Settings, log: Path) -> None:
+        assert settings.database_url
+        self.settings, self.log = settings, log
+        env = settings_env(settings, TRANSFORMERS_VERBOSITY="error")
+        self.worker = start_service(["worker", "--loglevel=info"], env, log)
+        self.engine = make_engine(settings.database_url)
+        self.sessions = make_sessions(self.engine)
+        self.sender = CelerySender(make_celery(settings))
+        self.storage = open_store(settings)
+
+    def submit(self, tenant: uuid.UUID, pages: Sequence[bytes], **options: Any) -> uuid.UUID:
+        """One job of one-line pages for ``tenant``; ``options`` go to ``jobs.submit``."""
+        uploads = [jobs.Upload(f"{i}.png", d) for i, d in enumerate(pages)]
+        job, _ = jobs.submit(
+            sessions=self.sessions, storage=self.storage, send=self.sender,
+            settings=self.settings, tenant_id=tenant, uploads=uploads, mode="line", **options,
+        )  # fmt: skip
+        return job.id
+
+    def close(self) -> None:
+        os.killpg(self.worker.pid, signal.SIGTERM)
+        try:
+            self.worker.wait(timeout=60)
+        except subprocess.TimeoutExpired:  # still in a long group (a loaded machine)
+            os.killpg(self.worker.pid, signal.SIGKILL)
+            self.worker.wait(timeout=60)
+        self.engine.dispose()
