@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from PIL import Image, ImageDraw
@@ -10,18 +12,11 @@ from worker.recognition.ctc_prefix import load_ctc_head
 from worker.recognition.line_encoder import LineEncoderConfig, LineEncoderModel, column_states
 from worker.recognition.loading import load_model
 from worker.recognition.recognizer import Recognizer
-from worker.training.build import ModelShape, build_model, save
+from worker.training.build import TINY, build_model, save
 from worker.training.train import attach_ctc_head, ctc_loss, one_patch_row
 
-TINY_CONV = ModelShape(
-    height=16,
-    width=128,
-    hidden=32,
-    encoder_layers=1,
-    decoder_layers=1,
-    heads=2,
-    ffn=64,
-    max_positions=64,
+TINY_CONV = replace(
+    TINY,
     encoder="conv",
     stem_patch=(2, 2),
     stem_channels=(4, 8),
@@ -47,32 +42,10 @@ def test_the_stem_gives_one_state_per_column_and_ctc_reads_them_all():
 
 def test_a_vit_drops_its_cls_token_and_a_square_grid_is_not_a_row():
     """ViT's outputs start with [CLS]; a stock-shaped square grid has no column order."""
-    model, _ = build_model(
-        ModelShape(
-            height=16,
-            width=128,
-            patch=(16, 8),
-            hidden=32,
-            encoder_layers=1,
-            decoder_layers=1,
-            heads=2,
-            ffn=64,
-        )
-    )
+    model, _ = build_model(replace(TINY, patch=(16, 8)))
     hidden = model.encoder(pixel_values=torch.zeros(1, 1, 16, 128)).last_hidden_state
     assert hidden.shape[1] == 17 and column_states(model, hidden).shape[1] == 16
-    square, _ = build_model(
-        ModelShape(
-            height=32,
-            width=32,
-            patch=(16, 16),
-            hidden=32,
-            encoder_layers=1,
-            decoder_layers=1,
-            heads=2,
-            ffn=64,
-        )
-    )
+    square, _ = build_model(replace(TINY, height=32, width=32))
     assert not one_patch_row(square)
 
 

@@ -204,18 +204,22 @@ def save(model: VisionEncoderDecoderModel, processor: TrOCRProcessor, out_dir: P
     return out_dir
 
 
+#: A tiny random model of the same architecture, for tests of the service's mechanics (its
+#: variants: ``dataclasses.replace(TINY, ...)``).
+TINY = ModelShape(
+    height=16,
+    width=128,
+    patch=(16, 16),
+    hidden=32,
+    encoder_layers=1,
+    decoder_layers=1,
+    heads=2,
+    ffn=64,
+    max_positions=64,
+)
+
+
 def build_tiny_model(out_dir: Path) -> Path:
-    """A tiny random model of the same architecture, for tests of the service's mechanics."""
-    shape = ModelShape(
-        height=16,
-        width=128,
-        patch=(16, 16),
-        hidden=32,
-        encoder_layers=1,
-        decoder_layers=1,
-        heads=2,
-        ffn=64,
-        max_positions=64,
-    )
-    model, processor = build_model(shape)
+    """A :data:`TINY` model, saved in ``out_dir``."""
+    model, processor = build_model(TINY)
     return save(model, processor, out_dir)
