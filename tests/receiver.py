@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Self
 
 
 @dataclass
@@ -105,6 +106,23 @@ class _RawServer:
             t.join(timeout=30)
 
 
+class _RawReceiver:
+    """A receiver over a :class:`_RawServer` (``self.server``), used as a context manager."""
+
+    server: _RawServer
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def __enter__(self) -> Self:
+        self.server.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.close()
+
+
 def _read_request(conn: socket.socket) -> bytes:
     """The request's head and body (by its Content-Length)."""
     data = b""
@@ -128,7 +146,7 @@ def _read_request(conn: socket.socket) -> bytes:
 
 
 @dataclass
-class DripReceiver:
+class DripReceiver(_RawReceiver):
     """Answers a byte at a time, ``interval`` seconds apart: a status line and then a header
     ``size`` bytes long, never reaching the end of the headers until it has sent them all.
     ``sent`` counts the bytes each connection got out before the client hung up (or all)."""
@@ -158,20 +176,9 @@ class DripReceiver:
             self.sent.append(count)
             self.done.set()
 
-    @property
-    def url(self) -> str:
-        return self.server.url
-
-    def __enter__(self) -> DripReceiver:
-        self.server.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.close()
-
 
 @dataclass
-class FloodReceiver:
+class FloodReceiver(_RawReceiver):
     """Answers 200 with a body of ``size`` bytes, written as fast as the client takes them;
     ``sent`` counts the bytes each connection got out before the client hung up."""
 
@@ -193,20 +200,9 @@ class FloodReceiver:
             self.sent.append(count)
             self.done.set()
 
-    @property
-    def url(self) -> str:
-        return self.server.url
-
-    def __enter__(self) -> FloodReceiver:
-        self.server.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.close()
-
 
 @dataclass
-class HoldingReceiver:
+class HoldingReceiver(_RawReceiver):
     """Takes a request and answers nothing until ``release`` is set (or ``hold`` seconds
     pass), then 204; ``holding`` counts the connections it holds now."""
 
@@ -229,17 +225,9 @@ class HoldingReceiver:
             with self.lock:
                 self.holding -= 1
 
-    @property
-    def url(self) -> str:
-        return self.server.url
-
-    def __enter__(self) -> HoldingReceiver:
-        self.server.start()
-        return self
-
     def __exit__(self, *exc: object) -> None:
         self.release.set()
-        self.server.close()
+        super().__exit__(*exc)
 
 
 def _closed(conn: socket.socket) -> bool:
