@@ -31,7 +31,7 @@ from pathlib import Path
 
 import redis
 from PIL import Image, ImageDraw
-from scratch import WorkerBench, scratch_service
+from scratch import WorkerBench, scratch_service, worker_arguments
 from sqlalchemy import func, select
 
 from htrq.db import session_scope
@@ -142,38 +142,16 @@ def run(settings: Settings, args: argparse.Namespace, pages: list[bytes], tag: s
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="builtin", help="a model setting, or 'tiny' (random)")
+    worker_arguments(p, flush_every=32, num_beams=1, timeout=1800)
     p.add_argument("--backlog", type=int, default=2000, help="tenant A's one-line pages")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--flush-every", type=int, default=32, help="pages per worker group")
-    p.add_argument("--num-beams", type=int, default=1)
-    p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--idle-rounds", type=int, default=3)
-    p.add_argument(
-        "--torch-threads",
-        type=int,
-        default=0,
-        help="HTRQ_TORCH_THREADS of the worker (0: its cores); 1 on a machine others load",
-    )
     p.add_argument("--synthetic", action="store_true", help="synthetic handwriting pages")
     p.add_argument("--compare", action="store_true", help="run again with fair share off")
     p.add_argument("--drain", action="store_true", help="also time A's whole backlog")
-    p.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
-    p.add_argument("--broker-url", default="redis://127.0.0.1:6379/14")
-    p.add_argument("--timeout", type=float, default=1800)
     args = p.parse_args()
 
     with scratch_service(
-        args.admin_url,
-        args.broker_url,
-        args.model,
-        batch_size=args.batch_size,
-        flush_every=args.flush_every,
-        num_beams=args.num_beams,
-        max_new_tokens=args.max_new_tokens,
-        max_pages_per_job=max(args.backlog, 500),
-        torch_threads=args.torch_threads,
-        queue_refresh=1.0,
+        args, max_pages_per_job=max(args.backlog, 500), queue_refresh=1.0
     ) as settings:
         pages = make_pages(args.backlog + 1, args.synthetic)
         print(

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from fair_share import make_pages
 from PIL import Image, ImageDraw
-from scratch import WorkerBench, group_cpu_seconds, scratch_service
+from scratch import WorkerBench, group_cpu_seconds, scratch_service, worker_arguments
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -157,30 +157,12 @@ class Service(WorkerBench):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="builtin", help="a model setting, or 'tiny' (random)")
+    worker_arguments(p, flush_every=64, num_beams=4, timeout=3600)
     p.add_argument("--pages", type=int, default=1000, help="one-line pages per job")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--flush-every", type=int, default=64, help="pages per worker group")
-    p.add_argument("--num-beams", type=int, default=4)
-    p.add_argument("--max-new-tokens", type=int, default=48)
-    p.add_argument("--torch-threads", type=int, default=0, help="HTRQ_TORCH_THREADS (0: all)")
     p.add_argument("--fresh", action="store_true", help="a third job with reuse=False")
-    p.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
-    p.add_argument("--broker-url", default="redis://127.0.0.1:6379/14")
-    p.add_argument("--timeout", type=float, default=3600)
     args = p.parse_args()
 
-    with scratch_service(
-        args.admin_url,
-        args.broker_url,
-        args.model,
-        batch_size=args.batch_size,
-        flush_every=args.flush_every,
-        num_beams=args.num_beams,
-        max_new_tokens=args.max_new_tokens,
-        max_pages_per_job=max(args.pages, 500),
-        torch_threads=args.torch_threads,
-    ) as settings:
+    with scratch_service(args, max_pages_per_job=max(args.pages, 500)) as settings:
         pages = make_pages(args.pages, synthetic=False)
         print(
             f"{args.pages} distinct one-line pages per job; model {args.model}, beams "

@@ -5,6 +5,7 @@ repository's root is put there below, for ``tests``)."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import subprocess
@@ -37,6 +38,7 @@ __all__ = [
     "scratch_service",
     "settings_env",
     "start_service",
+    "worker_arguments",
 ]
 
 
@@ -70,14 +72,34 @@ def group_cpu_seconds(pgid: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def worker_arguments(
+    p: argparse.ArgumentParser, *, flush_every: int, num_beams: int, timeout: float
+) -> None:
+    """The options of a worker bench: the worker's model and reading settings, the servers."""
+    p.add_argument("--model", default="builtin", help="a model setting, or 'tiny' (random)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--flush-every", type=int, default=flush_every, help="pages per group")
+    p.add_argument("--num-beams", type=int, default=num_beams)
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument(
+        "--torch-threads",
+        type=int,
+        default=0,
+        help="HTRQ_TORCH_THREADS of the worker (0: its cores); 1 on a machine others load",
+    )
+    p.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    p.add_argument("--broker-url", default="redis://127.0.0.1:6379/14")
+    p.add_argument("--timeout", type=float, default=timeout)
+
+
 @contextmanager
-def scratch_service(
-    admin_url: str, broker_url: str, model: str, **settings: Any
-) -> Iterator[Settings]:
-    """Settings for one bench run on a scratch database (migrated) and a scratch blob folder;
-    ``model`` ``tiny`` builds a small random model there (for the service's own costs)."""
+def scratch_service(args: argparse.Namespace, **settings: Any) -> Iterator[Settings]:
+    """Settings for one bench run (``args`` of :func:`worker_arguments`, then ``settings``)
+    on a scratch database (migrated) and a scratch blob folder; the model ``tiny`` is built
+    there (small and random: for the service's own costs)."""
+    model = args.model
     with (
-        scratch_database(admin_url, broker_url) as database_url,
+        scratch_database(args.admin_url, args.broker_url) as database_url,
         tempfile.TemporaryDirectory(prefix="htrq-bench-") as tmp,
     ):
         if model == "tiny":
@@ -87,9 +109,14 @@ def scratch_service(
         upgrade(database_url)
         yield load_settings(
             database_url=database_url,
-            broker_url=broker_url,
+            broker_url=args.broker_url,
             storage_dir=Path(tmp) / "blobs",
             model=model,
+            batch_size=args.batch_size,
+            flush_every=args.flush_every,
+            num_beams=args.num_beams,
+            max_new_tokens=args.max_new_tokens,
+            torch_threads=args.torch_threads,
             **settings,
         )
 
