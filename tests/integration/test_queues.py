@@ -86,7 +86,8 @@ def test_one_tenant_s_backlog_does_not_hold_back_another_tenant_s_page(
     fair_share: bool, processes: Processes, settings: Settings, engine: Engine
 ) -> None:
     """Tenant A's 200 one-line pages are queued and being read when tenant B, made after the
-    worker started, sends one page: with fair share B's page finishes before most of A's;
+    worker started, sends one page: with fair share only a few groups of A's pages finish
+    between B's page's submission and its result;
     first come first served (``HTRQ_FAIR_SHARE=false``, or fair share taken out) holds it
     behind every one of them."""
     s = settings.model_copy(update={"fair_share": fair_share, "queue_refresh": 0.3})
@@ -124,18 +125,31 @@ def test_one_tenant_s_backlog_does_not_hold_back_another_tenant_s_page(
         wait_for(lambda: finished(single.id) == 1, "B's page", worker, log, 0.05, 4 * DEADLINE)
         with engine.connect() as conn:
             b_page = conn.execute(
-                select(Page.finished_at, Page.attempts, Page.status, Page.error_code).where(
+                select(Page.created_at, Page.finished_at, Page.attempts, Page.status).where(
                     Page.job_id == single.id
                 )
             ).one()
-            b_done = b_page.finished_at
+            a_done = Page.job_id == backlog.id
             a_before = conn.scalar(
-                select(func.count()).where(Page.job_id == backlog.id, Page.finished_at <= b_done)
+                select(func.count()).where(a_done, Page.finished_at <= b_page.finished_at)
+            )
+            # A's pages read while B's page waited: those finished before it was even
+            # submitted are no sign of unfairness (the tiny model reads dozens a second while
+            # the worker picks up B's queue and the test renders B's page).
+            a_overtaking = conn.scalar(
+                select(func.count()).where(
+                    a_done,
+                    Page.finished_at > b_page.created_at,
+                    Page.finished_at <= b_page.finished_at,
+                )
             )
         if fair_share:
-            # A few groups of 4 (the worker's prefetch window and B's own group), not 200.
-            # (B's attempts and code say whether it was re-sent, e.g. judged too slow.)
-            assert a_before is not None and a_before < 100, (a_before, tuple(b_page))
+            # A few groups of 4 (the worker's prefetch window and B's own group), not the rest
+            # of A's backlog, some of which was still queued when B's page was done.
+            # (B's attempts say whether it was re-sent, e.g. judged too slow.)
+            seen = (a_before, a_overtaking, tuple(b_page))
+            assert a_before is not None and a_before < 200, seen
+            assert a_overtaking is not None and a_overtaking <= 24, seen
         else:
             # B's page is read in the last group, beside up to flush_every - 1 of A's pages
             # whose finish stamps may fall on either side of it; every earlier group went first.
