@@ -176,9 +176,8 @@ def seeded_torch() -> None:
         torch.manual_seed(20251)
 
 
-@pytest.fixture(scope="session")
-def pg_url() -> Iterator[str]:
-    """A PostgreSQL database created for this test run and dropped after it."""
+def _new_database() -> Iterator[str]:
+    """The URL of an empty PostgreSQL database made for the caller, dropped when it is done."""
     name = _test_database_name()
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
         _drop_abandoned(conn)
@@ -187,19 +186,18 @@ def pg_url() -> Iterator[str]:
     yield f"{base}/{name}"
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A PostgreSQL database created for this test run and dropped after it."""
+    yield from _new_database()
 
 
 @pytest.fixture
 def scratch_pg_url() -> Iterator[str]:
     """An empty PostgreSQL database for one test (migrations up and down), then dropped."""
-    name = _test_database_name()
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        _drop_abandoned(conn)
-        conn.execute(f'CREATE DATABASE "{name}"')
-    base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
-    yield f"{base}/{name}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    yield from _new_database()
 
 
 @pytest.fixture(scope="session")

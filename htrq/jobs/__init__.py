@@ -31,6 +31,7 @@ from htrq.delivery.completion import reopen
 from htrq.delivery.webhooks import latest_event_id, webhook_state
 from htrq.errors import PERMANENT_CODES, PageError
 from htrq.inputs import UploadInfo
+from htrq.jobs.listing import job_fields
 from htrq.jobs.uploads import Upload as Upload  # callers build uploads as jobs.Upload
 from htrq.models import JOB_MODES, Job, Line, Page, WebhookEvent, utcnow
 from htrq.queue import Send, page_queue
@@ -465,17 +466,11 @@ def get_job(
                 (r.page_status, r.page_attempts, r.page_queued_at, r.page_finished_at) for r in rows
             ),
         ),
-        external_id=job.external_id,
-        mode=job.mode,
-        model=job.model,
-        language=job.language,
-        reuse=job.reuse,
-        created_at=job.created_at,
-        finished_at=job.finished_at,
         callback_url=job.callback_url,
         webhook=webhook_state(event),
         counts=counts,
         pages=pages,
+        **job_fields(job),
     )
 
 

@@ -116,15 +116,22 @@ def _summary(row: Row[*tuple[Any, ...]]) -> JobSummary:
                 and (row.first_wait is None or row.last_finish >= row.first_wait)
             ),
         ),
-        external_id=job.external_id,
-        mode=job.mode,
-        model=job.model,
-        language=job.language,
-        reuse=job.reuse,
-        created_at=job.created_at,
-        finished_at=job.finished_at,
         counts=counts,
+        **job_fields(job),
     )
+
+
+def job_fields(job: Job) -> dict[str, Any]:
+    """What a job's summary and its full resource take from the job's row as it is."""
+    return {
+        "external_id": job.external_id,
+        "mode": job.mode,
+        "model": job.model,
+        "language": job.language,
+        "reuse": job.reuse,
+        "created_at": job.created_at,
+        "finished_at": job.finished_at,
+    }
 
 
 def _encode(job: Job) -> str:
