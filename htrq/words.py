@@ -63,12 +63,12 @@ def refit_words(words: Sequence[Word], text: str, bbox: Sequence[int]) -> list[W
     matcher = difflib.SequenceMatcher(None, old, new, autojunk=False)
     for tag, i1, i2, j1, j2 in matcher.get_opcodes():
         if tag == "equal":
-            out.extend(Word(**words[i]) for i in range(i1, i2))  # type: ignore[typeddict-item]
+            out.extend(Word(**words[i]) for i in range(i1, i2))
             continue
         if j1 == j2:
             continue  # words the person deleted
         if i1 < i2:
-            span = words[i1 : i2]
+            span = words[i1:i2]
             left, right = span[0]["box"][0], max(w["box"][2] for w in span)
             top, bottom = min(w["box"][1] for w in span), max(w["box"][3] for w in span)
         else:  # inserted between two words: the gap between them

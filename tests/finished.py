@@ -20,6 +20,7 @@ from htrq.jobs.uploads import Upload
 from htrq.models import Page
 from htrq.settings import Settings
 from htrq.storage import BlobStore
+from htrq.words import Word
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,8 @@ class Read:
     bbox: tuple[int, int, int, int]
     polygon: list[tuple[int, int]] | None = None
     baseline: list[tuple[int, int]] | None = None
+    words: list[Word] | None = None
+    box_source: str | None = None
 
 
 #: Three lines of a 480 x 200 letter: the second and third are doubtful (under the 0.75
