@@ -1,0 +1,178 @@
+"""Word boxes and word confidences against truth, and what the words cost.
+
+Three measurements, each through the page pipeline the worker runs (``build_pipeline`` with
+the recognizer ``load_recognizer`` makes from the settings; lines submitted as ``mode=line``
+pages, PNG bytes in, page outputs out):
+
+* ``boxes``: lines rendered in the fonts held out of training (``split_fonts``) with each
+  word's ink box known (``LineRenderer(word_boxes=...)``); of the words read right (the
+  reading's words matched to the truth's in order), the share whose box overlaps the true
+  box at IoU >= 0.5, and the median error of the left and right edges in pixels.
+* ``calibration`` (with ``--lines``): real lines of the writers each collection holds out
+  of training (``split_collection``, seed 0, as ``htrq train --val-real-lines`` does); of
+  the words under the review threshold, the share read wrong, and of those over it, the
+  share read right.
+* ``cost``: the same lines read with word alignment and without, in alternating rounds in
+  one process, as lines per second.
+
+    .venv/bin/python bench/word_boxes.py --lines 200 --threads 2 \\
+        --real ../shared/data/real-train/hooker_en ../shared/data/real-train/copiste_dun_jour_fr
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import io
+import random
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from htrq.resources import REVIEW_BELOW
+from htrq.settings import Settings
+from worker.recognition.pipeline import PageInput, PageOutput, build_pipeline
+from worker.serving.app import load_recognizer
+from worker.training.synth import LineRenderer, TextSampler, load_fonts, split_fonts
+from worker.training.writers import split_collection
+
+
+def png(im: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def iou(a, b) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def matched(read: list[str], truth: list[str]) -> list[tuple[int, int]]:
+    """Pairs (read word, true word) that the reading got right, in order."""
+    sm = difflib.SequenceMatcher(None, read, truth, autojunk=False)
+    return [(b.a + k, b.b + k) for b in sm.get_matching_blocks() for k in range(b.size)]
+
+
+def read_all(pipeline, images: list[bytes]) -> list[PageOutput]:
+    out = pipeline([PageInput(i, data, mode="line") for i, data in enumerate(images)])
+    return [out[i] for i in range(len(images))]  # type: ignore[misc]
+
+
+def synthetic(n: int, seed: int) -> tuple[list[bytes], list[str], list[list[tuple]]]:
+    _, held_out = split_fonts(load_fonts())
+    rng = random.Random(seed)
+    sampler, renderer = TextSampler(rng), LineRenderer(rng)
+    images, texts, truths = [], [], []
+    while len(images) < n:
+        font = rng.choice(held_out)
+        text = " ".join(sampler(40).split())
+        if not text or not set(text) <= font.charset:
+            continue
+        boxes: list[tuple] = []
+        im = renderer(text, font, word_boxes=boxes)
+        images.append(png(im))
+        texts.append(text)
+        truths.append(boxes)
+    return images, texts, truths
+
+
+def bench_boxes(pipeline, images, texts, truths) -> None:
+    outs = read_all(pipeline, images)
+    hits, left, right, right_words, true_words, ctc = 0, [], [], 0, 0, 0
+    for out, text, boxes in zip(outs, texts, truths, strict=True):
+        (line,) = out.lines
+        ctc += line.box_source == "ctc"
+        words = line.words or []
+        truth = text.split(" ")
+        true_words += len(truth)
+        for i, j in matched([w["text"] for w in words], truth):
+            right_words += 1
+            box, true = words[i]["box"], boxes[j]
+            hits += iou(box, true) >= 0.5
+            left.append(abs(box[0] - true[0]))
+            right.append(abs(box[2] - true[2]))
+    print(f"lines {len(images)}, box_source ctc on {ctc}")
+    print(f"words read right: {right_words} of {true_words} ({right_words / true_words:.3f})")
+    print(f"IoU >= 0.5: {hits} of {right_words} ({hits / max(1, right_words):.3f})")
+    print(f"median edge error px: left {statistics.median(left):.1f}, right {statistics.median(right):.1f}")
+    print(f"mean edge error px: left {statistics.mean(left):.1f}, right {statistics.mean(right):.1f}")
+
+
+def bench_calibration(pipeline, folders: list[Path], per_collection: int, below: float) -> None:
+    images, texts = [], []
+    for folder in folders:
+        split = split_collection(folder, writable=lambda _: True, val_lines=per_collection, seed=0)
+        for path, text in split.val:
+            images.append(Path(path).read_bytes())
+            texts.append(text)
+    outs = read_all(pipeline, images)
+    under_wrong = under = over_right = over = 0
+    for out, text in zip(outs, texts, strict=True):
+        words = [w for ln in out.lines for w in (ln.words or [])]
+        right = {i for i, _ in matched([w["text"] for w in words], text.split())}
+        for i, w in enumerate(words):
+            if w["confidence"] < below:
+                under += 1
+                under_wrong += i not in right
+            else:
+                over += 1
+                over_right += i in right
+    print(f"real validation lines {len(images)} ({', '.join(f.name for f in folders)})")
+    print(f"words under {below}: {under}, wrong {under_wrong} ({under_wrong / max(1, under):.3f})")
+    print(f"words at or over {below}: {over}, right {over_right} ({over_right / max(1, over):.3f})")
+
+
+def bench_cost(settings: Settings, images: list[bytes], rounds: int) -> None:
+    on = build_pipeline(settings, load_recognizer(settings))
+    off_rec = load_recognizer(settings)
+    off_rec.align_head = None  # words still come, with estimated boxes
+    off = build_pipeline(settings, off_rec)
+    read_all(on, images[:8])
+    read_all(off, images[:8])
+    spent = {"with words": 0.0, "without": 0.0}
+    for _ in range(rounds):
+        for name, pipe in (("without", off), ("with words", on)):
+            start = time.perf_counter()
+            read_all(pipe, images)
+            spent[name] += time.perf_counter() - start
+    rate = {k: rounds * len(images) / v for k, v in spent.items()}
+    print(f"lines/s without words {rate['without']:.2f}, with words {rate['with words']:.2f} "
+          f"({rate['without'] / rate['with words'] - 1:+.1%} time per line)")  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--lines", type=int, default=200, help="synthetic lines for boxes and cost")
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--beams", type=int, default=None, help="num_beams (default: settings')")
+    ap.add_argument("--real", type=Path, nargs="*", default=[], help="real line folders")
+    ap.add_argument("--real-lines", type=int, default=100, help="held-out lines per folder")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--only", choices=["boxes", "calibration", "cost"], nargs="*")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    settings = Settings()
+    if args.beams is not None:
+        settings = settings.model_copy(update={"num_beams": args.beams})
+    print(f"model {settings.model}, beams {settings.num_beams}, threads {args.threads}")
+    only = set(args.only or ["boxes", "calibration", "cost"])
+    images, texts, truths = synthetic(args.lines, args.seed)
+    pipeline = build_pipeline(settings, load_recognizer(settings))
+    if "boxes" in only:
+        bench_boxes(pipeline, images, texts, truths)
+    if "calibration" in only and args.real:
+        bench_calibration(pipeline, args.real, args.real_lines, settings.review_below)
+    if "cost" in only:
+        bench_cost(settings, images, args.rounds)
+
+
+if __name__ == "__main__":
+    main()
