@@ -37,12 +37,23 @@ class Read:
 
 
 #: Three lines of a 480 x 200 letter: the second and third are doubtful (under the 0.75
-#: threshold), the third has an outline.
+#: threshold), the third has an outline. The first two have words placed by an alignment, the
+#: second's "truIy" doubtful; the third has none (a line stored before words were).
 LETTER_LINES = (
-    Read("Dear Sir,", 0.97, (20, 20, 200, 60)),
-    Read("yours truIy", 0.55, (20, 80, 300, 120)),
+    Read(
+        "Dear Sir,", 0.97, (20, 20, 200, 60),
+        words=[Word(text="Dear", box=[24, 28, 80, 52], confidence=0.98),
+               Word(text="Sir,", box=[92, 28, 150, 55], confidence=0.96)],
+        box_source="ctc",
+    ),
+    Read(
+        "yours truIy", 0.55, (20, 80, 300, 120),
+        words=[Word(text="yours", box=[24, 88, 110, 112], confidence=0.9),
+               Word(text="truIy", box=[124, 86, 210, 114], confidence=0.31)],
+        box_source="ctc",
+    ),
     Read("J. Smith", 0.62, (20, 140, 220, 180), [(20, 140), (220, 142), (220, 180), (20, 178)]),
-)
+)  # fmt: skip
 
 
 def letter_png(lines: Sequence[Read] = LETTER_LINES, size: tuple[int, int] = (480, 200)) -> bytes:
