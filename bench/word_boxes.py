@@ -32,7 +32,6 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from htrq.resources import REVIEW_BELOW
 from htrq.settings import Settings
 from worker.recognition.pipeline import PageInput, PageOutput, build_pipeline
 from worker.serving.app import load_recognizer
@@ -101,8 +100,8 @@ def bench_boxes(pipeline, images, texts, truths) -> None:
     print(f"lines {len(images)}, box_source ctc on {ctc}")
     print(f"words read right: {right_words} of {true_words} ({right_words / true_words:.3f})")
     print(f"IoU >= 0.5: {hits} of {right_words} ({hits / max(1, right_words):.3f})")
-    print(f"median edge error px: left {statistics.median(left):.1f}, right {statistics.median(right):.1f}")
-    print(f"mean edge error px: left {statistics.mean(left):.1f}, right {statistics.mean(right):.1f}")
+    for name, stat in (("median", statistics.median), ("mean", statistics.mean)):
+        print(f"{name} edge error px: left {stat(left):.1f}, right {stat(right):.1f}")
 
 
 def bench_calibration(pipeline, folders: list[Path], per_collection: int, below: float) -> None:

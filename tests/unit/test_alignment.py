@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 from PIL import Image, ImageDraw
 
@@ -33,7 +35,7 @@ def test_alignment_is_monotonic_and_in_bounds_on_noise() -> None:
     tokens = [1, 2, 2, 5, 4, 1, 3]
     spans = ctc_align(logp, tokens, BLANK)
     assert spans is not None and len(spans) == len(tokens)
-    for (a, b), (c, _) in zip(spans, spans[1:], strict=False):
+    for (a, b), (c, _) in itertools.pairwise(spans):
         assert 0 <= a <= b < c < 40
 
 
@@ -142,7 +144,7 @@ def test_the_builtin_model_places_each_word_it_reads_on_its_ink() -> None:
     assert " ".join(w.text for w in read.words) == read.text
     placed = [w.box for w in read.words]
     assert all(b is not None for b in placed)
-    for (x0, y0, x1, y1), (a0, _, a1, _) in zip(placed, placed[1:], strict=False):  # type: ignore[misc]
+    for (x0, y0, x1, y1), (a0, _, a1, _) in itertools.pairwise(placed):  # type: ignore[misc]
         assert 0 <= x0 < x1 <= a0 < a1 <= im.width and 0 <= y0 < y1 <= im.height
     if read.text == "the quick brown fox":
         for box, truth in zip(placed, boxes, strict=True):
