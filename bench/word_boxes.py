@@ -27,13 +27,14 @@ import io
 import random
 import statistics
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from PIL import Image
 
 from htrq.settings import Settings
-from worker.recognition.pipeline import PageInput, PageOutput, build_pipeline
+from worker.recognition.pipeline import PageInput, PageOutput, Pipeline, build_pipeline
 from worker.serving.app import load_recognizer
 from worker.training.synth import LineRenderer, TextSampler, load_fonts, split_fonts
 from worker.training.writers import split_collection
@@ -45,7 +46,10 @@ def png(im: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def iou(a, b) -> float:
+Box = Sequence[float]
+
+
+def iou(a: Box, b: Box) -> float:
     ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
     iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
     inter = ix * iy
@@ -59,32 +63,39 @@ def matched(read: list[str], truth: list[str]) -> list[tuple[int, int]]:
     return [(b.a + k, b.b + k) for b in sm.get_matching_blocks() for k in range(b.size)]
 
 
-def read_all(pipeline, images: list[bytes]) -> list[PageOutput]:
+def read_all(pipeline: Pipeline, images: list[bytes]) -> list[PageOutput]:
     out = pipeline([PageInput(i, data, mode="line") for i, data in enumerate(images)])
-    return [out[i] for i in range(len(images))]  # type: ignore[misc]
+    pages = [out[i] for i in range(len(images))]
+    return [p for p in pages if isinstance(p, PageOutput)]
 
 
-def synthetic(n: int, seed: int) -> tuple[list[bytes], list[str], list[list[tuple]]]:
+def synthetic(n: int, seed: int) -> tuple[list[bytes], list[str], list[list[Box]]]:
     _, held_out = split_fonts(load_fonts())
     rng = random.Random(seed)
     sampler, renderer = TextSampler(rng), LineRenderer(rng)
-    images, texts, truths = [], [], []
+    images: list[bytes] = []
+    texts: list[str] = []
+    truths: list[list[Box]] = []
     while len(images) < n:
         font = rng.choice(held_out)
         text = " ".join(sampler(40).split())
         if not text or not set(text) <= font.charset:
             continue
-        boxes: list[tuple] = []
+        boxes: list[tuple[float, float, float, float]] = []
         im = renderer(text, font, word_boxes=boxes)
         images.append(png(im))
         texts.append(text)
-        truths.append(boxes)
+        truths.append(list(boxes))
     return images, texts, truths
 
 
-def bench_boxes(pipeline, images, texts, truths) -> None:
+def bench_boxes(
+    pipeline: Pipeline, images: list[bytes], texts: list[str], truths: list[list[Box]]
+) -> None:
     outs = read_all(pipeline, images)
-    hits, left, right, right_words, true_words, ctc = 0, [], [], 0, 0, 0
+    hits = right_words = true_words = ctc = 0
+    left: list[float] = []
+    right: list[float] = []
     for out, text, boxes in zip(outs, texts, truths, strict=True):
         (line,) = out.lines
         ctc += line.box_source == "ctc"
@@ -104,8 +115,11 @@ def bench_boxes(pipeline, images, texts, truths) -> None:
         print(f"{name} edge error px: left {stat(left):.1f}, right {stat(right):.1f}")
 
 
-def bench_calibration(pipeline, folders: list[Path], per_collection: int, below: float) -> None:
-    images, texts = [], []
+def bench_calibration(
+    pipeline: Pipeline, folders: list[Path], per_collection: int, below: float
+) -> None:
+    images: list[bytes] = []
+    texts: list[str] = []
     for folder in folders:
         split = split_collection(folder, writable=lambda _: True, val_lines=per_collection, seed=0)
         for path, text in split.val:

@@ -227,7 +227,7 @@ def _alto_words(line: ET.Element, a: Any, ln: LineResult, line_id: str) -> None:
         if j:
             prev = words[j - 1]["box"]
             gap = (prev[2], y0, max(prev[2], x0), y1)
-            ET.SubElement(line, a("SP"), ID=f"{line_id}_sp{j}", **_alto_box(gap, height=False))
+            ET.SubElement(line, a("SP"), {"ID": f"{line_id}_sp{j}", **_alto_box(gap, height=False)})
         attrs = {"ID": f"{line_id}_s{j}", "CONTENT": w["text"], **_alto_box((x0, y0, x1, y1))}
         if ln.model_confidence is not None:
             attrs["WC"] = _conf(w["confidence"] if ln.words else ln.model_confidence)

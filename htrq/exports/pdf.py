@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
@@ -53,7 +54,7 @@ def searchable_pdf(pages: Iterable[tuple[PageResult, Image.Image]], *, title: st
         sy = image.height / max(1, result.height) * scale
         text = pdf.beginText()
         text.setTextRenderMode(3)
-        face = pdfmetrics.getFont(FONT).face
+        face: Any = getattr(pdfmetrics.getFont(FONT), "face")  # noqa: B009  (TTFont's, untyped)
         ascent, descent = face.ascent / 1000.0, -face.descent / 1000.0
         for line in result.lines:
             words = [(w["text"], w["box"]) for w in line.words if w["text"].strip()]

@@ -113,7 +113,7 @@ def test_the_searchable_pdf_puts_each_word_on_its_box(
     # The letter has no resolution of its own: the PDF draws it at DEFAULT_DPI.
     scale = DEFAULT_DPI / 72.0
     found = [
-        (el.text, [float(el.get(k)) * scale for k in ("xmin", "ymin", "xmax", "ymax")])
+        (el.text, [float(el.get(k, "nan")) * scale for k in ("xmin", "ymin", "xmax", "ymax")])
         for el in html.iter("word")
     ]
     page = client.get(f"/v1/jobs/{job_id}/pages/0").json()
