@@ -8,10 +8,12 @@ pages, PNG bytes in, page outputs out):
   word's ink box known (``LineRenderer(word_boxes=...)``); of the words read right (the
   reading's words matched to the truth's in order), the share whose box overlaps the true
   box at IoU >= 0.5, and the median error of the left and right edges in pixels.
-* ``calibration`` (with ``--lines``): real lines of the writers each collection holds out
+* ``calibration`` (with ``--real``): real lines of the writers each collection holds out
   of training (``split_collection``, seed 0, as ``htrq train --val-real-lines`` does); of
   the words under the review threshold, the share read wrong, and of those over it, the
-  share read right.
+  share read right; for the decoder's word confidence alone and mixed with the alignment's
+  (geometric mean of the CTC head's probabilities of the word's letters where they were
+  placed), with the AUROC of each as a threshold-free measure.
 * ``cost``: the same lines read with word alignment and without, in alternating rounds in
   one process, as lines per second.
 
@@ -22,6 +24,7 @@ pages, PNG bytes in, page outputs out):
 from __future__ import annotations
 
 import argparse
+import bisect
 import difflib
 import io
 import random
@@ -35,6 +38,8 @@ from PIL import Image
 
 from htrq.settings import Settings
 from worker.recognition.pipeline import PageInput, PageOutput, Pipeline, build_pipeline
+from worker.recognition.reading import line_reader
+from worker.recognition.recognizer import Recognizer
 from worker.serving.app import load_recognizer
 from worker.training.synth import LineRenderer, TextSampler, load_fonts, split_fonts
 from worker.training.writers import split_collection
@@ -115,31 +120,52 @@ def bench_boxes(
         print(f"{name} edge error px: left {stat(left):.1f}, right {stat(right):.1f}")
 
 
+def auroc(right: list[float], wrong: list[float]) -> float:
+    """The chance that a right word scores above a wrong one (ties count half)."""
+    if not right or not wrong:
+        return float("nan")
+    wrong_sorted = sorted(wrong)
+    total = 0.0
+    for c in right:
+        below = bisect.bisect_left(wrong_sorted, c)
+        ties = bisect.bisect_right(wrong_sorted, c) - below
+        total += below + ties / 2
+    return total / (len(right) * len(wrong))
+
+
 def bench_calibration(
-    pipeline: Pipeline, folders: list[Path], per_collection: int, below: float
+    recognizer: Recognizer, folders: list[Path], per_collection: int, below: float
 ) -> None:
-    images: list[bytes] = []
+    """Read through the line reader the pipeline uses (``mode=line`` pages are these crops
+    whole), so that each word's alignment probability is at hand beside the decoder's."""
+    images: list[Image.Image] = []
     texts: list[str] = []
     for folder in folders:
         split = split_collection(folder, writable=lambda _: True, val_lines=per_collection, seed=0)
         for path, text in split.val:
-            images.append(Path(path).read_bytes())
+            images.append(Image.open(path).convert("L"))
             texts.append(text)
-    outs = read_all(pipeline, images)
-    under_wrong = under = over_right = over = 0
-    for out, text in zip(outs, texts, strict=True):
-        words = [w for ln in out.lines for w in (ln.words or [])]
-        right = {i for i, _ in matched([w["text"] for w in words], text.split())}
-        for i, w in enumerate(words):
-            if w["confidence"] < below:
-                under += 1
-                under_wrong += i not in right
-            else:
-                over += 1
-                over_right += i in right
-    print(f"real validation lines {len(images)} ({', '.join(f.name for f in folders)})")
-    print(f"words under {below}: {under}, wrong {under_wrong} ({under_wrong / max(1, under):.3f})")
-    print(f"words at or over {below}: {over}, right {over_right} ({over_right / max(1, over):.3f})")
+    reads = line_reader(recognizer)(images)
+    words: list[tuple[bool, float, float]] = []  # (right, decoder, alignment)
+    for read, text in zip(reads, texts, strict=True):
+        if read is None:
+            continue
+        right = {i for i, _ in matched([w.text for w in read.words], text.split())}
+        for i, w in enumerate(read.words):
+            aligned = w.alignment if w.alignment is not None else w.confidence
+            words.append((i in right, w.confidence, aligned))
+    print(f"real validation lines {len(images)} ({', '.join(f.name for f in folders)}), "
+          f"words read {len(words)}, right {sum(r for r, _, _ in words)}")  # fmt: skip
+    for mix in (0.0, 0.25, 0.5, 1.0):
+        scored = [(r, d ** (1 - mix) * a**mix) for r, d, a in words]
+        under = [r for r, c in scored if c < below]
+        over = [r for r, c in scored if c >= below]
+        print(
+            f"alignment share {mix}: under {below} {len(under)} words, wrong "
+            f"{under.count(False) / max(1, len(under)):.3f}; at or over {len(over)}, right "
+            f"{over.count(True) / max(1, len(over)):.3f}; AUROC "
+            f"{auroc([c for r, c in scored if r], [c for r, c in scored if not r]):.3f}"
+        )
 
 
 def bench_cost(settings: Settings, images: list[bytes], rounds: int) -> None:
@@ -178,11 +204,11 @@ def main() -> None:
     print(f"model {settings.model}, beams {settings.num_beams}, threads {args.threads}")
     only = set(args.only or ["boxes", "calibration", "cost"])
     images, texts, truths = synthetic(args.lines, args.seed)
-    pipeline = build_pipeline(settings, load_recognizer(settings))
+    recognizer = load_recognizer(settings)
     if "boxes" in only:
-        bench_boxes(pipeline, images, texts, truths)
+        bench_boxes(build_pipeline(settings, recognizer), images, texts, truths)
     if "calibration" in only and args.real:
-        bench_calibration(pipeline, args.real, args.real_lines, settings.review_below)
+        bench_calibration(recognizer, args.real, args.real_lines, settings.review_below)
     if "cost" in only:
         bench_cost(settings, images, args.rounds)
 

@@ -33,6 +33,11 @@ class WordBox:
     #: x0, y0, x1, y1 in the line image's pixels; None where nothing aligned the line.
     box: tuple[int, int, int, int] | None
     confidence: float
+    #: The geometric mean of the CTC head's probabilities of the word's characters where the
+    #: alignment put them; None without an alignment. Not mixed into ``confidence``: on the
+    #: real validation lines it did not make the review threshold's split any better
+    #: (docs/benchmarks.md, "Words").
+    alignment: float | None = None
 
 
 def ctc_align(logp: np.ndarray, tokens: Sequence[int], blank: int) -> list[tuple[int, int]] | None:
@@ -88,6 +93,7 @@ def word_boxes(
     spans: Sequence[tuple[float, float]] | None,
     image: Image.Image | None,
     fallback: float,
+    ctc_logps: Sequence[float] | None = None,
 ) -> list[WordBox]:
     """``text``'s words (split on single spaces, empty ones dropped), each with its box on
     ``image`` (the prepared line the spans refer to) and its confidence.
@@ -104,8 +110,17 @@ def word_boxes(
         else fallback
         for a, b in runs
     ]
+    aligned: list[float | None] = [
+        math.exp(sum(ctc_logps[a:b]) / (b - a))
+        if ctc_logps is not None and len(ctc_logps) == len(text)
+        else None
+        for a, b in runs
+    ]
     if spans is None or image is None or len(spans) != len(text) or not runs:
-        return [WordBox(text[a:b], None, c) for (a, b), c in zip(runs, confs, strict=True)]
+        return [
+            WordBox(text[a:b], None, c, g)
+            for (a, b), c, g in zip(runs, confs, aligned, strict=True)
+        ]
     ink = np.asarray(image.convert("L")) < INK_BELOW
     cols = np.where(ink.sum(axis=0) >= INK_PIXELS, ink.sum(axis=0), 0)
     ink = ink & (cols > 0)[None, :]
@@ -120,7 +135,7 @@ def word_boxes(
     out = []
     for i, ((a, b), conf) in enumerate(zip(runs, confs, strict=True)):
         lo, hi = bounds[i], max(bounds[i] + 1, bounds[i + 1])
-        out.append(WordBox(text[a:b], _ink_box(ink, lo, hi), conf))
+        out.append(WordBox(text[a:b], _ink_box(ink, lo, hi), conf, aligned[i]))
     return out
 
 

@@ -11,6 +11,7 @@ from settings and that recognizer
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -149,11 +150,13 @@ def _words(
     joined, where = join_map(texts)
     logps_of = [getattr(r, "logps", None) for r in read]
     spans_of = [getattr(r, "spans", None) for r in read]
+    ctc_of = [getattr(r, "ctc_logps", None) for r in read]
     clean = all(clean_line_text(t) == t for t in texts) and joined == text
     logps: list[float] | None = [] if clean and all(x is not None for x in logps_of) else None
     spans: list[tuple[float, float]] | None = (
         [] if logps is not None and all(x is not None for x in spans_of) else None
     )
+    ctc: list[float] | None = [] if spans is not None and None not in ctc_of else None
     last = (0.0, 0.0)
     for src in where:
         if src is None:  # the space put between two pieces
@@ -161,18 +164,22 @@ def _words(
                 logps.append(0.0)
             if spans is not None:
                 spans.append(last)
+            if ctc is not None:
+                ctc.append(0.0)
             continue
         p, i = src
+        if ctc is not None:
+            ctc.append(ctc_of[p][i])  # type: ignore[index]
         if logps is not None:
             logps.append(logps_of[p][i])  # type: ignore[index]
         if spans is not None:
             a, b = spans_of[p][i]  # type: ignore[index]
             last = (a + piece_x[p], b + piece_x[p])
             spans.append(last)
-    words = word_boxes(text, logps, spans, line, conf)
+    words = word_boxes(text, logps, spans, line, conf, ctc)
     ox, oy = line.info.get(TRIM_KEY, (0, 0))
     return tuple(
-        WordBox(w.text, (w.box[0] + ox, w.box[1] + oy, w.box[2] + ox, w.box[3] + oy), w.confidence)
+        dataclasses.replace(w, box=(w.box[0] + ox, w.box[1] + oy, w.box[2] + ox, w.box[3] + oy))
         if w.box is not None
         else w
         for w in words

@@ -48,6 +48,9 @@ class LineResult:
     #: Each character's x range on the crop read, from the CTC alignment
     #: (``worker.recognition.alignment``); None without a CTC head or with words off.
     spans: tuple[tuple[float, float], ...] | None = None
+    #: The CTC head's log-probability of each character where the alignment put it (its best
+    #: column); None with ``spans``.
+    ctc_logps: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -370,14 +373,15 @@ class Recognizer:
             total = sum(logp[:n])
             confidence = _clamp01(math.exp(total / max(1, n)))
             chars = self._chars(text, toks[: n - 1 if eos in toks else n], logp)
-            spans = None
+            placed = None
             if chars is not None and posteriors is not None:
-                spans = self._spans(posteriors[i], chars[1], crops[i])
+                placed = self._spans(posteriors[i], chars[1], crops[i])
             result = LineResult(
                 text=text.strip(),
                 confidence=confidence,
                 logps=chars[0] if chars else None,
-                spans=spans,
+                spans=placed[0] if placed else None,
+                ctc_logps=placed[1] if placed else None,
             )
             results.append(_Reading(result, total))
         return results
@@ -407,11 +411,12 @@ class Recognizer:
 
     def _spans(
         self, posteriors, chars: list[tuple[int, int, int]], crop: Image.Image
-    ) -> tuple[tuple[float, float], ...] | None:
+    ) -> tuple[tuple[tuple[float, float], ...], tuple[float, ...]] | None:
         """Each character's x range on ``crop`` (pixels) from the CTC alignment of the
-        reading's tokens against the head's posteriors over the crop's columns."""
+        reading's tokens against the head's posteriors over the crop's columns, and the
+        head's log-probability of it at its best column there."""
         if not chars:
-            return ()
+            return (), ()
         frames = posteriors.shape[0]
         # The columns the line fills (fit_line pads it on the right with paper).
         fitted = max(1, min(self.width, round(crop.width * self.height / max(1, crop.height))))
@@ -424,15 +429,16 @@ class Recognizer:
             return None
         scale = column * crop.width / fitted  # crop pixels per column
         frame_of = dict(zip(steps, found, strict=True))
-        out, seen = [], dict[int, int]()
-        for j, _, size in chars:
+        out, seen, ctc = [], dict[int, int](), []
+        for j, token, size in chars:
             first, last = frame_of[j]
+            ctc.append(float(posteriors[first : last + 1, token].max()))
             k = seen.get(j, 0)
             seen[j] = k + 1
             # A token of several characters shares its columns among them evenly.
             width = (last + 1 - first) / size
             out.append(((first + k * width) * scale, (first + (k + 1) * width) * scale))
-        return tuple(out)
+        return tuple(out), tuple(ctc)
 
     def _decoder_logprobs(self, encoded, sequences: torch.Tensor) -> torch.Tensor:
         """log p(token | the tokens before it) of each token after the start token, by the
