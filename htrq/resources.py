@@ -130,6 +130,11 @@ class WordResource(BaseModel):
     confidence: float = Field(
         ge=0, le=1, description="the model's confidence in the word (1: a person wrote it)"
     )
+    needs_review: bool = Field(
+        False,
+        description="the word's confidence is below HTRQ_REVIEW_BELOW in a line that needs "
+        "review: where in the line a person should look",
+    )
 
 
 class LineResource(BaseModel):

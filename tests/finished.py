@@ -20,7 +20,7 @@ from htrq.jobs.uploads import Upload
 from htrq.models import Page
 from htrq.settings import Settings
 from htrq.storage import BlobStore
-from htrq.words import Word
+from htrq.words import Word, estimate_words
 
 
 @dataclass(frozen=True)
@@ -151,7 +151,13 @@ def handwritten_letter(
             text, confidence = "".join(chars), rng.uniform(0.45, 0.7)
         x0, y0, x1, y1 = ln.bbox
         outline = [(x0, y0), (x1, y0 + 2), (x1, y1), (x0, y1 - 2)] if i % 2 else None
-        lines.append(Read(text, round(confidence, 3), ln.bbox, outline))
+        words = None
+        if text != ln.text:  # the misread words doubtful, the others not
+            words = estimate_words(text, ln.bbox, 0.95)
+            for w, truth in zip(words, ln.text.split(), strict=False):
+                w["confidence"] = 0.95 if w["text"] == truth else 0.4
+        source = "ctc" if words else None
+        lines.append(Read(text, round(confidence, 3), ln.bbox, outline, None, words, source))
     buf = io.BytesIO()
     page.image.save(buf, "PNG")
     return buf.getvalue(), lines

@@ -576,6 +576,7 @@ def line_resource(ln: Line, *, review_below: float = REVIEW_BELOW) -> LineResour
         bbox=bbox,
         confidence=ln.confidence,
     )
+    needs_review = ln.confidence < review_below and not (corrected or reviewed)
     return LineResource(
         index=ln.index,
         text=ln.correction if ln.correction is not None else ln.text,
@@ -584,8 +585,11 @@ def line_resource(ln: Line, *, review_below: float = REVIEW_BELOW) -> LineResour
         bbox=bbox,
         polygon=json.loads(ln.polygon) if ln.polygon else None,
         baseline=json.loads(ln.baseline) if ln.baseline else None,
-        needs_review=ln.confidence < review_below and not (corrected or reviewed),
-        words=[WordResource(**w) for w in words],
+        needs_review=needs_review,
+        words=[
+            WordResource(**w, needs_review=needs_review and w["confidence"] < review_below)
+            for w in words
+        ],
         box_source=box_source,
         corrected=corrected,
         reviewed=reviewed,
