@@ -17,6 +17,11 @@ pages, PNG bytes in, page outputs out):
 * ``cost``: the same lines read with word alignment and without, in alternating rounds in
   one process, as lines per second.
 
+With ``--service`` the boxes are measured through the service instead: a scratch database,
+a real ``htrq api`` and ``htrq worker`` (the built-in model, the settings' decoding), the lines
+posted to ``POST /v1/jobs`` as one ``mode=line`` job and the words read from each page
+resource (``GET /v1/jobs/{id}/pages/{n}``).
+
     .venv/bin/python bench/word_boxes.py --lines 200 --threads 2 \\
         --real ../shared/data/real-train/hooker_en ../shared/data/real-train/copiste_dun_jour_fr
 """
@@ -29,12 +34,15 @@ import difflib
 import io
 import random
 import statistics
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
+from scratch import worker_arguments  # bench/ is on the path (python bench/word_boxes.py)
 
 from htrq.settings import Settings
 from worker.recognition.pipeline import PageInput, PageOutput, Pipeline, build_pipeline
@@ -94,17 +102,63 @@ def synthetic(n: int, seed: int) -> tuple[list[bytes], list[str], list[list[Box]
     return images, texts, truths
 
 
-def bench_boxes(
-    pipeline: Pipeline, images: list[bytes], texts: list[str], truths: list[list[Box]]
-) -> None:
-    outs = read_all(pipeline, images)
+#: A line as the boxes are scored: its box_source and words (``{"text", "box", ...}``).
+Read = tuple[str | None, list[dict[str, Any]]]
+
+
+def pipeline_lines(pipeline: Pipeline, images: list[bytes]) -> list[Read]:
+    return [
+        (ln.box_source, [dict(w) for w in ln.words or []])
+        for out in read_all(pipeline, images)
+        for ln in out.lines
+    ]
+
+
+def service_lines(args: argparse.Namespace, images: list[bytes]) -> list[Read]:
+    """Each line read by a real API and worker (scratch database), as the API serves it."""
+    import httpx
+    from scratch import scratch_service, settings_env
+
+    from tests.services import Processes
+
+    with (
+        scratch_service(args, auth="off", max_pages_per_job=max(500, len(images))) as settings,
+        tempfile.TemporaryDirectory(prefix="htrq-words-") as tmp,
+    ):
+        procs = Processes(Path(tmp))
+        try:
+            env = settings_env(settings, TRANSFORMERS_VERBOSITY="error")
+            url = procs.api(env)
+            procs.start("worker", ["worker", "--loglevel=warning"], env)
+            files = [("files", (f"{i}.png", data, "image/png")) for i, data in enumerate(images)]
+            job = httpx.post(
+                f"{url}/v1/jobs", files=files, data={"mode": "line"}, timeout=300
+            ).json()["id"]
+            deadline = time.monotonic() + args.timeout
+            while (status := httpx.get(f"{url}/v1/jobs/{job}").json()["status"]) in (
+                "queued",
+                "running",
+            ):
+                if time.monotonic() > deadline:
+                    log = (Path(tmp) / "worker.log").read_text(errors="replace")[-3000:]
+                    raise SystemExit(f"timed out waiting for job {job}; the worker's log:\n{log}")
+                time.sleep(1)
+            print(f"job {job}: {status}")
+            out: list[Read] = []
+            for i in range(len(images)):
+                page = httpx.get(f"{url}/v1/jobs/{job}/pages/{i}").json()
+                out += [(ln["box_source"], ln["words"]) for ln in page["lines"]]
+            return out
+        finally:
+            procs.close()
+
+
+def bench_boxes(lines: list[Read], texts: list[str], truths: list[list[Box]]) -> None:
     hits = right_words = true_words = ctc = 0
     left: list[float] = []
     right: list[float] = []
-    for out, text, boxes in zip(outs, texts, truths, strict=True):
-        (line,) = out.lines
-        ctc += line.box_source == "ctc"
-        words = line.words or []
+    for (source, words), text, boxes in zip(lines, texts, truths, strict=True):
+        ctc += source == "ctc"
         truth = text.split(" ")
         true_words += len(truth)
         for i, j in matched([w["text"] for w in words], truth):
@@ -113,7 +167,7 @@ def bench_boxes(
             hits += iou(box, true) >= 0.5
             left.append(abs(box[0] - true[0]))
             right.append(abs(box[2] - true[2]))
-    print(f"lines {len(images)}, box_source ctc on {ctc}")
+    print(f"lines {len(lines)}, box_source ctc on {ctc}")
     print(f"words read right: {right_words} of {true_words} ({right_words / true_words:.3f})")
     print(f"IoU >= 0.5: {hits} of {right_words} ({hits / max(1, right_words):.3f})")
     for name, stat in (("median", statistics.median), ("mean", statistics.mean)):
@@ -205,22 +259,26 @@ def main() -> None:
     ap.add_argument("--lines", type=int, default=200, help="synthetic lines for boxes and cost")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--beams", type=int, default=None, help="num_beams (default: settings')")
     ap.add_argument("--real", type=Path, nargs="*", default=[], help="real line folders")
     ap.add_argument("--real-lines", type=int, default=100, help="held-out lines per folder")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--only", choices=["boxes", "calibration", "cost"], nargs="*")
+    ap.add_argument("--service", action="store_true", help="boxes through a real API and worker")
+    worker_arguments(ap, flush_every=16, num_beams=4, timeout=3600)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     settings = Settings()
-    if args.beams is not None:
-        settings = settings.model_copy(update={"num_beams": args.beams})
+    settings = settings.model_copy(update={"num_beams": args.num_beams})
     print(f"model {settings.model}, beams {settings.num_beams}, threads {args.threads}")
     only = set(args.only or ["boxes", "calibration", "cost"])
     images, texts, truths = synthetic(args.lines, args.seed)
     recognizer = load_recognizer(settings)
     if "boxes" in only:
-        bench_boxes(build_pipeline(settings, recognizer), images, texts, truths)
+        if args.service:
+            lines = service_lines(args, images)
+        else:
+            lines = pipeline_lines(build_pipeline(settings, recognizer), images)
+        bench_boxes(lines, texts, truths)
     if "calibration" in only and args.real:
         bench_calibration(recognizer, args.real, args.real_lines, settings.review_below)
     if "cost" in only:

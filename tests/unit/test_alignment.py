@@ -149,3 +149,31 @@ def test_the_builtin_model_places_each_word_it_reads_on_its_ink() -> None:
     if read.text == "the quick brown fox":
         for box, truth in zip(placed, boxes, strict=True):
             assert abs(box[0] - truth[0]) <= 4 and abs(box[2] - truth[2]) <= 4  # type: ignore[index]
+
+
+def test_the_pipeline_gives_words_the_database_can_store() -> None:
+    """Through the page pipeline (a line page, as mode=line): words in page pixels inside
+    the line's box, plain ints and floats (stored as JSON), box_source ctc."""
+    import io
+    import json
+    import random
+
+    from worker.recognition.pipeline import PageInput, PageOutput, Pipeline
+    from worker.recognition.reading import line_reader
+    from worker.recognition.recognizer import Recognizer
+    from worker.training.synth import LineRenderer, load_fonts, split_fonts
+
+    _, held_out = split_fonts(load_fonts())
+    im = LineRenderer(random.Random(5))("yours truly", held_out[1])
+    buf = io.BytesIO()
+    im.save(buf, "PNG")
+    read = line_reader(Recognizer.load(model="builtin", num_beams=1))
+    out = Pipeline(read=read)([PageInput("p", buf.getvalue(), mode="line")])["p"]
+    assert isinstance(out, PageOutput)
+    (line,) = out.lines
+    assert line.box_source == "ctc" and line.words
+    assert json.loads(json.dumps(line.words)) == line.words
+    x0, y0, x1, y1 = line.bbox
+    for w in line.words:
+        assert all(type(v) is int for v in w["box"]) and type(w["confidence"]) is float
+        assert x0 <= w["box"][0] <= w["box"][2] <= x1 and y0 <= w["box"][1] <= w["box"][3] <= y1

@@ -60,7 +60,7 @@ def ink_box(
     cols = np.flatnonzero(ink[rows[0] : rows[-1] + 1].any(axis=0))  # within the text's rows
     if len(cols) < 2:
         return None
-    pad = max(2, (rows[-1] - rows[0] + 1) // 8)
+    pad = max(2, int(rows[-1] - rows[0] + 1) // 8)
     return (
         max(0, int(cols[0]) - pad),
         max(0, int(rows[0]) - pad),

@@ -81,7 +81,7 @@ def box_to_source(
     cx0, cy0, cx1, cy1 = clip
     left, right = min(cx1, max(cx0, min(xs))), min(cx1, max(cx0, max(xs)))
     top, bottom = min(cy1, max(cy0, min(ys))), min(cy1, max(cy0, max(ys)))
-    return [left, top, right, bottom]
+    return [int(left), int(top), int(right), int(bottom)]  # plain ints: stored as JSON
 
 
 def crop_lines(
