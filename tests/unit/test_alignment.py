@@ -177,3 +177,30 @@ def test_the_pipeline_gives_words_the_database_can_store() -> None:
     for w in line.words:
         assert all(type(v) is int for v in w["box"]) and type(w["confidence"]) is float
         assert x0 <= w["box"][0] <= w["box"][2] <= x1 and y0 <= w["box"][1] <= w["box"][3] <= y1
+
+
+def test_the_reader_keeps_one_space_between_words_and_their_boxes() -> None:
+    """A reading with a doubled space is stored with one, and its words still get the boxes
+    its letters' spans give (shifted by where the line was trimmed)."""
+    from dataclasses import dataclass
+
+    from worker.recognition.reading import LineReader
+
+    @dataclass(frozen=True)
+    class Result:
+        text: str
+        confidence: float
+        logps: tuple[float, ...]
+        spans: tuple[tuple[float, float], ...]
+
+    im, _ = line_image()
+    text = "ab  cd"
+    spans = ((5, 9), (30, 34), (0, 0), (0, 0), (85, 89), (140, 144))
+
+    def recognize(crops: list[Image.Image]) -> list[Result]:
+        return [Result(text, 0.8, (-0.2,) * len(text), spans) for _ in crops]
+
+    (read,) = LineReader(recognize, max_aspect=None)([im])
+    assert read is not None and read.text == "ab cd"
+    assert [w.text for w in read.words] == ["ab", "cd"]
+    assert all(w.box is not None for w in read.words)

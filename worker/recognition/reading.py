@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple, Protocol
@@ -25,6 +26,8 @@ from worker.recognition.lineimage import TRIM_KEY, prepare_line, split_aspect
 from worker.recognition.splitting import PIECE_X_KEY, join_all, join_map, split_all
 
 log = logging.getLogger(__name__)
+
+_SPACES = re.compile(" {2,}")
 
 if TYPE_CHECKING:
     from worker.recognition.recognizer import Recognizer
@@ -112,6 +115,8 @@ class LineReader:
                 (clean_line_text(r.text), min(1.0, max(0.0, float(r.confidence)))) for r in read
             ]
             text, conf = join_all(flat, [n])[0]
+            # One space between words, so that the words joined by single spaces are the text.
+            text = _SPACES.sub(" ", text)
             out.append(ReadLine(text, conf, _words(text, conf, read, piece_x, line)))
         return out
 
@@ -148,6 +153,8 @@ def _words(
     (a piece's ranges shifted by where it starts), then ``alignment.word_boxes``."""
     texts = [r.text for r in read]
     joined, where = join_map(texts)
+    keep = [i for i, ch in enumerate(joined) if not (ch == " " and i and joined[i - 1] == " ")]
+    joined, where = "".join(joined[i] for i in keep), [where[i] for i in keep]
     logps_of = [getattr(r, "logps", None) for r in read]
     spans_of = [getattr(r, "spans", None) for r in read]
     ctc_of = [getattr(r, "ctc_logps", None) for r in read]
