@@ -39,6 +39,14 @@ def test_alignment_is_monotonic_and_in_bounds_on_noise() -> None:
         assert 0 <= a <= b < c < 40
 
 
+def test_alignment_of_a_long_line() -> None:
+    """Hundreds of states (a line of 90 letters) align as few do."""
+    tokens = [1 + i % 5 for i in range(90)]
+    frames = [t for tok in tokens for t in (tok, 0)] + [0] * 10
+    spans = ctc_align(posteriors(frames), tokens, BLANK)
+    assert spans == [(2 * k, 2 * k) for k in range(90)]
+
+
 def test_alignment_refuses_text_longer_than_the_frames() -> None:
     """No path: more letters (and blanks between repeats) than frames."""
     assert ctc_align(posteriors([1, 2, 3]), [1, 2, 3, 4], BLANK) is None

@@ -79,7 +79,7 @@ def ctc_align(logp: np.ndarray, tokens: Sequence[int], blank: int) -> list[tuple
     s = end
     for t in range(frames - 1, -1, -1):
         path[t] = s
-        s -= back[t, s]
+        s -= int(back[t, s])  # a Python int: int8 arithmetic would overflow past 127 states
     spans = []
     for k in range(n):
         hit = np.flatnonzero(path == 2 * k + 1)

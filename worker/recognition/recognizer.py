@@ -375,7 +375,12 @@ class Recognizer:
             chars = self._chars(text, toks[: n - 1 if eos in toks else n], logp)
             placed = None
             if chars is not None and posteriors is not None:
-                placed = self._spans(posteriors[i], chars[1], crops[i])
+                try:
+                    placed = self._spans(posteriors[i], chars[1], crops[i])
+                except Exception:
+                    # Word boxes are worth less than the reading: a line whose alignment
+                    # fails keeps its text, and its words get estimated boxes.
+                    log.warning("aligning a line's words failed; estimating them", exc_info=True)
             result = LineResult(
                 text=text.strip(),
                 confidence=confidence,
