@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+import pytest
 from PIL import Image, ImageDraw
 
 from htrq.words import estimate_words, refit_words, served_words
@@ -212,3 +213,29 @@ def test_the_reader_keeps_one_space_between_words_and_their_boxes() -> None:
     assert read is not None and read.text == "ab cd"
     assert [w.text for w in read.words] == ["ab", "cd"]
     assert all(w.box is not None for w in read.words)
+
+
+def test_a_failed_alignment_leaves_the_reading_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Word boxes are worth less than the text: a line whose alignment raises is read as
+    without it, and its words are estimated."""
+    import io
+
+    import worker.recognition.recognizer as recognizer_module
+    from worker.recognition.pipeline import PageInput, PageOutput, Pipeline
+    from worker.recognition.reading import line_reader
+    from worker.recognition.recognizer import Recognizer
+
+    def broken(*_: object) -> None:
+        raise ValueError("no alignment today")
+
+    monkeypatch.setattr(recognizer_module, "ctc_align", broken)
+    im = Image.new("L", (240, 40), 255)
+    ImageDraw.Draw(im).text((6, 12), "two words", fill=0)
+    buf = io.BytesIO()
+    im.save(buf, "PNG")
+    read = line_reader(Recognizer.load(model="builtin", num_beams=1))
+    out = Pipeline(read=read)([PageInput("p", buf.getvalue(), mode="line")])["p"]
+    assert isinstance(out, PageOutput)
+    (line,) = out.lines
+    assert line.box_source == "estimate"
+    assert " ".join(w["text"] for w in line.words or []) == line.text
