@@ -239,3 +239,13 @@ def test_a_failed_alignment_leaves_the_reading_whole(monkeypatch: pytest.MonkeyP
     (line,) = out.lines
     assert line.box_source == "estimate"
     assert " ".join(w["text"] for w in line.words or []) == line.text
+
+
+def test_word_boxes_are_clipped_to_the_lines_outline() -> None:
+    """A word's top and bottom stay within the outline over its columns."""
+    from worker.segmentation.crops import clip_to_outline
+
+    outline = [(0, 10), (100, 20), (100, 40), (0, 30)]  # a slanted band
+    assert clip_to_outline([10, 0, 30, 50], outline) == [10, 11, 30, 33]
+    assert clip_to_outline([10, 0, 30, 50], None) == [10, 0, 30, 50]
+    assert clip_to_outline([10, 12, 30, 20], outline) == [10, 12, 30, 20]

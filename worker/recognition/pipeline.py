@@ -19,7 +19,13 @@ from htrq.words import Word, estimate_words
 from worker.recognition.reading import ReadLine, ReadLines, line_reader
 from worker.recognition.render import render_pdf_limited
 from worker.segmentation import LineBox, Segmenter, WholeImageSegmenter, make_segmenter
-from worker.segmentation.crops import box_to_source, crop_box, crop_lines, to_source_frame
+from worker.segmentation.crops import (
+    box_to_source,
+    clip_to_outline,
+    crop_box,
+    crop_lines,
+    to_source_frame,
+)
 from worker.segmentation.preprocess import BLANK_INFO_KEY, SKEW_INFO_KEY, normalise_page
 
 if TYPE_CHECKING:
@@ -235,7 +241,8 @@ class _Cut:
 
 
 def _line_output(read: ReadLine, line: LineBox, cut: _Cut, i: int) -> LineOutput:
-    """A read line on the uploaded page, its words placed there (clipped to the line's box),
+    """A read line on the uploaded page, its words placed there (clipped to the line's box
+    and outline),
     or spread over the box by character counts where the reading placed none."""
     if not isinstance(read, ReadLine):  # a plain (text, confidence) from a simple reader
         read = ReadLine(*read)
@@ -245,7 +252,10 @@ def _line_output(read: ReadLine, line: LineBox, cut: _Cut, i: int) -> LineOutput
         boxed: list[Word] = [
             Word(
                 text=w.text,
-                box=box_to_source(w.box, cut.origins[i], cut.angle, cut.size, line.bbox),  # type: ignore[arg-type]
+                box=clip_to_outline(
+                    box_to_source(w.box, cut.origins[i], cut.angle, cut.size, line.bbox),  # type: ignore[arg-type]
+                    line.polygon,
+                ),
                 confidence=round(w.confidence, 4),
             )
             for w in words

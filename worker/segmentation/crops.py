@@ -84,6 +84,23 @@ def box_to_source(
     return [int(left), int(top), int(right), int(bottom)]  # plain ints: stored as JSON
 
 
+def clip_to_outline(box: list[int], outline: list[tuple[int, int]] | None) -> list[int]:
+    """``box`` with its top and bottom clipped to where ``outline`` (a line's polygon) lies
+    over the box's columns; unchanged without an outline or where the clip would empty it."""
+    if not outline or len(outline) < 3:
+        return box
+    x0, y0, x1, y1 = box
+    ys = [y for x, y in outline if x0 <= x <= x1]
+    for (ax, ay), (bx, by) in zip(outline, [*outline[1:], outline[0]], strict=True):
+        for x in (x0, x1):  # where the outline's edges cross the box's sides
+            if ax != bx and min(ax, bx) <= x <= max(ax, bx):
+                ys.append(round(ay + (by - ay) * (x - ax) / (bx - ax)))
+    if not ys:
+        return box
+    top, bottom = max(y0, min(ys)), min(y1, max(ys))
+    return [x0, top, x1, bottom] if top < bottom else box
+
+
 def crop_lines(
     page: Image.Image, boxes: list[LineBox], *, margin: int = 4, mask: bool = True
 ) -> list[Image.Image]:
