@@ -395,8 +395,8 @@ class Recognizer:
         self, text: str, toks: list[int], logp: list[float]
     ) -> tuple[tuple[float, ...], list[tuple[int, int, int]]] | None:
         """Per character of ``text.strip()``: the log-probability of the token that wrote it,
-        and (token index, token id, position in the token, token length) packed as
-        (index, id, share) for the alignment; None where the tokens do not spell the text."""
+        and (the token's step, its id, its length in characters) for the alignment; None
+        where the tokens do not spell the text."""
         assert self._token_texts is not None
         special = set(self.processor.tokenizer.all_special_ids)
         per_char: list[tuple[int, int, int]] = []  # (step, token id, chars of that token)
@@ -427,8 +427,8 @@ class Recognizer:
         fitted = max(1, min(self.width, round(crop.width * self.height / max(1, crop.height))))
         column = self.width / frames  # input pixels per column
         used = max(1, min(frames, math.ceil(fitted / column)))
-        steps = list(dict.fromkeys(j for j, _, _ in chars))
-        ids = [next(t for j2, t, _ in chars if j2 == j) for j in steps]
+        token_of = {j: t for j, t, _ in chars}  # each step's token, in order
+        steps, ids = list(token_of), list(token_of.values())
         found = ctc_align(posteriors[:used], ids, self.model.config.pad_token_id)
         if found is None:
             return None
