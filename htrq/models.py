@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
     Boolean,
     CheckConstraint,
@@ -30,6 +32,7 @@ from sqlalchemy import (
     text,
     true,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 PAGE_STATES = ("queued", "running", "succeeded", "failed")
@@ -257,6 +260,13 @@ class Line(Base):
     #: gives them (text, not a JSON type: the same on PostgreSQL and SQLite, never queried).
     polygon: Mapped[str | None] = mapped_column(Text)
     baseline: Mapped[str | None] = mapped_column(Text)
+    #: The model's words, ``[{"text", "box": [x0, y0, x1, y1], "confidence"}, ...]`` in page
+    #: pixels and reading order (``htrq.words``); None on lines stored before words were.
+    words: Mapped[list[dict[str, Any]] | None] = mapped_column(
+        JSON().with_variant(JSONB(), "postgresql")
+    )
+    #: Where the words' boxes come from: ``ctc`` (the model's alignment) or ``estimate``.
+    box_source: Mapped[str | None] = mapped_column(String(16))
     #: A person's correction of ``text`` (the model's reading, which is kept), and when it
     #: was made; ``reviewed_at``: when a person confirmed the line (corrected or not).
     correction: Mapped[str | None] = mapped_column(Text)

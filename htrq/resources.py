@@ -124,6 +124,19 @@ Point = Annotated[list[int], Field(min_length=2, max_length=2)]
 Box = Annotated[list[int], Field(min_length=4, max_length=4)]
 
 
+class WordResource(BaseModel):
+    text: str
+    box: Box = Field(description="x0, y0, x1, y1 in page pixels, within the line's box")
+    confidence: float = Field(
+        ge=0, le=1, description="the model's confidence in the word (1: a person wrote it)"
+    )
+    needs_review: bool = Field(
+        False,
+        description="the word's confidence is below HTRQ_REVIEW_BELOW in a line that needs "
+        "review: where in the line a person should look",
+    )
+
+
 class LineResource(BaseModel):
     index: int
     text: str = Field(
@@ -143,6 +156,17 @@ class LineResource(BaseModel):
     needs_review: bool = Field(
         description="the confidence is below HTRQ_REVIEW_BELOW and no person has corrected or "
         "reviewed the line yet: a person should check it"
+    )
+    words: list[WordResource] = Field(
+        default_factory=list,
+        description="the words of `text` in reading order; joined by single spaces they give "
+        "`text`",
+    )
+    box_source: Literal["ctc", "estimate"] = Field(
+        "estimate",
+        description="ctc: word boxes from the model's alignment of its reading to the line "
+        "image (re-fitted to a person's correction); estimate: the line's box split by "
+        "character counts (a model without a CTC head, or a line read before words were)",
     )
     corrected: bool = Field(False, description="a person corrected the model's reading")
     reviewed: bool = Field(

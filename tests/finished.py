@@ -20,6 +20,7 @@ from htrq.jobs.uploads import Upload
 from htrq.models import Page
 from htrq.settings import Settings
 from htrq.storage import BlobStore
+from htrq.words import Word, estimate_words
 
 
 @dataclass(frozen=True)
@@ -31,15 +32,28 @@ class Read:
     bbox: tuple[int, int, int, int]
     polygon: list[tuple[int, int]] | None = None
     baseline: list[tuple[int, int]] | None = None
+    words: list[Word] | None = None
+    box_source: str | None = None
 
 
 #: Three lines of a 480 x 200 letter: the second and third are doubtful (under the 0.75
-#: threshold), the third has an outline.
+#: threshold), the third has an outline. The first two have words placed by an alignment, the
+#: second's "truIy" doubtful; the third has none (a line stored before words were).
 LETTER_LINES = (
-    Read("Dear Sir,", 0.97, (20, 20, 200, 60)),
-    Read("yours truIy", 0.55, (20, 80, 300, 120)),
+    Read(
+        "Dear Sir,", 0.97, (20, 20, 200, 60),
+        words=[Word(text="Dear", box=[24, 28, 80, 52], confidence=0.98),
+               Word(text="Sir,", box=[92, 28, 150, 55], confidence=0.96)],
+        box_source="ctc",
+    ),
+    Read(
+        "yours truIy", 0.55, (20, 80, 300, 120),
+        words=[Word(text="yours", box=[24, 88, 110, 112], confidence=0.9),
+               Word(text="truIy", box=[124, 86, 210, 114], confidence=0.31)],
+        box_source="ctc",
+    ),
     Read("J. Smith", 0.62, (20, 140, 220, 180), [(20, 140), (220, 142), (220, 180), (20, 178)]),
-)
+)  # fmt: skip
 
 
 def letter_png(lines: Sequence[Read] = LETTER_LINES, size: tuple[int, int] = (480, 200)) -> bytes:
@@ -137,7 +151,13 @@ def handwritten_letter(
             text, confidence = "".join(chars), rng.uniform(0.45, 0.7)
         x0, y0, x1, y1 = ln.bbox
         outline = [(x0, y0), (x1, y0 + 2), (x1, y1), (x0, y1 - 2)] if i % 2 else None
-        lines.append(Read(text, round(confidence, 3), ln.bbox, outline))
+        words = None
+        if text != ln.text:  # the misread words doubtful, the others not
+            words = estimate_words(text, ln.bbox, 0.95)
+            for w, truth in zip(words, ln.text.split(), strict=False):
+                w["confidence"] = 0.95 if w["text"] == truth else 0.4
+        source = "ctc" if words else None
+        lines.append(Read(text, round(confidence, 3), ln.bbox, outline, None, words, source))
     buf = io.BytesIO()
     page.image.save(buf, "PNG")
     return buf.getvalue(), lines

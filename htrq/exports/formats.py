@@ -1,7 +1,9 @@
 """Page results as plain text, JSON, ALTO 4 and PAGE XML 2019 (pure functions, no ORM).
 
-Coordinates are page-image pixels, origin top left. A line's confidence (0..1) goes into ALTO
-``String/@WC`` and PAGE ``TextEquiv/@conf``. A line a person corrected is written with their
+Coordinates are page-image pixels, origin top left. A line's words (``htrq.words``) are ALTO
+``String`` elements with ``SP`` between them and PAGE ``Word`` elements, each with its box
+and confidence (``String/@WC``, ``TextEquiv/@conf``); the line's confidence goes into PAGE's
+line ``TextEquiv/@conf``. A line a person corrected is written with their
 text, and without the model's confidence, which was the model's in another text.
 
 Whole jobs: ``txt`` is every page's text with a form feed (U+000C) between pages, the plain
@@ -23,6 +25,7 @@ from typing import Any
 from xml.etree import ElementTree as ET
 
 from htrq.text import xml_safe
+from htrq.words import Word, served_words
 
 ALTO_NS = "http://www.loc.gov/standards/alto/ns-v4#"
 ALTO_SCHEMA = "http://www.loc.gov/standards/alto/v4/alto-4-4.xsd"
@@ -53,6 +56,9 @@ class LineResult:
     model_text: str | None = None  #: the model's reading (None: the same as ``text``)
     corrected: bool = False  #: a person corrected the model's reading
     reviewed: bool = False  #: a person checked the line
+    #: The words of ``text`` with boxes in page pixels (``htrq.words``); empty: none known.
+    words: Sequence[Word] = ()
+    box_source: str = "estimate"  #: ``ctc`` or ``estimate`` (``htrq.words``)
 
     @property
     def model_confidence(self) -> float | None:
@@ -155,6 +161,8 @@ def page_json(page: PageResult) -> dict[str, Any]:
                 "model_text": ln.model_text if ln.model_text is not None else ln.text,
                 "corrected": ln.corrected,
                 "reviewed": ln.reviewed,
+                "words": [dict(w) for w in ln.words],
+                "box_source": ln.box_source,
             }
             for ln in page.lines
         ],
@@ -204,11 +212,26 @@ def alto(page: PageResult) -> bytes:
             if ln.polygon and len(ln.polygon) >= 3:
                 shape = ET.SubElement(line, a("Shape"))
                 ET.SubElement(shape, a("Polygon"), POINTS=_points(ln.polygon, page))
-            s_attrs = {"ID": f"p{page.index}_l{i}_s0", "CONTENT": ln.text, **_alto_box(ln.bbox)}
-            if ln.model_confidence is not None:
-                s_attrs["WC"] = _conf(ln.model_confidence)
-            ET.SubElement(line, a("String"), s_attrs)
+            _alto_words(line, a, ln, f"p{page.index}_l{i}")
     return _serialise(root)
+
+
+def _alto_words(line: ET.Element, a: Any, ln: LineResult, line_id: str) -> None:
+    """A String per word (WC: the word's confidence, none once a person corrected the line),
+    an SP between two; a line without words, one String with its whole text."""
+    words = [w for w in ln.words if w["text"]] or [
+        Word(text=ln.text, box=list(ln.bbox), confidence=ln.confidence or 0.0)
+    ]
+    for j, w in enumerate(words):
+        x0, y0, x1, y1 = w["box"]
+        if j:
+            prev = words[j - 1]["box"]
+            gap = (prev[2], y0, max(prev[2], x0), y1)
+            ET.SubElement(line, a("SP"), {"ID": f"{line_id}_sp{j}", **_alto_box(gap, height=False)})
+        attrs = {"ID": f"{line_id}_s{j}", "CONTENT": w["text"], **_alto_box((x0, y0, x1, y1))}
+        if ln.model_confidence is not None:
+            attrs["WC"] = _conf(w["confidence"] if ln.words else ln.model_confidence)
+        ET.SubElement(line, a("String"), attrs)
 
 
 def page_xml(page: PageResult, *, created: datetime | None = None) -> bytes:
@@ -253,6 +276,11 @@ def page_xml(page: PageResult, *, created: datetime | None = None) -> bytes:
             ET.SubElement(line, p("Coords"), points=_points(outline, page))
             if ln.baseline and len(ln.baseline) >= 2:
                 ET.SubElement(line, p("Baseline"), points=_points(ln.baseline, page))
+            for j, w in enumerate(ln.words):
+                word = ET.SubElement(line, p("Word"), id=f"p{page.index}_l{i}_w{j}")
+                ET.SubElement(word, p("Coords"), points=_points(_corners(_box(w["box"])), page))
+                conf = w["confidence"] if ln.model_confidence is not None else None
+                _text_equiv(word, p, w["text"], conf)
             _text_equiv(line, p, ln.text, ln.model_confidence)
         corrected = any(ln.corrected for ln in page.lines)
         _text_equiv(region, p, page.text, None if corrected else page.confidence)
@@ -297,7 +325,17 @@ def _row_line(ln: Any, review_below: float | None) -> dict[str, Any]:
     correction = getattr(ln, "correction", None)
     corrected = correction is not None
     reviewed = getattr(ln, "reviewed_at", None) is not None
+    words, box_source = served_words(
+        model_text=ln.text,
+        correction=correction,
+        words=getattr(ln, "words", None),
+        box_source=getattr(ln, "box_source", None),
+        bbox=(ln.x0, ln.y0, ln.x1, ln.y1),
+        confidence=ln.confidence,
+    )
     return {
+        "words": words,
+        "box_source": box_source,
         "text": correction if corrected else ln.text,
         "model_text": ln.text,
         "corrected": corrected,
@@ -330,6 +368,11 @@ def from_resource(page: Mapping[str, Any]) -> PageResult:
             model_text=ln.get("model_text"),
             corrected=bool(ln.get("corrected")),
             reviewed=bool(ln.get("reviewed")),
+            words=[
+                Word(text=w["text"], box=list(_stored_bbox(w["box"])), confidence=w["confidence"])
+                for w in ln.get("words") or []
+            ],
+            box_source=ln.get("box_source") or "estimate",
         )
         for ln in page.get("lines") or []
     ]
@@ -403,13 +446,15 @@ def _corners(b: tuple[int, int, int, int]) -> list[Point]:
     return [(b[0], b[1]), (b[2], b[1]), (b[2], b[3]), (b[0], b[3])]
 
 
-def _alto_box(b: tuple[int, int, int, int]) -> dict[str, str]:
-    return {
-        "HPOS": str(b[0]),
-        "VPOS": str(b[1]),
-        "WIDTH": str(max(0, b[2] - b[0])),
-        "HEIGHT": str(max(0, b[3] - b[1])),
-    }
+def _alto_box(b: Sequence[int], *, height: bool = True) -> dict[str, str]:
+    box = {"HPOS": str(b[0]), "VPOS": str(b[1]), "WIDTH": str(max(0, b[2] - b[0]))}
+    if height:  # SP has no HEIGHT
+        box["HEIGHT"] = str(max(0, b[3] - b[1]))
+    return box
+
+
+def _box(b: Sequence[int]) -> tuple[int, int, int, int]:
+    return int(b[0]), int(b[1]), int(b[2]), int(b[3])
 
 
 def _points(points: Sequence[Point], page: PageResult) -> str:

@@ -1,8 +1,11 @@
-"""A searchable PDF of a job: each page image with an invisible text layer on its lines.
+"""A searchable PDF of a job: each page image with an invisible text layer on its words.
 
-As OCRmyPDF does it: the scan is the visible page, and each line's text is written over its
-box in render mode 3 (neither filled nor stroked), scaled to the box's width, so that a
-viewer's search highlights the handwriting and a DMS indexes the text. The text uses an
+As OCRmyPDF does it: the scan is the visible page, and each word's text is written over its
+box in render mode 3 (neither filled nor stroked), scaled to the box's width and sized so
+that the font's ascent and descent span the box's height, so that a viewer's search
+highlights the word found (not its whole line) and a DMS indexes the text. A space follows
+every word but a line's last, squeezed into the gap after it, so that text extraction keeps
+the words apart however close the hand wrote them. The text uses an
 embedded (subset) DejaVu Sans, which covers the Latin, Greek and Cyrillic scripts of the
 archives htrq reads, so that copying or extracting it gives back the characters.
 """
@@ -12,6 +15,7 @@ from __future__ import annotations
 import io
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
@@ -50,17 +54,21 @@ def searchable_pdf(pages: Iterable[tuple[PageResult, Image.Image]], *, title: st
         sy = image.height / max(1, result.height) * scale
         text = pdf.beginText()
         text.setTextRenderMode(3)
+        face: Any = getattr(pdfmetrics.getFont(FONT), "face")  # noqa: B009  (TTFont's, untyped)
+        ascent, descent = face.ascent / 1000.0, -face.descent / 1000.0
         for line in result.lines:
-            if not line.text.strip():
-                continue
-            x0, y0, x1, y1 = line.bbox
-            size = max(1.0, (y1 - y0) * sy * 0.8)
-            natural = pdfmetrics.stringWidth(line.text, FONT, size)
-            text.setFont(FONT, size)
-            text.setHorizScale(100.0 * (x1 - x0) * sx / natural if natural else 100.0)
-            # The baseline a fifth of the box above its bottom: descenders hang below it.
-            text.setTextOrigin(x0 * sx, h - y1 * sy + 0.2 * (y1 - y0) * sy)
-            text.textLine(line.text)
+            words = [(w["text"], w["box"]) for w in line.words if w["text"].strip()]
+            if not words and line.text.strip():
+                words = [(line.text, list(line.bbox))]
+            for j, (word, (x0, y0, x1, y1)) in enumerate(words):
+                # A PDF reader's box for a word is the font's ascent to descent at its size.
+                size = max(1.0, (y1 - y0) * sy / (ascent + descent))
+                natural = pdfmetrics.stringWidth(word, FONT, size)
+                text.setFont(FONT, size)
+                text.setHorizScale(100.0 * max(1, x1 - x0) * sx / natural if natural else 100.0)
+                text.setTextOrigin(x0 * sx, h - y1 * sy + descent * size)
+                last = j == len(words) - 1
+                text.textOut(word if last else word + " ")
         pdf.drawText(text)
         pdf.showPage()
     pdf.save()

@@ -47,12 +47,14 @@ from htrq.resources import (
     Provenance,
     ReusedFrom,
     StatusCounts,
+    WordResource,
     job_status,
 )
 from htrq.settings import Settings
 from htrq.storage import BlobStore
 from htrq.storage.blobs import lock_blobs, remove_unused
 from htrq.text import clean_filename
+from htrq.words import served_words
 
 log = logging.getLogger(__name__)
 
@@ -560,15 +562,30 @@ def line_resource(ln: Line, *, review_below: float = REVIEW_BELOW) -> LineResour
     confidence was.
     """
     corrected, reviewed = ln.correction is not None, ln.reviewed_at is not None
+    bbox = [ln.x0, ln.y0, ln.x1, ln.y1]
+    words, box_source = served_words(
+        model_text=ln.text,
+        correction=ln.correction,
+        words=ln.words,
+        box_source=ln.box_source,
+        bbox=bbox,
+        confidence=ln.confidence,
+    )
+    needs_review = ln.confidence < review_below and not (corrected or reviewed)
     return LineResource(
         index=ln.index,
         text=ln.correction if ln.correction is not None else ln.text,
         model_text=ln.text,
         confidence=ln.confidence,
-        bbox=[ln.x0, ln.y0, ln.x1, ln.y1],
+        bbox=bbox,
         polygon=json.loads(ln.polygon) if ln.polygon else None,
         baseline=json.loads(ln.baseline) if ln.baseline else None,
-        needs_review=ln.confidence < review_below and not (corrected or reviewed),
+        needs_review=needs_review,
+        words=[
+            WordResource(**w, needs_review=needs_review and w["confidence"] < review_below)
+            for w in words
+        ],
+        box_source=box_source,
         corrected=corrected,
         reviewed=reviewed,
         corrected_at=ln.corrected_at,

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
 from sqlalchemy import Table, and_, bindparam, delete, false, insert, or_, select, true, update
 from sqlalchemy.orm import Session
@@ -79,6 +79,10 @@ class LineLike(Protocol):
     def polygon(self) -> Points | None: ...
     @property
     def baseline(self) -> Points | None: ...
+    @property
+    def words(self) -> Sequence[Mapping[str, Any]] | None: ...
+    @property
+    def box_source(self) -> str | None: ...
 
 
 def claim_pages(
@@ -241,6 +245,8 @@ def write_result(
                     "y1": ln.bbox[3],
                     "polygon": _points_json(ln.polygon),
                     "baseline": _points_json(ln.baseline),
+                    "words": list(ln.words) if ln.words is not None else None,
+                    "box_source": ln.box_source,
                 }
                 for i, ln in enumerate(lines)
             ],

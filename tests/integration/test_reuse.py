@@ -129,8 +129,12 @@ def _page(ctx: BatchContext, job: JobResource, index: int = 0) -> PageResource:
 
 
 def _reading(page: PageResource) -> tuple[object, ...]:
-    """What a copy must have of its original: the machine's reading, lines and provenance."""
-    lines = [(ln.model_text, ln.confidence, ln.bbox, ln.polygon, ln.baseline) for ln in page.lines]
+    """What a copy must have of its original: the machine's reading, lines (with their words)
+    and provenance."""
+    lines = [
+        (ln.model_text, ln.confidence, ln.bbox, ln.polygon, ln.baseline, ln.words, ln.box_source)
+        for ln in page.lines
+    ]
     return (page.text, page.confidence, page.width, page.height, page.provenance, lines)
 
 
@@ -400,6 +404,7 @@ def test_the_copy_takes_the_machine_reading_not_the_corrections(
     original = _submit(ctx, [page_png("Dear Sir")])
     process_batch(_ids(original), ctx)
     tenant = default_tenant(sessions)
+    read_words = _page(ctx, original).lines[0].words
     correct_line(
         sessions=sessions, tenant_id=tenant, job_id=original.id, page_index=0, line_index=0,
         text="Dear Madam",
@@ -410,6 +415,9 @@ def test_the_copy_takes_the_machine_reading_not_the_corrections(
     assert corrected.text == "Dear Madam" and corrected.corrected
     assert copied.text == copied.model_text == corrected.model_text
     assert not (copied.corrected or copied.reviewed)
+    # The copy has the model's words, not those re-fitted to the original's correction.
+    assert copied.words == read_words and copied.box_source == corrected.box_source
+    assert [w.text for w in corrected.words] == ["Dear", "Madam"]
 
 
 def test_a_reader_taken_back_by_the_sweeper_frees_its_waiters(

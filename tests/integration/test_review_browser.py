@@ -132,6 +132,14 @@ def test_an_archivist_corrects_a_line_in_the_browser(
     assert [int(b.get_attribute("data-line-index")) for b in listed] == doubtful
     counter = browser.find_element(By.ID, "counter")
     assert counter.text.startswith(f"{len(doubtful)} of {len(lines)} lines left to review")
+    # Inside the doubtful lines, the doubtful words are marked on the page and in the list.
+    page = httpx.get(f"{url}/v1/jobs/{job}/pages/0", headers=headers).json()
+    unsure = [w for ln in page["lines"] if ln["needs_review"] for w in ln["words"]]
+    unsure = [w for w in unsure if w["needs_review"]]
+    assert unsure and len(unsure) < sum(len(ln["words"]) for ln in page["lines"])
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#overlay .doubtful-word")) == len(unsure)
+    marked = browser.find_elements(By.CSS_SELECTOR, "#review-list mark.doubtful-word")
+    assert [m.text for m in marked] == [w["text"] for w in unsure]
 
     browser.find_element(By.CSS_SELECTOR, '#overlay [data-line-index="0"]').click()
     field = browser.find_element(By.ID, "line-text")

@@ -185,3 +185,67 @@ def test_unknown_format_is_refused() -> None:
     """An unknown format name raises ValueError naming the choices."""
     with pytest.raises(ValueError, match="txt, json, alto, page"):
         render_page_export(sample_page(), "hocr")
+
+
+def worded_page(*, corrected: bool = False) -> PageResult:
+    """One line of two words with their boxes and confidences (as the worker stores them)."""
+    words = (
+        {"text": "Dear", "box": [100, 120, 300, 190], "confidence": 0.95},
+        {"text": "Sri", "box": [340, 125, 480, 185], "confidence": 0.41},
+    )
+    return PageResult(
+        index=0,
+        width=1200,
+        height=1600,
+        image_name="letter.png",
+        confidence=0.7,
+        lines=(
+            LineResult(
+                text="Dear Sri",
+                confidence=0.7,
+                bbox=(100, 120, 500, 190),
+                words=words,  # type: ignore[arg-type]
+                box_source="ctc",
+                corrected=corrected,
+            ),
+        ),
+    )
+
+
+def test_alto_writes_a_string_per_word_with_spaces_between() -> None:
+    """ALTO: each word a String with its own box and WC, an SP between two; schema-valid."""
+    doc = validate(alto(worded_page()), "alto-4-4.local.xsd")
+    ns = {"a": ALTO_NS}
+    line = doc.find(".//a:TextLine", ns)
+    assert [el.tag.split("}")[1] for el in line] == ["String", "SP", "String"]
+    first, space, second = list(line)
+    assert [first.get(k) for k in ("CONTENT", "HPOS", "VPOS", "WIDTH", "HEIGHT", "WC")] == [
+        "Dear", "100", "120", "200", "70", "0.9500",
+    ]  # fmt: skip
+    assert (space.get("HPOS"), space.get("WIDTH")) == ("300", "40")
+    assert (second.get("CONTENT"), second.get("WC")) == ("Sri", "0.4100")
+    # Once a person corrected the line, the model's confidences no longer describe its words.
+    doc = validate(alto(worded_page(corrected=True)), "alto-4-4.local.xsd")
+    assert all(s.get("WC") is None for s in doc.findall(".//a:String", ns))
+
+
+def test_page_xml_writes_a_word_per_word() -> None:
+    """PAGE: a Word with Coords and TextEquiv@conf per word, before the line's TextEquiv."""
+    doc = validate(page_xml(worded_page()), "pagecontent-2019-07-15.xsd")
+    ns = {"p": PAGE_NS}
+    words = doc.findall(".//p:TextLine/p:Word", ns)
+    assert [w.findtext("p:TextEquiv/p:Unicode", namespaces=ns) for w in words] == ["Dear", "Sri"]
+    assert words[0].find("p:Coords", ns).get("points") == "100,120 300,120 300,190 100,190"
+    assert words[1].find("p:TextEquiv", ns).get("conf") == "0.4100"
+    validate(page_xml(worded_page(corrected=True)), "pagecontent-2019-07-15.xsd")
+
+
+def test_json_and_resources_carry_words() -> None:
+    """JSON has each line's words and box_source; a resource's words come back in exports,
+    and its txt is the text as before."""
+    body = json.loads(render_page_export(worded_page(), "json"))
+    assert body["lines"][0]["box_source"] == "ctc"
+    assert [w["text"] for w in body["lines"][0]["words"]] == ["Dear", "Sri"]
+    page = from_resource(body | {"index": 0})
+    assert list(page.lines[0].words) == list(worded_page().lines[0].words)
+    assert render_page_export(page, "txt") == b"Dear Sri"

@@ -84,6 +84,10 @@ def test_the_pipeline_reads_a_line_a_page_and_a_pdf(stock_model: Path, tmp_path:
         assert page.lines, key
         assert all(0.0 <= ln.confidence <= 1.0 for ln in page.lines)
         assert page.text == "\n".join(ln.text for ln in page.lines)
+        # No CTC head over columns: every line's words are estimated, and say so.
+        for ln in page.lines:
+            assert ln.box_source == "estimate" and ln.words is not None
+            assert " ".join(w["text"] for w in ln.words) == " ".join(ln.text.split())
     assert len(out["pdf"].lines) == 3  # type: ignore[union-attr]
 
 
@@ -96,8 +100,8 @@ def test_a_line_is_never_read_longer_than_it_can_hold(stock_model: Path, tmp_pat
     crops = [_line(60, "ab"), _line(120, "abc")]
     limits = length_limits([prepare_line(c) for c in crops], 60)
     assert max(limits) < 60
-    for (text, _), limit in zip(line_reader(rec)(crops), limits, strict=True):
-        assert len(text) <= limit
+    for read, limit in zip(line_reader(rec)(crops), limits, strict=True):
+        assert read is not None and len(read.text) <= limit
 
 
 def test_labels_follow_the_models_own_tokens(stock_model: Path) -> None:

@@ -15,10 +15,17 @@ from PIL import Image
 
 from htrq.errors import PageError, public_message
 from htrq.inputs import DEFAULT_MAX_ASPECT, is_pdf, render_stored_page
-from worker.recognition.reading import ReadLines, line_reader
+from htrq.words import Word, estimate_words
+from worker.recognition.reading import ReadLine, ReadLines, line_reader
 from worker.recognition.render import render_pdf_limited
 from worker.segmentation import LineBox, Segmenter, WholeImageSegmenter, make_segmenter
-from worker.segmentation.crops import crop_lines, to_source_frame
+from worker.segmentation.crops import (
+    box_to_source,
+    clip_to_outline,
+    crop_box,
+    crop_lines,
+    to_source_frame,
+)
 from worker.segmentation.preprocess import BLANK_INFO_KEY, SKEW_INFO_KEY, normalise_page
 
 if TYPE_CHECKING:
@@ -45,6 +52,10 @@ class LineOutput:
     bbox: tuple[int, int, int, int]
     polygon: list[tuple[int, int]] | None = None
     baseline: list[tuple[int, int]] | None = None
+    #: ``[{"text", "box", "confidence"}, ...]`` in page pixels (``htrq.words``).
+    words: list[Word] | None = None
+    #: ``ctc``: the boxes come from the model's alignment; ``estimate``: from character counts.
+    box_source: str | None = None
 
 
 @dataclass(frozen=True)
@@ -106,23 +117,23 @@ class Pipeline:
         only the pages holding them fail, with ``model_error``.
         """
         outcomes: dict[Hashable, PageOutput | PageError] = {}
-        spans: list[tuple[Hashable, list[LineBox], int, tuple[int, int]]] = []
+        spans: list[tuple[Hashable, list[LineBox], int, _Cut]] = []
         crops: list[Image.Image] = []
         languages: list[str | None] = []
         for page in pages:
             try:
-                boxes, page_crops, size = self._cut(page)
+                boxes, page_crops, cut = self._cut(page)
             except PageError as exc:
                 outcomes[page.key] = exc
                 continue
-            spans.append((page.key, boxes, len(crops), size))
+            spans.append((page.key, boxes, len(crops), cut))
             crops.extend(page_crops)
             # "none" reads as no language at all: recognizers without lexicons take it too.
             spoken = page.language if page.language not in (None, "", "none") else None
             languages.extend([spoken] * len(page_crops))
 
         read = self._read_by_language(crops, languages)
-        for key, boxes, start, size in spans:
+        for key, boxes, start, cut in spans:
             unread = [i for i, r in enumerate(read[start : start + len(boxes)]) if r is None]
             if unread:
                 outcomes[key] = PageError(
@@ -132,33 +143,30 @@ class Pipeline:
                 )
                 continue
             lines = [
-                LineOutput(
-                    text=text,
-                    confidence=conf,
-                    bbox=b.bbox,
-                    polygon=b.polygon,
-                    baseline=b.baseline,
+                _line_output(r, b, cut, i)
+                for i, (r, b) in enumerate(
+                    zip(read[start : start + len(boxes)], boxes, strict=True)
                 )
-                for (text, conf), b in zip(read[start : start + len(boxes)], boxes, strict=True)  # type: ignore[misc]
+                if r is not None
             ]
             outcomes[key] = PageOutput(
                 text="\n".join(ln.text for ln in lines),
                 confidence=page_confidence(lines),
                 lines=lines,
-                size=size,
+                size=cut.size,
             )
         return outcomes
 
     def _read_by_language(
         self, crops: list[Image.Image], languages: list[str | None]
-    ) -> list[tuple[str, float] | None]:
+    ) -> list[ReadLine | None]:
         """Every crop read, those of one language in one call (its lexicon steers them);
         one call for the whole group when it speaks one language, as most groups do."""
         spoken = list(dict.fromkeys(languages))
         if len(spoken) <= 1:
             lang = spoken[0] if spoken else None
             return self.read(crops, lang) if lang else self.read(crops)
-        out: list[tuple[str, float] | None] = [None] * len(crops)
+        out: list[ReadLine | None] = [None] * len(crops)
         for lang in spoken:
             idx = [i for i, x in enumerate(languages) if x == lang]
             part = [crops[i] for i in idx]
@@ -166,8 +174,8 @@ class Pipeline:
                 out[i] = r
         return out
 
-    def _cut(self, page: PageInput) -> tuple[list[LineBox], list[Image.Image], tuple[int, int]]:
-        """Lines (on the uploaded image), their crops, the page size."""
+    def _cut(self, page: PageInput) -> tuple[list[LineBox], list[Image.Image], _Cut]:
+        """Lines (on the uploaded image), their crops, and where the crops were cut."""
         try:
             raw = self._render(page)
         except PageError:
@@ -204,8 +212,10 @@ class Pipeline:
                 "check that it is a scanned page or line",
             ) from exc
         # Crops come from the deskewed page; what is stored refers to the uploaded image.
-        lines = to_source_frame(boxes, im.info.get(SKEW_INFO_KEY, 0.0), im.size)
-        return lines, crops, im.size
+        angle = im.info.get(SKEW_INFO_KEY, 0.0)
+        lines = to_source_frame(boxes, angle, im.size)
+        origins = [crop_box(b, im.size, self.line_margin)[:2] for b in boxes]
+        return lines, crops, _Cut(im.size, angle, origins)
 
     def _render(self, page: PageInput) -> Image.Image:
         if is_pdf(page.data) and self.pdf_render_seconds is not None:
@@ -218,6 +228,52 @@ class Pipeline:
                 max_aspect=self.max_aspect,
             )
         return render_stored_page(page.data, page.frame, self)
+
+
+@dataclass(frozen=True)
+class _Cut:
+    """Where a page's line crops came from: the normalised page's size (the boxes' page) and
+    deskew angle, and each crop's top left corner on it."""
+
+    size: tuple[int, int]
+    angle: float
+    origins: list[tuple[int, int]]
+
+
+def _line_output(read: ReadLine, line: LineBox, cut: _Cut, i: int) -> LineOutput:
+    """A read line on the uploaded page, its words placed there (clipped to the line's box
+    and outline),
+    or spread over the box by character counts where the reading placed none."""
+    if not isinstance(read, ReadLine):  # a plain (text, confidence) from a simple reader
+        read = ReadLine(*read)
+    words = list(getattr(read, "words", ()) or ())
+    placed = bool(words) and all(w.box is not None for w in words)
+    if placed:
+        boxed: list[Word] = [
+            Word(
+                text=w.text,
+                box=clip_to_outline(
+                    box_to_source(w.box, cut.origins[i], cut.angle, cut.size, line.bbox),  # type: ignore[arg-type]
+                    line.polygon,
+                ),
+                confidence=round(w.confidence, 4),
+            )
+            for w in words
+        ]
+    else:
+        boxed = estimate_words(read.text, line.bbox, read.confidence)
+        if len(words) == len(boxed):  # the reading's own word confidences, where it gave some
+            for est, w in zip(boxed, words, strict=True):
+                est["confidence"] = round(w.confidence, 4)
+    return LineOutput(
+        text=read.text,
+        confidence=read.confidence,
+        bbox=line.bbox,
+        polygon=line.polygon,
+        baseline=line.baseline,
+        words=boxed,
+        box_source="ctc" if placed else "estimate",
+    )
 
 
 def build_pipeline(settings: Settings, recognizer: Recognizer) -> Pipeline:

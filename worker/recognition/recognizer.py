@@ -8,6 +8,7 @@ this repository (``builtin``), a local directory, or a hub id such as
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -21,9 +22,10 @@ from transformers import AutoProcessor, LogitsProcessorList, VisionEncoderDecode
 from transformers.utils import logging as hf_logging
 
 from htrq.resources import CTC_WEIGHT
+from worker.recognition.alignment import ctc_align
 from worker.recognition.ctc_prefix import CTC_HEAD_FILE, CTCPrefixScore, load_ctc_head
 from worker.recognition.decoding import LengthLimit, length_limits, token_chars
-from worker.recognition.line_encoder import column_states
+from worker.recognition.line_encoder import column_states, reads_columns
 from worker.recognition.lineimage import LINE_ASPECT, fit_line, prepare_line, stretch_width
 from worker.recognition.loading import load_model
 from worker.recognition.word_prior import Lexicon, WordPrior, shipped_lexicon, token_texts
@@ -40,6 +42,15 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
 class LineResult:
     text: str
     confidence: float  #: geometric mean of the chosen tokens' probabilities, 0..1
+    #: The decoder's log-probability of each character of ``text`` (of the token that wrote
+    #: it); None where the tokens do not spell the text (a tokenizer that rewrites it).
+    logps: tuple[float, ...] | None = None
+    #: Each character's x range on the crop read, from the CTC alignment
+    #: (``worker.recognition.alignment``); None without a CTC head or with words off.
+    spans: tuple[tuple[float, float], ...] | None = None
+    #: The CTC head's log-probability of each character where the alignment put it (its best
+    #: column); None with ``spans``.
+    ctc_logps: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -85,6 +96,7 @@ class Recognizer:
         language: str | None = None,
         word_weight: float = 0.0,
         word_floor: float = 0.1,
+        words: bool = True,
     ) -> None:
         self.model = model.eval()
         self.processor = processor
@@ -102,7 +114,11 @@ class Recognizer:
         #: Joint CTC/attention decoding (``worker.recognition.ctc_prefix``) where the model has a
         #: CTC head and the weight is above 0; otherwise the decoder reads alone.
         self.ctc_weight = ctc_weight if ctc_head is not None else 0.0
-        self.ctc_head = ctc_head.to(self.device, self.dtype).eval() if self.ctc_weight else None
+        head = ctc_head.to(self.device, self.dtype).eval() if ctc_head is not None else None
+        self.ctc_head = head if self.ctc_weight else None
+        #: The head that places each character on the line (``worker.recognition.alignment``):
+        #: the same CTC head, where the model has one over columns and ``words`` is on.
+        self.align_head = head if words and reads_columns(model) else None
         #: Characters per token, for the length limit (None: one per token).
         self.token_chars = token_chars(processor.tokenizer)
         #: Widths each line is read at, as factors of its own; the likeliest reading wins.
@@ -144,6 +160,7 @@ class Recognizer:
         language: str | None = None,
         word_weight: float = 0.0,
         word_floor: float = 0.1,
+        words: bool = True,
     ) -> Recognizer:
         path = resolve_model(model)
         dev = resolve_device(device)
@@ -175,7 +192,8 @@ class Recognizer:
             net = quantize_int8(net, dev)
         elif quantize != "none":
             raise ValueError(f"quantize must be none or int8, not {quantize!r}")
-        head = load_ctc_head(path) if ctc_weight else None
+        # Loaded for the words' boxes too, when the decoding does not mix CTC in.
+        head = load_ctc_head(path) if ctc_weight or words else None
         if ctc_weight and head is None:
             log.info("%s has no %s; decoding with the decoder alone", path, CTC_HEAD_FILE)
         rec = cls(
@@ -192,6 +210,7 @@ class Recognizer:
             language=language,
             word_weight=word_weight,
             word_floor=word_floor,
+            words=words,
         )
         log.info(
             "loaded model %s on %s (%s), CTC weight %s", path, dev, torch_dtype, rec.ctc_weight
@@ -255,6 +274,8 @@ class Recognizer:
         best: list[_Reading] = []
         for factor in self.stretches:
             readings = self._read([stretch_width(c, factor) for c in crops], limits, lexicon)
+            if factor != 1.0:  # spans back onto the line as it came
+                readings = [_unstretched(r, factor) for r in readings]
             if best:
                 pairs = zip(best, readings, strict=True)
                 readings = [max(old, new, key=lambda r: r.logp) for old, new in pairs]
@@ -269,11 +290,15 @@ class Recognizer:
         # The encoder runs once, here, for the decoder and the CTC head alike.
         encoded = self.model.encoder(pixel_values=self.pixels(crops))
         processors = LogitsProcessorList()
-        if self.ctc_head is not None:
-            # Before the length limit, which must have the last word on the end token. The
-            # head reads the patches, not ViT's [CLS] token, as in training; fp32 log-softmax.
+        ctc = None
+        head = self.ctc_head if self.ctc_head is not None else self.align_head
+        if head is not None:
+            # The head reads the patches, not ViT's [CLS] token, as in training; fp32
+            # log-softmax. The same posteriors steer decoding and place the words.
             columns = column_states(self.model, encoded.last_hidden_state)
-            ctc = self.ctc_head(columns).float().log_softmax(-1)
+            ctc = head(columns).float().log_softmax(-1)
+        if self.ctc_head is not None and ctc is not None:
+            # Before the length limit, which must have the last word on the end token.
             processors.append(
                 CTCPrefixScore(
                     ctc,
@@ -338,13 +363,87 @@ class Recognizer:
             steps = self._decoder_logprobs(encoded, out.sequences)
         tokens = out.sequences[:, -steps.shape[1] :]
         texts = self.processor.tokenizer.batch_decode(out.sequences, skip_special_tokens=True)
+        if self._token_texts is None:
+            self._token_texts = token_texts(self.processor.tokenizer)
+        posteriors = ctc.cpu().numpy() if ctc is not None and self.align_head is not None else None
         results = []
-        for text, toks, logp in zip(texts, tokens.tolist(), steps.float().tolist(), strict=True):
+        rows = zip(texts, tokens.tolist(), steps.float().tolist(), strict=True)
+        for i, (text, toks, logp) in enumerate(rows):
             n = toks.index(eos) + 1 if eos in toks else len(toks)  # through the end token
             total = sum(logp[:n])
             confidence = _clamp01(math.exp(total / max(1, n)))
-            results.append(_Reading(LineResult(text=text.strip(), confidence=confidence), total))
+            chars = self._chars(text, toks[: n - 1 if eos in toks else n], logp)
+            placed = None
+            if chars is not None and posteriors is not None:
+                try:
+                    placed = self._spans(posteriors[i], chars[1], crops[i])
+                except Exception:
+                    # Word boxes are worth less than the reading: a line whose alignment
+                    # fails keeps its text, and its words get estimated boxes.
+                    log.warning("aligning a line's words failed; estimating them", exc_info=True)
+            result = LineResult(
+                text=text.strip(),
+                confidence=confidence,
+                logps=chars[0] if chars else None,
+                spans=placed[0] if placed else None,
+                ctc_logps=placed[1] if placed else None,
+            )
+            results.append(_Reading(result, total))
         return results
+
+    def _chars(
+        self, text: str, toks: list[int], logp: list[float]
+    ) -> tuple[tuple[float, ...], list[tuple[int, int, int]]] | None:
+        """Per character of ``text.strip()``: the log-probability of the token that wrote it,
+        and (the token's step, its id, its length in characters) for the alignment; None
+        where the tokens do not spell the text."""
+        assert self._token_texts is not None
+        special = set(self.processor.tokenizer.all_special_ids)
+        per_char: list[tuple[int, int, int]] = []  # (step, token id, chars of that token)
+        spelled = []
+        for j, t in enumerate(toks):
+            if t in special:
+                continue
+            piece = self._token_texts[t]
+            spelled.append(piece)
+            per_char.extend((j, t, len(piece)) for _ in piece)
+        raw = "".join(spelled)
+        if raw != text:
+            return None
+        lead = len(raw) - len(raw.lstrip())
+        kept = per_char[lead : lead + len(raw.strip())]
+        return tuple(logp[j] for j, _, _ in kept), kept
+
+    def _spans(
+        self, posteriors, chars: list[tuple[int, int, int]], crop: Image.Image
+    ) -> tuple[tuple[tuple[float, float], ...], tuple[float, ...]] | None:
+        """Each character's x range on ``crop`` (pixels) from the CTC alignment of the
+        reading's tokens against the head's posteriors over the crop's columns, and the
+        head's log-probability of it at its best column there."""
+        if not chars:
+            return (), ()
+        frames = posteriors.shape[0]
+        # The columns the line fills (fit_line pads it on the right with paper).
+        fitted = max(1, min(self.width, round(crop.width * self.height / max(1, crop.height))))
+        column = self.width / frames  # input pixels per column
+        used = max(1, min(frames, math.ceil(fitted / column)))
+        token_of = {j: t for j, t, _ in chars}  # each step's token, in order
+        steps, ids = list(token_of), list(token_of.values())
+        found = ctc_align(posteriors[:used], ids, self.model.config.pad_token_id)
+        if found is None:
+            return None
+        scale = column * crop.width / fitted  # crop pixels per column
+        frame_of = dict(zip(steps, found, strict=True))
+        out, seen, ctc = [], dict[int, int](), []
+        for j, token, size in chars:
+            first, last = frame_of[j]
+            ctc.append(float(posteriors[first : last + 1, token].max()))
+            k = seen.get(j, 0)
+            seen[j] = k + 1
+            # A token of several characters shares its columns among them evenly.
+            width = (last + 1 - first) / size
+            out.append(((first + k * width) * scale, (first + (k + 1) * width) * scale))
+        return tuple(out), tuple(ctc)
 
     def _decoder_logprobs(self, encoded, sequences: torch.Tensor) -> torch.Tensor:
         """log p(token | the tokens before it) of each token after the start token, by the
@@ -392,6 +491,15 @@ def balanced_chunk(remaining: int, batch_size: int) -> int:
     """
     batches = -(-remaining // batch_size)
     return -(-remaining // batches)
+
+
+def _unstretched(reading: _Reading, factor: float) -> _Reading:
+    """``reading`` of a line stretched by ``factor``, its spans mapped onto the line."""
+    spans = reading.result.spans
+    if spans is None:
+        return reading
+    back = tuple((a / factor, b / factor) for a, b in spans)
+    return _Reading(dataclasses.replace(reading.result, spans=back), reading.logp)
 
 
 def _clamp01(x: float) -> float:

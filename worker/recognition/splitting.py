@@ -39,10 +39,21 @@ def split_wide(
     pieces, start = [], 0
     while w - start > piece:
         end = gap_near(start + piece)
-        pieces.append(crop.crop((start, 0, end, h)))
+        pieces.append(_piece(crop, start, end))
         start = gap_near(end - shared)
-    pieces.append(crop.crop((start, 0, w, h)))
+    pieces.append(_piece(crop, start, w))
     return pieces
+
+
+#: Set in each piece's ``Image.info``: where the piece starts on its line (x, pixels), so that
+#: what is found on a piece (its words' boxes) can be placed on the line.
+PIECE_X_KEY = "htrq_piece_x"
+
+
+def _piece(crop: Image.Image, start: int, end: int) -> Image.Image:
+    out = crop.crop((start, 0, end, crop.height))
+    out.info[PIECE_X_KEY] = start
+    return out
 
 
 def join_pieces(texts: list[str], *, min_overlap: int = 3) -> str:
@@ -52,11 +63,24 @@ def join_pieces(texts: list[str], *, min_overlap: int = 3) -> str:
     common run of characters between them (at least ``min_overlap`` long, near the seam) is
     kept once. Without such a run the texts are joined with a space.
     """
-    out = ""
-    for text in texts:
-        text = text.strip()
+    return join_map(texts, min_overlap=min_overlap)[0]
+
+
+#: Where a character of a joined text came from: (piece, index in that piece's text), or None
+#: for a space put between two pieces that shared nothing.
+Source = tuple[int, int] | None
+
+
+def join_map(texts: Sequence[str], *, min_overlap: int = 3) -> tuple[str, list[Source]]:
+    """:func:`join_pieces`, and where each character of the result came from (so that what
+    was found per character of a piece, its place on the line, follows it)."""
+    out, where = "", list[Source]()
+    for p, raw in enumerate(texts):
+        text = raw.strip()
+        lead = len(raw) - len(raw.lstrip())
+        src: list[Source] = [(p, lead + i) for i in range(len(text))]
         if not out:
-            out = text
+            out, where = text, src
             continue
         if not text:
             continue
@@ -67,10 +91,11 @@ def join_pieces(texts: list[str], *, min_overlap: int = 3) -> str:
         # The shared run must reach close to the end of the tail and the start of the head.
         near_seam = (len(tail) - (m.a + m.size)) <= 3 + m.size // 2 and m.b <= 3 + m.size // 2
         if m.size >= min_overlap and near_seam:
-            out = out[: len(out) - len(tail) + m.a] + text[m.b :]
+            cut = len(out) - len(tail) + m.a
+            out, where = out[:cut] + text[m.b :], where[:cut] + src[m.b :]
         else:
-            out = f"{out} {text}"
-    return out
+            out, where = f"{out} {text}", [*where, None, *src]
+    return out, where
 
 
 def split_all(

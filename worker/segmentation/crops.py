@@ -57,6 +57,50 @@ def _turned(
     return out
 
 
+def crop_box(b: LineBox, size: tuple[int, int], margin: int) -> tuple[int, int, int, int]:
+    """The part of a ``size`` page that :func:`crop_lines` cuts for ``b``."""
+    w, h = size
+    x0, y0, x1, y1 = b.bbox
+    return max(0, x0 - margin), max(0, y0 - margin), min(w, x1 + margin), min(h, y1 + margin)
+
+
+def box_to_source(
+    box: tuple[int, int, int, int],
+    origin: tuple[int, int],
+    angle: float,
+    size: tuple[int, int],
+    clip: tuple[int, int, int, int],
+) -> list[int]:
+    """A box on a line's crop (cut at ``origin`` of the page deskewed by ``angle``) on the
+    uploaded image: its corners moved and turned as :func:`to_source_frame` turns the line,
+    the box around them clipped to ``clip`` (the line's own box there)."""
+    ox, oy = origin
+    x0, y0, x1, y1 = box[0] + ox, box[1] + oy, box[2] + ox, box[3] + oy
+    pts = rotate_points([(x0, y0), (x1, y0), (x1, y1), (x0, y1)], angle, size)
+    xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+    cx0, cy0, cx1, cy1 = clip
+    left, right = min(cx1, max(cx0, min(xs))), min(cx1, max(cx0, max(xs)))
+    top, bottom = min(cy1, max(cy0, min(ys))), min(cy1, max(cy0, max(ys)))
+    return [int(left), int(top), int(right), int(bottom)]  # plain ints: stored as JSON
+
+
+def clip_to_outline(box: list[int], outline: list[tuple[int, int]] | None) -> list[int]:
+    """``box`` with its top and bottom clipped to where ``outline`` (a line's polygon) lies
+    over the box's columns; unchanged without an outline or where the clip would empty it."""
+    if not outline or len(outline) < 3:
+        return box
+    x0, y0, x1, y1 = box
+    ys = [y for x, y in outline if x0 <= x <= x1]
+    for (ax, ay), (bx, by) in zip(outline, [*outline[1:], outline[0]], strict=True):
+        for x in (x0, x1):  # where the outline's edges cross the box's sides
+            if ax != bx and min(ax, bx) <= x <= max(ax, bx):
+                ys.append(round(ay + (by - ay) * (x - ax) / (bx - ax)))
+    if not ys:
+        return box
+    top, bottom = max(y0, min(ys)), min(y1, max(ys))
+    return [x0, top, x1, bottom] if top < bottom else box
+
+
 def crop_lines(
     page: Image.Image, boxes: list[LineBox], *, margin: int = 4, mask: bool = True
 ) -> list[Image.Image]:
@@ -66,12 +110,10 @@ def crop_lines(
     paper's tone, so ascenders and descenders of the neighbouring lines do not reach the
     recognizer.
     """
-    w, h = page.size
     crops = []
     paper = _paper_tone(page) if mask else 0
     for b in boxes:
-        x0, y0, x1, y1 = b.bbox
-        box = (max(0, x0 - margin), max(0, y0 - margin), min(w, x1 + margin), min(h, y1 + margin))
+        box = crop_box(b, page.size, margin)
         crop = page.crop(box)
         if mask and b.polygon and len(b.polygon) >= 3 and crop.width and crop.height:
             keep = Image.new("L", crop.size, 0)

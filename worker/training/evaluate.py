@@ -52,7 +52,10 @@ def evaluate(
     refs = [t for _, t in samples]
     start, cpu = time.perf_counter(), time.process_time()
     # A line the model failed on (None) counts as read as nothing, with no confidence.
-    read = [r or ("", 0.0) for r in line_reader(recognizer)([im for im, _ in samples])]
+    read = [
+        (r.text, r.confidence) if r else ("", 0.0)
+        for r in line_reader(recognizer)([im for im, _ in samples])
+    ]
     elapsed = time.perf_counter() - start
     cpu_spent = time.process_time() - cpu
     hyps = [text for text, _ in read]

@@ -293,20 +293,39 @@ class LineRenderer:
         self.clean = clean
         self.distort = distort and not clean
 
-    def __call__(self, text: str, font: Font) -> Image.Image:
+    def __call__(
+        self,
+        text: str,
+        font: Font,
+        *,
+        word_boxes: list[tuple[float, float, float, float]] | None = None,
+    ) -> Image.Image:
+        """The line drawn; with ``word_boxes`` (a list to fill) each word's ink box on the
+        image is appended to it, and the line is drawn without the bending, shearing and
+        turning that would move the words off their boxes (noise, blur and spacing stay)."""
         rng = self.rng
         size = rng.randint(30, 46)
         f = _font(font.path, size)
-        ink_mask = self._draw_text(text, f, size)
-        if self.distort:
+        ink_mask = self._draw_text(text, f, size, word_boxes)
+        if self.distort and word_boxes is None:
             ink_mask = self._distort(ink_mask, size)
-        if not self.clean:
+        if not self.clean and word_boxes is None:
             ink_mask = self._geometry(ink_mask)
         bbox = ink_mask.getbbox() or (0, 0, ink_mask.width, ink_mask.height)
-        ink_mask = self._crop(ink_mask, bbox, size)
+        ink_mask, (left, top) = self._crop(ink_mask, bbox, size)
+        if word_boxes is not None:
+            word_boxes[:] = [
+                (x0 - left, y0 - top, x1 - left, y1 - top) for x0, y0, x1, y1 in word_boxes
+            ]
         return self._compose(ink_mask)
 
-    def _draw_text(self, text: str, f: ImageFont.FreeTypeFont, size: int) -> Image.Image:
+    def _draw_text(
+        self,
+        text: str,
+        f: ImageFont.FreeTypeFont,
+        size: int,
+        word_boxes: list[tuple[float, float, float, float]] | None = None,
+    ) -> Image.Image:
         rng = self.rng
         # Word by word, so baselines wobble and spacing varies as in real writing.
         words = text.split(" ")
@@ -315,7 +334,7 @@ class LineRenderer:
         wobble = 0.0 if self.clean else rng.uniform(0, 0.08) * size
         stroke = 0 if self.clean or rng.random() < 0.8 else 1
         # Decided after the draws above so that lines without distortion stay byte-identical.
-        glyphs = self.distort and rng.random() < 0.5
+        glyphs = self.distort and rng.random() < 0.5 and word_boxes is None
         width = int(
             sum(f.getlength(w) * (1.2 if glyphs else 1) + len(w) * abs(track) for w in words)
             + space * len(words)
@@ -332,9 +351,21 @@ class LineRenderer:
             elif track:
                 for ch in w:
                     draw.text((x, y), ch, font=f, fill=255, stroke_width=stroke, stroke_fill=255)
+                    if word_boxes is not None and ch.strip():
+                        box = draw.textbbox((x, y), ch, font=f, stroke_width=stroke)
+                        word_boxes.append(box)
                     x += f.getlength(ch) + track
+                if word_boxes is not None and w:  # the word's letters as one box
+                    mine = word_boxes[len(word_boxes) - sum(1 for c in w if c.strip()) :]
+                    del word_boxes[len(word_boxes) - len(mine) :]
+                    word_boxes.append(
+                        (min(b[0] for b in mine), min(b[1] for b in mine),
+                         max(b[2] for b in mine), max(b[3] for b in mine))
+                    )  # fmt: skip
             else:
                 draw.text((x, y), w, font=f, fill=255, stroke_width=stroke, stroke_fill=255)
+                if word_boxes is not None and w:
+                    word_boxes.append(draw.textbbox((x, y), w, font=f, stroke_width=stroke))
                 x += f.getlength(w)
             x += space
         if not self.clean and stroke == 0 and size > 36 and rng.random() < 0.1:
@@ -445,21 +476,23 @@ class LineRenderer:
             )
         return mask
 
-    def _crop(self, mask: Image.Image, bbox: tuple[int, int, int, int], size: int) -> Image.Image:
+    def _crop(
+        self, mask: Image.Image, bbox: tuple[int, int, int, int], size: int
+    ) -> tuple[Image.Image, tuple[int, int]]:
+        """The line cut out with a margin, and where the cut starts (left, top)."""
         rng = self.rng
         x0, y0, x1, y1 = bbox
         if self.clean:
             m = size // 4
-            return mask.crop((x0 - m, y0 - m, x1 + m, y1 + m))
+            return mask.crop((x0 - m, y0 - m, x1 + m, y1 + m)), (x0 - m, y0 - m)
         th = y1 - y0
-        return mask.crop(
-            (
-                x0 - int(rng.uniform(0, 0.8) * th),
-                y0 - int(rng.uniform(-0.03, 0.35) * th),
-                x1 + int(rng.uniform(0, 0.8) * th),
-                y1 + int(rng.uniform(-0.03, 0.35) * th),
-            )
+        box = (
+            x0 - int(rng.uniform(0, 0.8) * th),
+            y0 - int(rng.uniform(-0.03, 0.35) * th),
+            x1 + int(rng.uniform(0, 0.8) * th),
+            y1 + int(rng.uniform(-0.03, 0.35) * th),
         )
+        return mask.crop(box), box[:2]
 
     def _compose(self, mask: Image.Image) -> Image.Image:
         rng = self.rng

@@ -136,6 +136,7 @@
 
   const lines = () => (state.page ? state.page.lines : []);
   const doubtful = () => lines().filter((ln) => ln.needs_review);
+  const doubtfulWords = (line) => (line.words || []).filter((w) => w.needs_review);
   const percent = (c) => `${Math.round(c * 100)}%`;
 
   function stateOf(line) {
@@ -173,6 +174,43 @@
     return shape;
   }
 
+  // The doubtful words of a doubtful line, outlined on the page over the line's outline.
+  function wordMarksOf(line) {
+    return doubtfulWords(line).map((word) => {
+      const [x0, y0, x1, y1] = word.box;
+      const mark = document.createElementNS(SVG, "rect");
+      mark.setAttribute("x", x0);
+      mark.setAttribute("y", y0);
+      mark.setAttribute("width", Math.max(1, x1 - x0));
+      mark.setAttribute("height", Math.max(1, y1 - y0));
+      mark.classList.add("doubtful-word");
+      mark.dataset.wordOf = String(line.index);
+      const title = document.createElementNS(SVG, "title");
+      title.textContent = `Doubtful word (${percent(word.confidence)}): ${word.text}`;
+      mark.appendChild(title);
+      return mark;
+    });
+  }
+
+  // The line's text with its doubtful words marked (<mark>), as text nodes: never as HTML.
+  function textWithMarks(line) {
+    const parts = [];
+    const words = line.words || [];
+    if (!line.needs_review || !words.some((w) => w.needs_review)) return [line.text || "(empty)"];
+    words.forEach((word, i) => {
+      if (i) parts.push(" ");
+      if (word.needs_review) {
+        const mark = document.createElement("mark");
+        mark.className = "doubtful-word";
+        mark.textContent = word.text;
+        parts.push(mark);
+      } else {
+        parts.push(word.text);
+      }
+    });
+    return parts;
+  }
+
   function buttonOf(line) {
     const item = document.createElement("li");
     const button = document.createElement("button");
@@ -189,7 +227,7 @@
     head.append(swatch, `Line ${line.index + 1} · ${percent(line.confidence)} · ${stateOf(line)}`);
     const text = document.createElement("span");
     text.className = "line-text";
-    text.textContent = line.text || "(empty)";
+    text.append(...textWithMarks(line));
     button.append(head, text);
     button.addEventListener("click", () => openLine(line.index));
     item.appendChild(button);
@@ -211,6 +249,7 @@
     el.overlay.setAttribute("viewBox", `0 0 ${width} ${height}`);
     el.overlay.setAttribute("preserveAspectRatio", "none");
     for (const line of lines()) el.overlay.appendChild(outlineOf(line));
+    for (const line of doubtful()) el.overlay.append(...wordMarksOf(line));
     const toReview = doubtful();
     for (const line of toReview) el.reviewList.appendChild(buttonOf(line));
     for (const line of lines().filter((ln) => !ln.needs_review)) el.otherList.appendChild(buttonOf(line));
@@ -301,7 +340,9 @@
     state.current = index;
     el.editor.hidden = false;
     el.editorTitle.textContent = `Line ${index + 1} of ${lines().length}`;
-    el.editorMeta.textContent = `Model's confidence ${percent(line.confidence)} · ${stateOf(line)}`;
+    const unsure = line.needs_review ? doubtfulWords(line).map((w) => w.text) : [];
+    el.editorMeta.textContent = `Model's confidence ${percent(line.confidence)} · ${stateOf(line)}` +
+      (unsure.length ? ` · doubtful: ${unsure.join(", ")}` : "");
     el.modelReading.textContent = line.corrected ? `(the model read: ${line.model_text})` : "";
     el.undo.hidden = !(line.corrected || line.reviewed);
     el.status.textContent = "";
