@@ -23,6 +23,7 @@ __all__ = [
     "JobResource",
     "LineCorrection",
     "LineResource",
+    "ModelRequest",
     "PageResource",
     "ReadyBody",
     "RetryBody",
@@ -173,6 +174,35 @@ class RetryBody(BaseModel):
         None,
         description="when none was put back, why: no page failed, or every failed page "
         "failed for its input (the codes, with counts), which a retry cannot change",
+    )
+
+
+class ModelRequest(BaseModel):
+    """``POST /v1/models``: what to train."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(
+        max_length=48,
+        description="what jobs name to be read by it (letters, digits, '_', '-', '.')",
+        examples=["parish-registers"],
+    )
+    base: str = Field(
+        "builtin",
+        max_length=64,
+        description="`builtin`, or the name or id of one of your ready models to go on from",
+    )
+    steps: int | None = Field(
+        None, ge=1, description="training steps (default HTRQ_TRAIN_STEPS)", examples=[400]
+    )
+    lines_since: datetime | None = Field(
+        None, description="train only on lines corrected or confirmed at or after this time"
+    )
+    callback_url: str | None = Field(
+        None,
+        max_length=2048,
+        pattern=NO_NUL,
+        description="where the signed `model.ready` / `model.failed` event is POSTed",
     )
 
 
