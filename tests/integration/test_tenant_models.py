@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import cast
 
 import pytest
 import redis
@@ -74,7 +75,10 @@ def trainer(
 
 def _trainer_messages(broker_url: str) -> list[str]:
     client = redis.Redis.from_url(broker_url)
-    return [json.loads(m)["headers"]["argsrepr"] for m in client.lrange(TRAINER_QUEUE, 0, -1)]
+    # (redis-py types the synchronous client's answer as possibly awaitable.)
+    messages = cast(list[bytes], client.lrange(TRAINER_QUEUE, 0, -1))
+    client.close()
+    return [json.loads(m)["headers"]["argsrepr"] for m in messages]
 
 
 def _row(sessions: sessionmaker[Session], model_id: str) -> TenantModel:
