@@ -67,14 +67,16 @@ class Split:
 
 
 def split_jobs(folder: Path, *, share: float = 0.1) -> Split:
-    """Hold out whole jobs, in an order fixed by their ids, until at least ``share`` of the
-    lines are out; at least one job is held out and at least one trains."""
+    """Hold out whole jobs, the smallest first, until at least ``share`` of the lines are
+    out; at least one job is held out and at least one trains (the largest)."""
     pairs = read_lines_tsv(folder)
     jobs = read_column(folder, "writer_or_document")
     by_job: dict[str, list[Pair]] = {}
     for pair, job in zip(pairs, jobs, strict=True):
         by_job.setdefault(job, []).append(pair)
-    order = sorted(by_job, key=lambda j: hashlib.sha256(j.encode()).hexdigest())
+    # Smallest jobs first (ties in an order fixed by their ids): the held-out share comes
+    # as close to ``share`` as whole jobs allow, leaving training the most lines.
+    order = sorted(by_job, key=lambda j: (len(by_job[j]), hashlib.sha256(j.encode()).hexdigest()))
     want = max(1, math.ceil(share * len(pairs)))
     held: list[str] = []
     for job in order[:-1]:  # the last job always trains
