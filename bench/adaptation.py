@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             with Client(url, timeout=120) as htrq:
                 started = time.monotonic()
                 figures["cer_before"] = round(read(htrq, other_docs, None, args.timeout), 4)
-                print(f"adaptation: builtin on other documents: {figures['cer_before']}", flush=True)
+                print(f"adaptation: CER before: {figures['cer_before']}", flush=True)
                 lines = submit_to_correct(htrq, correct_docs, args.timeout)
                 done = 0
                 for n in sorted(args.correct):

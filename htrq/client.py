@@ -15,6 +15,7 @@ not two. The API's errors raise :class:`ApiError` with the error's code.
 
 from __future__ import annotations
 
+import builtins
 import mimetypes
 import time
 import uuid
@@ -230,7 +231,7 @@ class Client:
     def model(self, model_id: uuid.UUID | str) -> ModelResource:
         return ModelResource.model_validate(self._get(f"/v1/models/{model_id}"))
 
-    def models(self) -> list[ModelResource]:
+    def models(self) -> builtins.list[ModelResource]:
         return ModelList.model_validate(self._get("/v1/models")).models
 
     def wait_model(

@@ -132,6 +132,8 @@ def test_an_archivist_corrects_a_line_in_the_browser(
     assert [int(b.get_attribute("data-line-index")) for b in listed] == doubtful
     counter = browser.find_element(By.ID, "counter")
     assert counter.text.startswith(f"{len(doubtful)} of {len(lines)} lines left to review")
+    # Which model read the page (tests.finished stores its pages as read by test-model).
+    assert browser.find_element(By.ID, "read-by").text == "Read by test-model"
 
     browser.find_element(By.CSS_SELECTOR, '#overlay [data-line-index="0"]').click()
     field = browser.find_element(By.ID, "line-text")
