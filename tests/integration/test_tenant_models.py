@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -434,3 +435,40 @@ def test_another_tenants_models_are_invisible_on_every_route(
         assert r.json()["error"]["code"] == "unknown_model"
         # A's own model is still there, untouched by B's DELETE.
         assert c.get(f"/v1/models/{model['id']}", headers=as_a).json()["status"] == "ready"
+
+
+def test_a_cancel_is_noticed_by_the_heartbeat_and_stops_the_next_step(
+    client: TestClient,
+    sessions: sessionmaker[Session],
+    train_settings: Settings,
+    trainer: TrainerContext,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The lease's heartbeat finds the model cancelled; the training stops after one step,
+    with no checkpoint and no model stored."""
+    trainer.settings = train_settings.model_copy(
+        update={"train_lease_seconds": 0.6, "train_checkpoint_every": 1000}
+    )
+    corrected_jobs(sessions, train_settings, default_tenant(sessions))
+    model = client.post("/v1/models", json={"name": "noticed", "steps": 500}).json()
+    steps: list[int] = []
+    fine_tune = tenant_training.fine_tune
+
+    def cancel_first(**kwargs: object) -> object:
+        assert client.delete(f"/v1/models/{model['id']}").status_code == 202
+        time.sleep(1.0)  # a few heartbeats
+        hooks = kwargs["hooks"]
+        beat = hooks.beat  # type: ignore[attr-defined]
+
+        def counted(step: int) -> bool:
+            steps.append(step)
+            return bool(beat(step))
+
+        hooks.beat = counted  # type: ignore[attr-defined]
+        return fine_tune(**kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr("worker.training.trainer.fine_tune", cancel_first)
+    train_model(model["id"], trainer)
+    row = _row(sessions, model["id"])
+    assert (row.status, row.artifact_key, row.checkpoint_key) == ("cancelled", None, None)
+    assert steps == [1]

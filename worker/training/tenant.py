@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,8 +42,6 @@ log = logging.getLogger(__name__)
 #: Share of the CTC loss while fine-tuning a model that ships a CTC head: the head keeps up
 #: with the encoder, so that joint decoding still helps the tuned model.
 CTC_WEIGHT = 0.3
-#: Seconds between heartbeats (each one a database write).
-BEAT_EVERY = 5.0
 
 Pair = tuple[Path, str]
 
@@ -91,8 +88,9 @@ def split_jobs(folder: Path, *, share: float = 0.1) -> Split:
 
 
 class Hooks:
-    """What a training tells its caller: ``beat(step)`` (False: stop now, the claim is lost),
-    ``checkpoint(folder, step)`` (a checkpoint to keep; False: stop)."""
+    """What a training tells its caller after each step: ``beat(step)`` (False: stop now,
+    the claim is lost; called every step, so cheap), ``checkpoint(folder, step)`` (a
+    checkpoint to keep; False: stop)."""
 
     def beat(self, step: int) -> bool:
         return True
@@ -104,14 +102,12 @@ class Hooks:
 class _Report(TrainerCallback):
     def __init__(self, hooks: Hooks, stream: LineStream) -> None:
         self.hooks, self.stream = hooks, stream
-        self.last, self.stopped = 0.0, False
+        self.stopped = False
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         self.stream.step.value = state.global_step
-        if time.monotonic() - self.last >= BEAT_EVERY:
-            self.last = time.monotonic()
-            if not self.hooks.beat(state.global_step):
-                self.stopped = control.should_training_stop = True
+        if not self.hooks.beat(state.global_step):
+            self.stopped = control.should_training_stop = True
 
     def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"

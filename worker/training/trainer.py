@@ -40,6 +40,9 @@ from worker.training.tenant import Hooks, Recipe, fine_tune, measure, split_jobs
 
 log = logging.getLogger(__name__)
 
+#: Seconds between heartbeats (at most a third of the lease).
+BEAT_EVERY = 5.0
+
 
 @dataclass
 class TrainerContext:
@@ -51,15 +54,42 @@ class TrainerContext:
 
 
 class _Lease(Hooks):
-    """Keeps the claim alive and stores checkpoints; says stop once the claim is lost."""
+    """Keeps the claim alive from a thread of its own for the whole attempt (the export,
+    the measurements and the upload too, not only the steps), stores checkpoints, and says
+    stop once the claim is lost (the model was cancelled, or another trainer took it over)."""
 
     def __init__(self, ctx: TrainerContext, claim: TrainingClaim) -> None:
-        self.ctx, self.claim = ctx, claim
+        self.ctx, self.claim, self.step = ctx, claim, claim.step
+        self.lost, self.stopping = threading.Event(), threading.Event()
+        self.thread = threading.Thread(target=self._run, name="htrq-lease", daemon=True)
+
+    def __enter__(self) -> _Lease:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopping.set()
+        self.thread.join()
+
+    def _run(self) -> None:
+        lease = self.ctx.settings.train_lease_seconds
+        while not self.stopping.wait(min(BEAT_EVERY, lease / 3)):
+            try:
+                kept = lifecycle.heartbeat(
+                    self.ctx.sessions, self.claim, step=self.step, lease=lease
+                )
+            except Exception:
+                # The database is away: beat again; if it stays away past the lease, another
+                # trainer takes over and this one's writes are refused.
+                log.warning("model %s: heartbeat failed", self.claim.model_id, exc_info=True)
+                continue
+            if not kept:
+                self.lost.set()
+                return
 
     def beat(self, step: int) -> bool:
-        return lifecycle.heartbeat(
-            self.ctx.sessions, self.claim, step=step, lease=self.ctx.settings.train_lease_seconds
-        )
+        self.step = step
+        return not self.lost.is_set()
 
     def checkpoint(self, folder: Path, step: int) -> bool:
         key = put_folder(self.ctx.storage, folder)
@@ -80,7 +110,8 @@ def train_model(model_id: str, ctx: TrainerContext) -> None:
         return
     work = Path(tempfile.mkdtemp(prefix=f"htrq-train-{claim.model_id}-", dir=ctx.scratch))
     try:
-        run_training(claim, ctx, work)
+        with _Lease(ctx, claim) as lease:
+            run_training(claim, ctx, work, lease)
     except Exception as exc:
         # Left `training`: the lease runs out and the next claim tries again (counted).
         log.exception("model %s: training attempt %d failed", claim.model_id, claim.token)
@@ -96,7 +127,7 @@ def train_model(model_id: str, ctx: TrainerContext) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def run_training(claim: TrainingClaim, ctx: TrainerContext, work: Path) -> None:
+def run_training(claim: TrainingClaim, ctx: TrainerContext, work: Path, lease: _Lease) -> None:
     """One training attempt, from the lines to the stored model."""
     s = ctx.settings
     lines = work / "lines"
@@ -118,6 +149,8 @@ def run_training(claim: TrainingClaim, ctx: TrainerContext, work: Path) -> None:
             message=f"only {len(split.train) + len(split.heldout)} lines could be cut from "
             "the pages (their files may have been deleted); correct more lines",
         )
+        return
+    if lease.lost.is_set():
         return
     base = _base(claim, ctx, work)
     # Measured as the service reads: the deployment's beams, CTC weight and length limit.
@@ -150,11 +183,13 @@ def run_training(claim: TrainingClaim, ctx: TrainerContext, work: Path) -> None:
         train=split.train,
         recipe=recipe,
         work=work,
-        hooks=_Lease(ctx, claim),
+        hooks=lease,
         checkpoint_every=s.train_checkpoint_every,
     )
     if tuned is None:
         log.info("model %s: stopped (cancelled, or its claim was taken over)", claim.model_id)
+        return
+    if lease.lost.is_set():
         return
     cer = decoding(tuned, split.heldout)
     key = put_folder(ctx.storage, tuned)
