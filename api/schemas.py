@@ -11,7 +11,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from htrq.resources import ErrorInfo, JobList, JobResource, LineResource, PageResource
 from htrq.tenants.review_links import MAX_LINK_SECONDS
-from htrq.text import MAX_LINE_CHARS, clean_correction
+from htrq.text import MAX_LINE_CHARS, MODEL_NAME, clean_correction
 
 __all__ = [
     "LIMITED",
@@ -183,13 +183,13 @@ class ModelRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(
-        max_length=48,
+        pattern=f"^{MODEL_NAME}$",
         description="what jobs name to be read by it (letters, digits, '_', '-', '.')",
         examples=["parish-registers"],
     )
     base: str = Field(
         "builtin",
-        max_length=64,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
         description="`builtin`, or the name or id of one of your ready models to go on from",
     )
     steps: int | None = Field(

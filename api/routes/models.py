@@ -19,6 +19,7 @@ from htrq.resources import ModelList, ModelResource
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "a body that is not valid JSON"},
     401: {"model": ErrorBody, "description": "no API key, or an unknown or revoked one"},
     404: {"model": ErrorBody, "description": "unknown model"},
     429: LIMITED,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -51,7 +52,7 @@ from htrq.resources import (
 from htrq.settings import Settings
 from htrq.storage import BlobStore
 from htrq.storage.blobs import lock_blobs, remove_unused
-from htrq.text import clean_filename
+from htrq.text import MODEL_NAME, clean_filename
 
 log = logging.getLogger(__name__)
 
@@ -183,13 +184,16 @@ def submit(
     return get_job(sessions=sessions, tenant_id=tenant_id, job_id=job_id), True
 
 
+_MODEL_NAME = re.compile(MODEL_NAME)
+
+
 def _tenant_model(
     sessions: sessionmaker[Session], settings: Settings, tenant_id: uuid.UUID, model: str | None
 ) -> uuid.UUID | None:
     """The id of the tenant's ready model named ``model`` (None for a deployment's model, or
     a name that is neither: ``_check_request`` answers that ``unknown_model``)."""
-    if model is None or model in settings.allowed_models:
-        return None
+    if model is None or model in settings.allowed_models or not _MODEL_NAME.fullmatch(model):
+        return None  # (a name no model of a tenant can have is never looked up)
     with sessions() as s:
         return s.scalar(
             select(TenantModel.id).where(

@@ -29,13 +29,15 @@ from htrq.models import MODEL_FINISHED, Tenant, TenantModel, utcnow
 from htrq.resources import ErrorInfo, ModelProgress, ModelRecipe, ModelResource
 from htrq.settings import Settings
 from htrq.storage import BlobStore
+from htrq.text import MODEL_NAME
 
 log = logging.getLogger(__name__)
 
 #: What ``base`` names for the deployment's own model.
 BUILTIN = "builtin"
-#: A model's name: what a job's ``model`` field names, so queue- and URL-safe.
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,47}")
+NAME = re.compile(MODEL_NAME)
+#: What ``base`` may name: ``builtin``, a model's name or its id.
+_REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 #: Share of the lines held out of training, in whole jobs, to measure the model.
 HELDOUT_SHARE = 0.1
 
@@ -151,7 +153,7 @@ def _base(s: Session, tenant_id: uuid.UUID, base: str) -> str:
     """``builtin``, or the id of the tenant's ready model named (by name or id) ``base``."""
     if base == BUILTIN:
         return BUILTIN
-    row = _find(s, tenant_id, base)
+    row = _find(s, tenant_id, base) if _REF.fullmatch(base) else None
     if row is None or row.status != "ready":
         raise PageError(
             "unknown_base",

@@ -126,7 +126,7 @@ def test_a_model_is_queued_listed_and_sent_to_the_trainers(
     ("body", "code"),
     [
         ({"name": "builtin"}, "invalid_model_name"),
-        ({"name": "no spaces"}, "invalid_model_name"),
+        ({"name": "no spaces"}, "invalid_request"),
         ({"name": "x", "base": "nothing-of-mine"}, "unknown_base"),
         ({"name": "x", "steps": 10**6}, "too_many_steps"),
         ({"name": "x", "callback_url": "ftp://example.org/"}, "invalid_callback_url"),
