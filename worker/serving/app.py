@@ -206,6 +206,8 @@ def _on_process_init(**_: Any) -> None:
 
 def _on_process_shutdown(**_: Any) -> None:
     worker_metrics.process_exiting()
+    if _context is not None and _context.models is not None:
+        _context.models.close()  # the tenant models unpacked in this process
 
 
 def _start_sweeper(**_: Any) -> None:

@@ -189,11 +189,18 @@ def fine_tune(
 
 
 def measure(
-    model: Path, pairs: list[Pair], *, num_beams: int, ctc_weight: float, max_new_tokens: int
+    model: Path,
+    pairs: list[Pair],
+    *,
+    num_beams: int,
+    ctc_weight: float,
+    max_new_tokens: int,
+    device: str = "cpu",
 ) -> float:
     """The model's CER on ``pairs``, read as the service reads a ``mode=line`` page."""
     recognizer = Recognizer.load(
         model=str(model),
+        device=device,
         num_beams=num_beams,
         ctc_weight=ctc_weight,
         max_new_tokens=max_new_tokens,

@@ -159,6 +159,7 @@ def run_training(claim: TrainingClaim, ctx: TrainerContext, work: Path, lease: _
         num_beams=s.num_beams,
         ctc_weight=s.ctc_weight,
         max_new_tokens=s.max_new_tokens,
+        device=s.device,
     )
     base_cer = decoding(base, split.heldout)
     if not lifecycle.record(
