@@ -472,3 +472,24 @@ def test_a_cancel_is_noticed_by_the_heartbeat_and_stops_the_next_step(
     row = _row(sessions, model["id"])
     assert (row.status, row.artifact_key, row.checkpoint_key) == ("cancelled", None, None)
     assert steps == [1]
+
+
+def test_a_model_goes_on_from_another_of_the_tenants_models(
+    client: TestClient,
+    sessions: sessionmaker[Session],
+    train_settings: Settings,
+    trainer: TrainerContext,
+) -> None:
+    """base=<a ready model's name>: the trainer starts from that model's stored weights (the
+    new model's base_sha256 is its model_sha256)."""
+    corrected_jobs(sessions, train_settings, default_tenant(sessions))
+    first = client.post("/v1/models", json={"name": "first"}).json()
+    train_model(first["id"], trainer)
+    first = client.get(f"/v1/models/{first['id']}").json()
+    second = client.post("/v1/models", json={"name": "second", "base": "first"}).json()
+    assert second["base"] == first["id"]
+    train_model(second["id"], trainer)
+    second = client.get(f"/v1/models/{second['id']}").json()
+    assert second["status"] == "ready"
+    assert second["base_sha256"] == first["model_sha256"]
+    assert second["model_sha256"] != first["model_sha256"]
