@@ -232,18 +232,21 @@ def _end(
     )
 
 
-def sweep(sessions: sessionmaker[Session], *, queued_grace: float) -> list[uuid.UUID]:
+def sweep(
+    sessions: sessionmaker[Session], *, queued_grace: float, queued: bool = True
+) -> list[uuid.UUID]:
     """Models to send to the trainers again: trainings whose lease ran out (their trainer
     died; the next claim resumes from the checkpoint, or fails the model past
     ``HTRQ_TRAIN_MAX_ATTEMPTS``) and models queued longer than ``queued_grace`` seconds
-    (their message was lost). Their ``queued_at`` is stamped now."""
+    (their message was lost; only with ``queued``: a caller that sees messages waiting on
+    the trainers' queue leaves them to it). Their ``queued_at`` is stamped now."""
     now = utcnow()
     with session_scope(sessions) as s:
         ids = list(
             s.scalars(
                 select(TenantModel.id)
                 .where(
-                    (TenantModel.status == "queued")
+                    ((TenantModel.status == "queued") & queued)
                     | ((TenantModel.status == "training") & (TenantModel.lease_until < now)),
                     # Once per grace period: a model no trainer takes is not sent again
                     # at every sweep.

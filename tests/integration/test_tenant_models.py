@@ -493,3 +493,18 @@ def test_a_model_goes_on_from_another_of_the_tenants_models(
     assert second["status"] == "ready"
     assert second["base_sha256"] == first["model_sha256"]
     assert second["model_sha256"] != first["model_sha256"]
+
+
+def test_a_queued_model_whose_message_was_lost_is_sent_again(
+    client: TestClient, sessions: sessionmaker[Session], train_settings: Settings
+) -> None:
+    """A model queued past the grace is swept, unless messages still wait on the trainers'
+    queue (it waits behind them); each sweep stamps it, so it is not sent at every one."""
+    corrected_jobs(sessions, train_settings, default_tenant(sessions))
+    model = client.post("/v1/models", json={"name": "lost"}).json()
+    assert lifecycle.sweep(sessions, queued_grace=60) == []  # just sent
+    with session_scope(sessions) as s:
+        s.execute(update(TenantModel).values(queued_at=utcnow() - timedelta(seconds=120)))
+    assert lifecycle.sweep(sessions, queued_grace=60, queued=False) == []
+    assert lifecycle.sweep(sessions, queued_grace=60) == [uuid.UUID(model["id"])]
+    assert lifecycle.sweep(sessions, queued_grace=60) == []

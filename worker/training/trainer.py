@@ -224,7 +224,10 @@ class ModelSweeper(threading.Thread):
 
     def sweep(self) -> None:
         grace = self.ctx.settings.train_lease_seconds
-        for model_id in lifecycle.sweep(self.ctx.sessions, queued_grace=grace):
+        # A queued model waits behind the trainings before it while messages wait on the
+        # queue; only an empty queue says its message was lost.
+        empty = self.sender.queue_depth([TRAINER_QUEUE]) == 0
+        for model_id in lifecycle.sweep(self.ctx.sessions, queued_grace=grace, queued=empty):
             log.warning("model %s: its training was lost; sending it again", model_id)
             self.sender.send_training(str(model_id))
 
