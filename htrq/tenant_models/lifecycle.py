@@ -67,8 +67,10 @@ def claim(
                 "failed",
                 code="training_failed",
                 message=f"its training stopped {row.attempts} times without finishing (the "
-                f"trainer died or lost its lease; the last reached step {row.step}); create "
-                "it again, with fewer steps, or ask the operator to look at the trainers",
+                f"trainer died, lost its lease or failed; the last reached step {row.step}"
+                + (f"; last error: {row.error_message}" if row.error_message else "")
+                + "); create it again, with fewer steps, or ask the operator to look at the "
+                "trainers",
             )
             return None
         row.attempts += 1
@@ -113,6 +115,14 @@ def heartbeat(
         done = s.execute(
             _fenced(c).values(step=step, lease_until=utcnow() + timedelta(seconds=lease))
         )
+        return bool(done.rowcount)  # type: ignore[attr-defined]  # a CursorResult
+
+
+def give_up(sessions: sessionmaker[Session], c: TrainingClaim, *, error: str) -> bool:
+    """This attempt failed with ``error`` (kept, to say why if the model fails for good): the
+    lease ends now, so that the sweeper sends it again without waiting it out."""
+    with session_scope(sessions) as s:
+        done = s.execute(_fenced(c).values(lease_until=utcnow(), error_message=error))
         return bool(done.rowcount)  # type: ignore[attr-defined]  # a CursorResult
 
 

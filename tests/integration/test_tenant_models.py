@@ -508,3 +508,33 @@ def test_a_queued_model_whose_message_was_lost_is_sent_again(
     assert lifecycle.sweep(sessions, queued_grace=60, queued=False) == []
     assert lifecycle.sweep(sessions, queued_grace=60) == [uuid.UUID(model["id"])]
     assert lifecycle.sweep(sessions, queued_grace=60) == []
+
+
+def test_a_training_that_keeps_failing_fails_saying_why(
+    client: TestClient,
+    sessions: sessionmaker[Session],
+    train_settings: Settings,
+    trainer: TrainerContext,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An attempt that raises ends its lease at once (the sweeper sends it again at its next
+    look); past HTRQ_TRAIN_MAX_ATTEMPTS the model fails, naming the last error."""
+    corrected_jobs(sessions, train_settings, default_tenant(sessions))
+    model = client.post("/v1/models", json={"name": "broken"}).json()
+
+    def boom(**kwargs: object) -> None:
+        raise RuntimeError("the fine-tune broke")
+
+    monkeypatch.setattr("worker.training.trainer.fine_tune", boom)
+    for attempt in (1, 2):
+        train_model(model["id"], trainer)
+        row = _row(sessions, model["id"])
+        assert (row.status, row.attempts) == ("training", attempt)
+        assert row.lease_until is not None and row.lease_until <= utcnow()
+        with session_scope(sessions) as s:
+            s.execute(update(TenantModel).values(queued_at=utcnow() - timedelta(seconds=1)))
+        assert lifecycle.sweep(sessions, queued_grace=0) == [row.id]
+    train_model(model["id"], trainer)
+    done = client.get(f"/v1/models/{model['id']}").json()
+    assert done["status"] == "failed" and done["error"]["code"] == "training_failed"
+    assert "last error: the fine-tune broke" in done["error"]["message"]

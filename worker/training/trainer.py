@@ -27,6 +27,7 @@ from celery import Celery, signals
 from sqlalchemy.orm import Session, sessionmaker
 
 from htrq.db import make_engine, make_sessions
+from htrq.errors import public_message
 from htrq.queue import TRAIN_MODEL, TRAINER_QUEUE, CelerySender, make_celery
 from htrq.settings import Settings
 from htrq.storage import BlobMissing, BlobStore, open_store
@@ -113,7 +114,8 @@ def train_model(model_id: str, ctx: TrainerContext) -> None:
         with _Lease(ctx, claim) as lease:
             run_training(claim, ctx, work, lease)
     except Exception as exc:
-        # Left `training`: the lease runs out and the next claim tries again (counted).
+        # Left `training` with the lease ended: the sweeper sends it again and the next claim
+        # tries again (counted), from the last checkpoint.
         log.exception("model %s: training attempt %d failed", claim.model_id, claim.token)
         if isinstance(exc, BlobMissing):
             lifecycle.fail(
@@ -123,6 +125,8 @@ def train_model(model_id: str, ctx: TrainerContext) -> None:
                 code="training_failed",
                 message="the base model is no longer stored; train from `builtin`",
             )
+        else:
+            lifecycle.give_up(ctx.sessions, claim, error=public_message(exc))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
