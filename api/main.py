@@ -23,7 +23,7 @@ from starlette.types import Scope
 from api.deps import Unauthorized
 from api.forms import InvalidBody
 from api.limits import RequestSizeLimit
-from api.routes import exports, health, images, jobs, lines, metrics, review
+from api.routes import exports, health, images, jobs, lines, metrics, models, review
 from htrq.db import make_engine, make_sessions
 from htrq.errors import PageError
 from htrq.jobs import (
@@ -39,6 +39,7 @@ from htrq.queue import CelerySender, make_celery
 from htrq.rendering import RenderUnavailable
 from htrq.settings import Settings, load_settings
 from htrq.storage import StorageUnavailable, open_store
+from htrq.tenant_models import ModelExists
 from htrq.tenants.limits import Limited, LimitSettings, TenantLimiter
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,7 @@ REFUSALS: dict[type[Exception], tuple[int, str]] = {
     JobNotFinished: (409, "job_not_finished"),
     NoPageSucceeded: (409, "no_page_succeeded"),
     IdempotencyConflict: (409, "idempotency_conflict"),
+    ModelExists: (409, "model_exists"),
     InvalidCorrection: (422, "invalid_request"),
 }
 
@@ -209,6 +211,7 @@ def _include_routes(app: FastAPI) -> None:
     app.include_router(lines.router)
     app.include_router(images.router)
     app.include_router(review.router)
+    app.include_router(models.router)
     app.mount("/review/static", review.static_files(), name="review-static")
 
 

@@ -11,7 +11,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from htrq.resources import ErrorInfo, JobList, JobResource, LineResource, PageResource
 from htrq.tenants.review_links import MAX_LINK_SECONDS
-from htrq.text import MAX_LINE_CHARS, clean_correction
+from htrq.text import MAX_LINE_CHARS, MODEL_NAME, clean_correction
 
 __all__ = [
     "LIMITED",
@@ -23,6 +23,7 @@ __all__ = [
     "JobResource",
     "LineCorrection",
     "LineResource",
+    "ModelRequest",
     "PageResource",
     "ReadyBody",
     "RetryBody",
@@ -173,6 +174,35 @@ class RetryBody(BaseModel):
         None,
         description="when none was put back, why: no page failed, or every failed page "
         "failed for its input (the codes, with counts), which a retry cannot change",
+    )
+
+
+class ModelRequest(BaseModel):
+    """``POST /v1/models``: what to train."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(
+        pattern=f"^{MODEL_NAME}$",
+        description="what jobs name to be read by it (letters, digits, '_', '-', '.')",
+        examples=["parish-registers"],
+    )
+    base: str = Field(
+        "builtin",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+        description="`builtin`, or the name or id of one of your ready models to go on from",
+    )
+    steps: int | None = Field(
+        None, ge=1, description="training steps (default HTRQ_TRAIN_STEPS)", examples=[400]
+    )
+    lines_since: datetime | None = Field(
+        None, description="train only on lines corrected or confirmed at or after this time"
+    )
+    callback_url: str | None = Field(
+        None,
+        max_length=2048,
+        pattern=NO_NUL,
+        description="where the signed `model.ready` / `model.failed` event is POSTed",
     )
 
 

@@ -32,6 +32,11 @@ COPY migrations ./migrations
 COPY worker ./worker
 RUN pip install --no-deps ".[worker]" && useradd --uid 10001 --create-home htrq \
     && mkdir -p /data/blobs && chown htrq /data/blobs
+# The trainer's image (compose's `trainer` service builds with TRAIN=1) adds the train extra
+# (Seq2SeqTrainer's accelerate, the synthetic-line tools training imports). Not in the
+# worker lock yet: resolved at build time, the one unpinned step.
+ARG TRAIN=0
+RUN if [ "$TRAIN" = 1 ]; then pip install ".[worker,train]"; fi
 USER htrq
 
 # Alive if the worker answers a Celery ping on its broker.

@@ -15,6 +15,7 @@ not two. The API's errors raise :class:`ApiError` with the error's code.
 
 from __future__ import annotations
 
+import builtins
 import mimetypes
 import time
 import uuid
@@ -25,7 +26,15 @@ from typing import Any
 
 import httpx
 
-from htrq.resources import JobList, JobResource, JobSummary, PageResource
+from htrq.resources import (
+    JobList,
+    JobResource,
+    JobSummary,
+    LineResource,
+    ModelList,
+    ModelResource,
+    PageResource,
+)
 
 #: Answers worth sending the request again for: the service is restarting or overloaded.
 RETRY_STATUS = frozenset({502, 503, 504})
@@ -176,6 +185,71 @@ class Client:
             if not page.next_cursor:
                 return
             cursor = page.next_cursor
+
+    # -- corrections and models ---------------------------------------------------------------
+
+    def correct(
+        self,
+        job_id: uuid.UUID | str,
+        page: int,
+        line: int,
+        text: str | None = None,
+        *,
+        reviewed: bool | None = None,
+    ) -> LineResource:
+        """Correct a line's reading (``text``) or confirm it as read (``reviewed=True``)."""
+        body: dict[str, Any] = {}
+        if text is not None:
+            body["text"] = text
+        if reviewed is not None:
+            body["reviewed"] = reviewed
+        path = f"/v1/jobs/{job_id}/pages/{page}/lines/{line}"
+        return LineResource.model_validate(self._call(lambda: self.http.patch(path, json=body)))
+
+    def train(
+        self,
+        name: str,
+        *,
+        base: str = "builtin",
+        steps: int | None = None,
+        lines_since: datetime | None = None,
+        callback_url: str | None = None,
+    ) -> ModelResource:
+        """Train a model of yours on your corrected and confirmed lines (``POST /v1/models``);
+        a job reads with it once it is ``ready``: ``submit(..., model=name)``."""
+        body: dict[str, Any] = {"name": name, "base": base}
+        if steps is not None:
+            body["steps"] = steps
+        if lines_since is not None:
+            body["lines_since"] = lines_since.isoformat()
+        if callback_url is not None:
+            body["callback_url"] = callback_url
+        return ModelResource.model_validate(
+            self._call(lambda: self.http.post("/v1/models", json=body))
+        )
+
+    def model(self, model_id: uuid.UUID | str) -> ModelResource:
+        return ModelResource.model_validate(self._get(f"/v1/models/{model_id}"))
+
+    def models(self) -> builtins.list[ModelResource]:
+        return ModelList.model_validate(self._get("/v1/models")).models
+
+    def wait_model(
+        self, model_id: uuid.UUID | str, *, timeout: float | None = None, interval: float = 5.0
+    ) -> ModelResource:
+        """Poll until the model's training has ended (ready, failed or cancelled)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            model = self.model(model_id)
+            if model.status in ("ready", "failed", "cancelled"):
+                return model
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"model {model_id} is still {model.status} after {timeout} s")
+            time.sleep(interval)
+
+    def delete_model(self, model_id: uuid.UUID | str) -> None:
+        """Delete a model, or cancel its training (call again to delete it)."""
+        self._request("DELETE", f"/v1/models/{model_id}")
 
     # -- transport ----------------------------------------------------------------------------
 

@@ -37,6 +37,7 @@ PERMANENT_CODES = frozenset(
         "processing_failed",
         "unsupported_format",
         "blob_missing",
+        "unknown_model",
     }
 )
 

@@ -148,6 +148,10 @@ class Job(Base):
     #: Its pages may take the reading of an identical page the tenant already had read
     #: (``htrq.jobs.reuse``); False: each page is read afresh.
     reuse: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    #: The tenant's own model that reads the job (``POST /v1/models``); ``model`` is then the
+    #: deployment's model whose workers serve it. Kept when the model is deleted (the pages
+    #: then fail ``unknown_model`` if they are still to be read).
+    tenant_model_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
 
     pages: Mapped[list[Page]] = relationship(
         back_populates="job", order_by="Page.index", cascade="all, delete-orphan"
@@ -230,6 +234,9 @@ class Page(Base):
     #: not references, so that deleting that job leaves this page as it is.
     reused_from_job: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     reused_from_page: Mapped[int | None] = mapped_column(Integer)
+    #: The tenant model that read the page (``tenant_models.id``, kept as a value so that
+    #: deleting the model leaves the page's provenance); NULL: a deployment's model.
+    model_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
 
     job: Mapped[Job] = relationship(back_populates="pages")
     lines: Mapped[list[Line]] = relationship(
@@ -277,6 +284,63 @@ class Line(Base):
 
 
 WEBHOOK_STATES = ("pending", "delivered", "failed")
+MODEL_STATES = ("queued", "training", "ready", "failed", "cancelled")
+#: States a tenant model's training has left for good.
+MODEL_FINISHED = ("ready", "failed", "cancelled")
+
+
+class TenantModel(Base):
+    """A tenant's own model, fine-tuned on its corrected lines (``POST /v1/models``).
+
+    A trainer claims it with a lease (``trainer_token`` fences a trainer that lost it) and
+    keeps the lease alive while it trains; its last checkpoint and, once ready, the model
+    itself are blobs in the store, so that any trainer resumes it and any worker loads it.
+    """
+
+    __tablename__ = "tenant_models"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "name"),
+        CheckConstraint(_in("status", MODEL_STATES), name="status"),
+        Index("ix_tenant_models_status_lease", "status", "lease_until"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(48))
+    #: ``builtin`` (the deployment's model) or the id of another model of the tenant.
+    base: Mapped[str] = mapped_column(String(64))
+    #: SHA-256 of the base's weights, set when the training starts.
+    base_sha256: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    steps: Mapped[int] = mapped_column(Integer)
+    step: Mapped[int] = mapped_column(Integer, default=0)
+    #: Only lines checked at or after this time train it (NULL: all of them).
+    lines_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: The recipe (JSON: steps, batch size, learning rate, warm-up, augmentation, seed).
+    recipe: Mapped[str] = mapped_column(Text)
+    train_lines: Mapped[int | None] = mapped_column(Integer)
+    heldout_lines: Mapped[int | None] = mapped_column(Integer)
+    heldout_jobs: Mapped[int | None] = mapped_column(Integer)
+    base_cer: Mapped[float | None] = mapped_column(Float)
+    cer: Mapped[float | None] = mapped_column(Float)
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    #: Where ``model.ready`` / ``model.failed`` go (checked like a job's callback).
+    callback_url: Mapped[str | None] = mapped_column(Text)
+    #: Claims so far: the fencing token of the current one, and what ``train_max_attempts``
+    #: counts.
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: When its training message was last sent (the sweeper re-sends a lost one).
+    queued_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    #: Blob keys: the last checkpoint (weights and optimizer, a tar) and the model (a tar).
+    checkpoint_key: Mapped[str | None] = mapped_column(String(128))
+    artifact_key: Mapped[str | None] = mapped_column(String(128))
+    #: SHA-256 of the trained weights (``model.safetensors``): what provenance records.
+    model_sha256: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class ReviewLink(Base):
@@ -311,11 +375,17 @@ class WebhookEvent(Base):
     __table_args__ = (
         UniqueConstraint("job_id", "seq"),
         CheckConstraint(_in("status", WEBHOOK_STATES), name="status"),
+        CheckConstraint("(job_id IS NULL) <> (model_id IS NULL)", name="one_subject"),
         Index("ix_webhook_events_due", "status", "next_attempt_at"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
-    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    #: The job whose completion it reports, or (``model_id``) the tenant model whose training
+    #: ended: exactly one of the two is set.
+    job_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    model_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("tenant_models.id", ondelete="CASCADE"), index=True
+    )
     #: The job's completion this event reports (1 for the first, 2 after a retry, ...).
     seq: Mapped[int] = mapped_column(Integer)
     url: Mapped[str] = mapped_column(Text)

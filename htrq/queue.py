@@ -26,6 +26,10 @@ from htrq.settings import Settings
 
 #: Name under which the worker registers its batch task.
 PROCESS_PAGE = "htrq.process_page"
+#: Name under which ``htrq trainer`` registers its task: train one tenant model.
+TRAIN_MODEL = "htrq.train_model"
+#: The trainers' queue (outside ``htrq.*``, so that page queue depths never count it).
+TRAINER_QUEUE = "htrq-trainer"
 #: The single queue of earlier versions. Workers still consume it, so that pages sent before
 #: an upgrade are read; nothing is sent to it any more.
 LEGACY_QUEUE = "htrq.pages"
@@ -125,6 +129,10 @@ class CelerySender:
                     queue=queue,
                     producer=producer,
                 )
+
+    def send_training(self, model_id: str) -> None:
+        """Put a tenant model's training on the trainers' queue (``htrq trainer``)."""
+        self.app.send_task(TRAIN_MODEL, args=[str(model_id)], queue=TRAINER_QUEUE)
 
     def queue_depth(self, queues: Iterable[str] | None = None) -> int:
         """Messages waiting in ``queues`` (default: every page queue on the broker), not

@@ -188,6 +188,9 @@ class LineResource(BaseModel):
 class Provenance(BaseModel):
     model: str | None
     model_sha256: str | None = Field(description="SHA-256 of the model's weight files")
+    model_id: uuid.UUID | None = Field(
+        None, description="the id of your own model that read it (`/v1/models`), if one did"
+    )
     decoding: dict[str, Any] | None = Field(
         description="the reading settings: num_beams, ctc_weight, dtype, device, "
         "max_new_tokens, batch_size, quantize, stretches, segmenter, line_margin, pdf_dpi, "
@@ -253,3 +256,52 @@ def job_status(counts: StatusCounts, *, started: bool) -> JobStatus:
             return "succeeded"
         return "failed" if counts.succeeded == 0 else "partial"
     return "running" if started else "queued"
+
+
+ModelStatus = Literal["queued", "training", "ready", "failed", "cancelled"]
+
+
+class ModelProgress(BaseModel):
+    step: int = Field(description="training steps done (the last checkpoint's after a resume)")
+    steps: int
+
+
+class ModelRecipe(BaseModel):
+    steps: int
+    batch_size: int
+    lr: float
+    warmup: int
+    augment: float = Field(description="strength of the scan augmentation of training lines")
+    seed: int
+
+
+class ModelResource(BaseModel):
+    """A tenant's own model, trained on its corrected and confirmed lines."""
+
+    id: uuid.UUID
+    name: str = Field(description="what a job names in its `model` field to be read by it")
+    base: str = Field(description="`builtin` or the id of the tenant's model it starts from")
+    base_sha256: str | None = Field(description="SHA-256 of the base's weights")
+    status: ModelStatus
+    progress: ModelProgress
+    train_lines: int | None = Field(description="corrected or confirmed lines it trained on")
+    heldout_lines: int | None = Field(
+        description="lines of whole jobs held out of training, on which both CERs are measured"
+    )
+    heldout_jobs: int | None
+    base_cer: float | None = Field(description="the base's CER on the held-out lines")
+    cer: float | None = Field(description="the new model's CER on the held-out lines")
+    better_than_base: bool | None = Field(description="cer < base_cer (null until measured)")
+    recipe: ModelRecipe
+    lines_since: datetime | None
+    callback_url: str | None
+    model_sha256: str | None = Field(description="SHA-256 of its weights, once ready")
+    error: ErrorInfo | None
+    attempts: int = Field(description="trainings started (a resumed one counts again)")
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class ModelList(BaseModel):
+    models: list[ModelResource]

@@ -270,6 +270,31 @@ class Settings(BaseSettings):
     #: optional kraken package). bench/segmentation.md has the figures behind the default.
     segmenter: Literal["classical", "projection", "kraken"] = "classical"
 
+    #: Tenant models (``POST /v1/models``). Fewest corrected or confirmed lines a training
+    #: takes (``too_few_lines`` below): a tenth or more are held out to measure it.
+    train_min_lines: int = Field(50, ge=2)
+    #: Training steps of a tenant model whose request names none.
+    train_steps: int = Field(400, ge=1)
+    #: Most training steps a tenant model may ask for.
+    train_max_steps: int = Field(5000, ge=1)
+    #: Lines per training step of a tenant model's fine-tune.
+    train_batch_size: int = Field(16, ge=1, le=512)
+    #: Peak learning rate of a tenant model's fine-tune (cosine schedule after a warm-up).
+    train_lr: float = Field(1e-4, gt=0, le=1)
+    #: Torch CPU threads of ``htrq trainer``; 0: half the cores, so that a host that also
+    #: reads pages keeps reading.
+    trainer_threads: int = Field(0, ge=0, le=1024)
+    #: Seconds a trainer's claim on a model lasts without a heartbeat (it beats every few
+    #: steps); past it, another trainer or the sweeper takes the model back.
+    train_lease_seconds: float = Field(300, gt=0)
+    #: Claims of one model's training (a trainer that died counts one) before it fails with
+    #: ``training_failed``.
+    train_max_attempts: int = Field(3, ge=1, le=100)
+    #: Steps between checkpoints sent to the blob store, from which a resumed training goes on.
+    train_checkpoint_every: int = Field(50, ge=1)
+    #: Tenant models each worker process keeps loaded (least recently used goes first).
+    model_cache: int = Field(4, ge=1, le=256)
+
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
@@ -423,6 +448,10 @@ class Settings(BaseSettings):
     def group_seconds(self) -> float:
         """The time limit per group in force (``group_time_limit`` or half the lease)."""
         return self.group_time_limit or self.lease_seconds / 2
+
+    def trainer_threads_for(self, cpus: int) -> int:
+        """Torch threads for ``htrq trainer`` on a machine with ``cpus`` cores."""
+        return self.trainer_threads or max(1, cpus // 2)
 
     def threads_per_process(self, cpus: int) -> int:
         """Torch threads for one worker process on a machine with ``cpus`` cores."""

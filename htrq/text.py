@@ -12,6 +12,9 @@ XML_FORBIDDEN = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff
 _CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 #: What ends a line in some convention: a correction holding one is two lines, not one.
 _LINE_BREAKS = re.compile("[\n\r\v\f\x1c-\x1e\x85\u2028\u2029]")
+#: A tenant model's name (``POST /v1/models``): what a job's ``model`` field names, so safe in
+#: a URL, a log line and a queue's view of it.
+MODEL_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,47}"
 #: Longest correction of one line, in characters: far beyond any written line (the decoder
 #: writes 96 tokens at most), short enough that a line stays a line.
 MAX_LINE_CHARS = 1000

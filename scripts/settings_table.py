@@ -39,6 +39,8 @@ API, WORKER = "api", "worker"
 #: process and so reads every setting of both; it is not named row by row.
 CLI = "CLI"
 ALL = "all"
+#: `htrq trainer`, which trains tenant models (POST /v1/models).
+TRAINER = "trainer"
 
 #: Which processes read each setting. "api": `htrq api` (request handling, submit and
 #: retry); "worker": `htrq worker` (its batch task, sweeper, webhook sender, metrics port).
@@ -113,6 +115,16 @@ READERS: dict[str, str] = {
     "pdf_dpi": f"{API}, {WORKER}, {CLI}",
     "line_margin": f"{WORKER}, {CLI}",
     "segmenter": WORKER,
+    "train_min_lines": f"{API}, {TRAINER}",
+    "train_steps": API,
+    "train_max_steps": API,
+    "train_batch_size": API,
+    "train_lr": API,
+    "trainer_threads": TRAINER,
+    "train_lease_seconds": TRAINER,
+    "train_max_attempts": TRAINER,
+    "train_checkpoint_every": TRAINER,
+    "model_cache": WORKER,
 }
 
 #: What the ``#:`` comment does not say: where a process reads it in a way a reader would not

@@ -41,7 +41,7 @@ from sqlalchemy.orm import Session, aliased, sessionmaker
 from htrq.delivery.addresses import CallbackPolicy, check_callback_url
 from htrq.delivery.sending import ERRORS, Attempt, post
 from htrq.errors import PageError
-from htrq.models import Job, Tenant, WebhookEvent, utcnow
+from htrq.models import Job, Tenant, TenantModel, WebhookEvent, utcnow
 from htrq.resources import WebhookState
 from htrq.settings import Settings
 from htrq.tenants import signing_secrets
@@ -251,20 +251,24 @@ def _claim_due(
     dispatcher skips it meanwhile (and takes it up again if this one dies)."""
     now = utcnow()
     # Each tenant's due events ranked, so that one tenant's backlog cannot fill the batch.
+    # An event is about a job or (model.ready / model.failed) a tenant model: its tenant is
+    # that of whichever it has.
+    tenant_id = func.coalesce(Job.tenant_id, TenantModel.tenant_id)
     ranked = (
         select(
             WebhookEvent.id,
-            Job.tenant_id,
+            tenant_id.label("tenant_id"),
             WebhookEvent.next_attempt_at,
             func.row_number()
-            .over(partition_by=Job.tenant_id, order_by=WebhookEvent.next_attempt_at)
+            .over(partition_by=tenant_id, order_by=WebhookEvent.next_attempt_at)
             .label("rank"),
         )
-        .join(Job, WebhookEvent.job_id == Job.id)
+        .outerjoin(Job, WebhookEvent.job_id == Job.id)
+        .outerjoin(TenantModel, WebhookEvent.model_id == TenantModel.id)
         .where(WebhookEvent.status == "pending", WebhookEvent.next_attempt_at <= now)
     )
     if skip:
-        ranked = ranked.where(Job.tenant_id.not_in(skip))
+        ranked = ranked.where(tenant_id.not_in(skip))
     ranked_q = ranked.subquery()
     with sessions.begin() as s:
         candidates = s.execute(
@@ -288,13 +292,14 @@ def _claim_due(
                 WebhookEvent.url,
                 WebhookEvent.payload,
                 WebhookEvent.attempts,
-                Job.tenant_id,
+                tenant_id.label("tenant_id"),
                 Tenant.webhook_secret,
                 Tenant.webhook_secret_previous,
                 Tenant.webhook_secret_previous_until,
             )
-            .join(Job, WebhookEvent.job_id == Job.id)
-            .join(Tenant, Job.tenant_id == Tenant.id)
+            .outerjoin(Job, WebhookEvent.job_id == Job.id)
+            .outerjoin(TenantModel, WebhookEvent.model_id == TenantModel.id)
+            .join(Tenant, tenant_id == Tenant.id)
             .where(
                 WebhookEvent.id.in_(chosen),
                 WebhookEvent.status == "pending",

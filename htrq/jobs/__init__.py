@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from htrq.errors import PERMANENT_CODES, PageError
 from htrq.inputs import UploadInfo
 from htrq.jobs.listing import job_fields
 from htrq.jobs.uploads import Upload as Upload  # callers build uploads as jobs.Upload
-from htrq.models import JOB_MODES, Job, Line, Page, WebhookEvent, utcnow
+from htrq.models import JOB_MODES, Job, Line, Page, TenantModel, WebhookEvent, utcnow
 from htrq.queue import Send, page_queue
 from htrq.rendering import RenderBusy, RenderUnavailable, pdf_renderer
 from htrq.resources import (
@@ -53,7 +54,7 @@ from htrq.resources import (
 from htrq.settings import Settings
 from htrq.storage import BlobStore
 from htrq.storage.blobs import lock_blobs, remove_unused
-from htrq.text import clean_filename
+from htrq.text import MODEL_NAME, clean_filename
 from htrq.words import served_words
 
 log = logging.getLogger(__name__)
@@ -128,6 +129,11 @@ def submit(
     :class:`IdempotencyConflict` when the key was used for other content, and
     :class:`htrq.rendering.RenderBusy` (storing nothing) when no PDF renderer was free.
     """
+    # A model the deployment does not serve may be one of the tenant's own: the deployment
+    # model's workers read it (job.model), loading the tenant's from storage.
+    tenant_model = _tenant_model(sessions, settings, tenant_id, model)
+    if tenant_model is not None:
+        model = settings.model
     _check_request(
         settings, uploads, mode=mode, callback_url=callback_url, model=model, language=language
     )
@@ -141,6 +147,8 @@ def submit(
     key = idempotency_key or (_external_id_key(external_id) if external_id else None)
     # A repeat that names the default model is the same job as one that names none.
     asked = None if model in (None, settings.model) else model
+    if tenant_model is not None:
+        asked = f"tenant-model:{tenant_model}"
     # Likewise a repeat that names the default language.
     spoken = None if language in (None, settings.language) else language
     fingerprint = _fingerprint(mode, callback_url, uploads, asked, spoken, reuse)
@@ -157,6 +165,7 @@ def submit(
         model=model or settings.model,
         language=language or settings.language,
         reuse=reuse,
+        tenant_model_id=tenant_model,
     )
     try:
         job_id, page_ids = _store_and_insert(sessions, storage, settings, job, uploads, inspected)
@@ -176,6 +185,26 @@ def submit(
     queue = page_queue(settings, model=model or settings.model, tenant_id=tenant_id)
     _send_or_leave_to_sweeper(send, page_ids, queue)
     return get_job(sessions=sessions, tenant_id=tenant_id, job_id=job_id), True
+
+
+_MODEL_NAME = re.compile(MODEL_NAME)
+
+
+def _tenant_model(
+    sessions: sessionmaker[Session], settings: Settings, tenant_id: uuid.UUID, model: str | None
+) -> uuid.UUID | None:
+    """The id of the tenant's ready model named ``model`` (None for a deployment's model, or
+    a name that is neither: ``_check_request`` answers that ``unknown_model``)."""
+    if model is None or model in settings.allowed_models or not _MODEL_NAME.fullmatch(model):
+        return None  # (a name no model of a tenant can have is never looked up)
+    with sessions() as s:
+        return s.scalar(
+            select(TenantModel.id).where(
+                TenantModel.tenant_id == tenant_id,
+                TenantModel.name == model,
+                TenantModel.status == "ready",
+            )
+        )
 
 
 #: Longest ``idempotency_key`` column value.
@@ -436,8 +465,10 @@ _JOB_WITH_PAGES = (
         Page.attempts.label("page_attempts"),
         Page.queued_at.label("page_queued_at"),
         Page.finished_at.label("page_finished_at"),
+        TenantModel.name.label("tenant_model_name"),
     )
     .outerjoin(Page, Page.job_id == Job.id)
+    .outerjoin(TenantModel, TenantModel.id == Job.tenant_model_id)
     .outerjoin(WebhookEvent, WebhookEvent.id == latest_event_id(Job.id))
     .where(Job.id == bindparam("job_id"), Job.tenant_id == bindparam("tenant_id"))
     .order_by(Page.index)
@@ -454,7 +485,7 @@ def get_job(
         rows = s.execute(_JOB_WITH_PAGES, {"job_id": jid, "tenant_id": tenant_id}).all()
     if not rows:
         raise NotFound(f"no job {job_id}")
-    job, event = rows[0][0], rows[0][1]
+    job, event, tenant_model = rows[0][0], rows[0][1], rows[0].tenant_model_name
     rows = [r for r in rows if r.page_id is not None]  # a job without pages: NULLs
     pages = [PageSummary(id=r.page_id, index=r.page_index, status=r.page_status) for r in rows]
     counts = StatusCounts()
@@ -472,7 +503,9 @@ def get_job(
         webhook=webhook_state(event),
         counts=counts,
         pages=pages,
-        **job_fields(job),
+        # A tenant model's name, as the job named it (its deployment model while it exists
+        # no more).
+        **(job_fields(job) | {"model": tenant_model or job.model}),
     )
 
 
@@ -542,6 +575,7 @@ def page_resource(
         provenance=Provenance(
             model=page.model,
             model_sha256=page.model_sha256,
+            model_id=page.model_id,
             decoding=json.loads(page.decoding) if page.decoding else None,
             htrq_version=page.htrq_version,
         )

@@ -58,13 +58,17 @@ class ReadBy:
     model_sha256: str | None
     decoding: dict[str, object]
     htrq_version: str
+    #: The tenant model that reads (``tenant_models.id``); None: a deployment's model.
+    model_id: uuid.UUID | None = None
 
     def in_language(self, language: str | None, word_weight: float) -> ReadBy:
         """This provenance for a page read in ``language`` (its lexicon at ``word_weight``);
         a page read without a lexicon says ``none``."""
         spoken = language if language and language != "none" and word_weight else "none"
         words = {"language": spoken, "word_weight": word_weight if spoken != "none" else 0.0}
-        return ReadBy(self.model_sha256, {**self.decoding, **words}, self.htrq_version)
+        return ReadBy(
+            self.model_sha256, {**self.decoding, **words}, self.htrq_version, self.model_id
+        )
 
 
 class LineLike(Protocol):
@@ -178,6 +182,7 @@ _STORE_RESULT = (
         model_sha256=bindparam("new_model_sha256"),
         decoding=bindparam("new_decoding"),
         htrq_version=bindparam("new_htrq_version"),
+        model_id=bindparam("new_model_id"),
         processing_ms=bindparam("new_processing_ms"),
         finished_at=bindparam("new_finished_at"),
         width=bindparam("new_width"),
@@ -221,6 +226,7 @@ def write_result(
             "new_model_sha256": provenance.model_sha256 if provenance else None,
             "new_decoding": json.dumps(provenance.decoding) if provenance else None,
             "new_htrq_version": provenance.htrq_version if provenance else None,
+            "new_model_id": provenance.model_id if provenance else None,
             "new_processing_ms": processing_ms,
             "new_finished_at": utcnow(),
             "new_width": size[0] if size else None,

@@ -59,7 +59,15 @@ NO_SYNC = {"synchronize_session": False}
 # statements over columns, not objects.
 _pages, _lines = cast(Table, Page.__table__), cast(Table, Line.__table__)
 #: What a copy takes of its original's page row: the machine's reading and its provenance.
-_READING = ("text", "confidence", "model", "model_sha256", "decoding", "htrq_version")
+_READING = (
+    "text",
+    "confidence",
+    "model",
+    "model_sha256",
+    "decoding",
+    "htrq_version",
+    "model_id",
+)
 _SIZE = ("width", "height")
 #: Line columns a copy takes: all but the row's own identity and a person's work on it, so
 #: that what a worker adds to a line (words, boxes) is copied without a change here.

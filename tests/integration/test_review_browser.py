@@ -140,6 +140,8 @@ def test_an_archivist_corrects_a_line_in_the_browser(
     assert len(browser.find_elements(By.CSS_SELECTOR, "#overlay .doubtful-word")) == len(unsure)
     marked = browser.find_elements(By.CSS_SELECTOR, "#review-list mark.doubtful-word")
     assert [m.text for m in marked] == [w["text"] for w in unsure]
+    # Which model read the page (tests.finished stores its pages as read by test-model).
+    assert browser.find_element(By.ID, "read-by").text == "Read by test-model"
 
     browser.find_element(By.CSS_SELECTOR, '#overlay [data-line-index="0"]').click()
     field = browser.find_element(By.ID, "line-text")

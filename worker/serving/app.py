@@ -29,6 +29,7 @@ from worker.serving.batch import BatchContext
 from worker.serving.queues import QueueWatcher, list_tenants, tenant_queues_step
 from worker.serving.sweeper import SweeperThread, WebhookThread
 from worker.serving.tasks import RestartFlushTimers, register_tasks
+from worker.serving.tenant_models import TenantModels
 
 if TYPE_CHECKING:
     from worker.recognition.recognizer import Recognizer
@@ -94,14 +95,20 @@ def load_context(
     check_reads(line_reader(recognizer))
     if record_metrics:
         recognizer.on_generate = worker_metrics.generate_timer(recognizer.name)
+    sessions = make_sessions(make_engine(database_url))
+    storage = open_store(settings)
     return BatchContext(
         settings=settings,
-        sessions=make_sessions(make_engine(database_url)),
-        storage=open_store(settings),
+        sessions=sessions,
+        storage=storage,
         pipeline=build_pipeline(settings, recognizer),
         model_name=recognizer.name,
         read_by=read_by(settings, recognizer.path, recognizer.ctc_weight, recognizer.stretches),
         send=send,
+        # Tenants' own models: their jobs come to this model's queue (htrq.jobs.submit).
+        models=TenantModels(
+            settings=settings, sessions=sessions, storage=storage, load=load_recognizer
+        ),
     )
 
 
@@ -199,6 +206,8 @@ def _on_process_init(**_: Any) -> None:
 
 def _on_process_shutdown(**_: Any) -> None:
     worker_metrics.process_exiting()
+    if _context is not None and _context.models is not None:
+        _context.models.close()  # the tenant models unpacked in this process
 
 
 def _start_sweeper(**_: Any) -> None:

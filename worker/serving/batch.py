@@ -38,6 +38,7 @@ from htrq.queue import Send, page_queue
 from htrq.settings import Settings
 from htrq.storage import BlobMissing, BlobStore, StorageUnavailable
 from worker.recognition.pipeline import PageInput, PageOutput, Pipeline
+from worker.serving.tenant_models import TenantModels
 from worker.serving.timelimit import TimeLimitExceeded, time_limit
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,9 @@ class BatchContext:
     #: Claims that failed in a row (the database is down): each re-send of a group that could
     #: not be claimed waits twice as long as the last, up to ``retry_backoff_max``.
     claim_failures: int = 0
+    #: Tenants' own models, loaded on demand (None: pages that name one fail ``model_error``
+    #: and are tried again, by a worker that has them).
+    models: TenantModels | None = None
 
 
 @dataclass(frozen=True)
@@ -123,23 +127,62 @@ def process_batch(page_ids: Sequence[str], ctx: BatchContext) -> BatchReport:
     order = {page_id: i for i, page_id in reversed(list(enumerate(ids)))}
     claims.sort(key=lambda c: order[c.page_id])
     report.claimed = len(claims)
-    if not claims:
-        return report
+    # Each model's pages together: the deployment's, then each tenant model's with its reader.
+    by_model: dict[uuid.UUID | None, list[Claim]] = defaultdict(list)
+    for c in claims:
+        by_model[jobs[c.page_id].tenant_model_id].append(c)
+    for model_id, part in by_model.items():
+        model_ctx = ctx if model_id is None else _tenant_context(ctx, model_id, part, report)
+        if model_ctx is not None:
+            _read_claims(model_ctx, part, jobs, report)
+    return report
+
+
+def _tenant_context(
+    ctx: BatchContext, model_id: uuid.UUID, claims: list[Claim], report: BatchReport
+) -> BatchContext | None:
+    """``ctx`` reading with the tenant model ``model_id``; None when it cannot be had: the
+    pages then fail (a model deleted) or go back to be tried again (it did not load)."""
+    try:
+        if ctx.models is None:
+            raise RuntimeError("this worker loads no tenant models")
+        reader = ctx.models.reader(model_id)
+    except PageError as exc:
+        _finish(ctx, claims, {c.page_id: exc for c in claims}, report, 0)
+        return None
+    except Exception as exc:
+        log.exception("could not load tenant model %s", model_id)
+        for c in claims:
+            _release(
+                ctx, c, "model_error", f"the model did not load: {public_message(exc)}", report
+            )
+        return None
+    return dataclasses.replace(
+        ctx, pipeline=reader.pipeline, model_name=reader.model_name, read_by=reader.read_by
+    )
+
+
+def _read_claims(
+    ctx: BatchContext, claims: list[Claim], jobs: dict[uuid.UUID, JobOf], report: BatchReport
+) -> None:
+    """Settle reuse, read what is left (the group together, a page to be read alone after
+    it) and store each page's outcome, all with ``ctx``'s model."""
     claims = _settle(ctx, claims, jobs, report)
     if not claims:
-        return report
+        return
     claims = _one_alone(ctx, claims, report)
     outcomes: dict[object, PageOutput | PageError] = {}
     inputs = _load_inputs(ctx, claims, jobs, outcomes, report)
     together = [c for c in claims if c.page_id in inputs and not c.read_alone]
     alone = [c for c in claims if c.page_id in inputs and c.read_alone]
-    report.read = len(together) + len(alone)
+    report.read += len(together) + len(alone)
     started = time.perf_counter()
     for group in [g for g in (together, alone) if g]:
         _read_group(ctx, group, [inputs[c.page_id] for c in group], outcomes, report)
-    report.pipeline_ms = round((time.perf_counter() - started) * 1000)
+    elapsed = round((time.perf_counter() - started) * 1000)
+    report.pipeline_ms += elapsed
     languages = {key: page.language for key, page in inputs.items()}
-    return _finish(ctx, claims, outcomes, report, report.pipeline_ms, languages)
+    _finish(ctx, claims, outcomes, report, elapsed, languages)
 
 
 def _parse_ids(page_ids: Sequence[str]) -> list[uuid.UUID]:
@@ -160,6 +203,7 @@ class JobOf:
     language: str | None
     tenant_id: uuid.UUID
     reuse: bool
+    tenant_model_id: uuid.UUID | None = None
 
 
 def _claim(
@@ -510,8 +554,8 @@ def _jobs_of(s: Session, page_ids: list[uuid.UUID]) -> dict[uuid.UUID, JobOf]:
     if not page_ids:
         return {}
     rows = s.execute(
-        select(Page.id, Job.mode, Job.language, Job.tenant_id, Job.reuse)
+        select(Page.id, Job.mode, Job.language, Job.tenant_id, Job.reuse, Job.tenant_model_id)
         .join(Job, Page.job_id == Job.id)
         .where(Page.id.in_(page_ids))
     ).all()
-    return {r.id: JobOf(r.mode, r.language, r.tenant_id, r.reuse) for r in rows}
+    return {r.id: JobOf(r.mode, r.language, r.tenant_id, r.reuse, r.tenant_model_id) for r in rows}

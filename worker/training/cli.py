@@ -446,6 +446,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_graft)
 
 
+# -- trainer ----------------------------------------------------------------------------------
+
+
+def cmd_trainer(args: argparse.Namespace) -> int:
+    from htrq.cli import need
+    from worker.training.trainer import serve
+
+    settings = load_settings()
+    need(settings, "database_url", "broker_url")
+    serve(settings, loglevel=args.loglevel, hostname=args.hostname)
+    return 0
+
+
+def register_trainer(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "trainer",
+        help="train tenant models (POST /v1/models) from the trainers' queue, one at a time",
+    )
+    p.add_argument("--loglevel", default="info")
+    p.add_argument("--hostname", help="Celery node name")
+    p.set_defaults(func=cmd_trainer)
+
+
 # -- corrections export -----------------------------------------------------------------------
 
 

@@ -54,6 +54,7 @@
     form: $("edit-form"),
     input: $("line-text"),
     modelReading: $("model-reading"),
+    readBy: $("read-by"),
     save: $("save"),
     markReviewed: $("mark-reviewed"),
     undo: $("undo"),
@@ -291,6 +292,10 @@
       const page = await call(`/pages/${index}`);
       if (state.pageIndex !== index) return; // another page was asked for meanwhile
       state.page = page;
+      // Which model read the page: the deployment's, or one the tenant trained on its own
+      // corrections (POST /v1/models), whose id the provenance carries.
+      const own = page.provenance && page.provenance.model_id ? " (your own model)" : "";
+      el.readBy.textContent = page.model ? `Read by ${page.model}${own}` : "";
       if (page.status !== "succeeded") {
         showMessage(`Page ${index + 1} is ${page.status}: it has no reading to review.`);
         renderLines();
