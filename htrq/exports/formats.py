@@ -75,11 +75,14 @@ class Provenance:
     model_sha256: str | None
     decoding: Mapping[str, Any] | None
     htrq_version: str | None
+    #: The tenant's own model that read it (``/v1/models``), if one did.
+    model_id: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "model": self.model,
             "model_sha256": self.model_sha256,
+            "model_id": self.model_id,
             "decoding": dict(self.decoding) if self.decoding else None,
             "htrq_version": self.htrq_version,
         }
@@ -411,6 +414,7 @@ def _stored_points(value: Any) -> list[tuple[int, int]] | None:
 
 def _provenance_items(prov: Provenance) -> list[tuple[str, str]]:
     items = [("model", prov.model or ""), ("model_sha256", prov.model_sha256 or "")]
+    items += [("model_id", prov.model_id or "")]
     items += [(f"decoding.{k}", str(v)) for k, v in (prov.decoding or {}).items()]
     return [(k, v) for k, v in items if v]
 
