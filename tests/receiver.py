@@ -204,7 +204,8 @@ class FloodReceiver(_RawReceiver):
 @dataclass
 class HoldingReceiver(_RawReceiver):
     """Takes a request and answers nothing until ``release`` is set (or ``hold`` seconds
-    pass), then 204; ``holding`` counts the connections it holds now."""
+    pass), then 204; ``holding`` counts the connections it holds now, ``most`` the most it
+    held at once."""
 
     hold: float = 60.0
     requests: list[bytes] = field(default_factory=list)
@@ -212,12 +213,13 @@ class HoldingReceiver(_RawReceiver):
     def __post_init__(self) -> None:
         self.release = threading.Event()
         self.lock = threading.Lock()
-        self.holding = 0
+        self.holding = self.most = 0
         self.server = _RawServer(self._answer)
 
     def _answer(self, conn: socket.socket) -> None:
         with self.lock:
             self.holding += 1
+            self.most = max(self.most, self.holding)
         try:
             self.release.wait(self.hold)
             conn.sendall(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
