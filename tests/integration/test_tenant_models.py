@@ -208,18 +208,7 @@ def test_a_job_naming_the_model_is_read_by_it_and_says_so(
         assert row.model == train_settings.model  # served by the deployment model's workers
         page_id = s.scalars(select(Page.id).where(Page.job_id == row.id)).one()
 
-    storage = open_store(train_settings)
-    ctx = BatchContext(
-        settings=train_settings,
-        sessions=sessions,
-        storage=storage,
-        pipeline=build_pipeline(train_settings, recognizer),
-        model_name="tiny",
-        send=lambda ids, countdown=0, queue=None: None,
-        models=TenantModels(
-            settings=train_settings, sessions=sessions, storage=storage, load=load_recognizer
-        ),
-    )
+    ctx = _worker(train_settings, sessions, recognizer)
     assert process_batch([str(page_id)], ctx).succeeded == 1
     page = client.get(f"/v1/jobs/{job['id']}/pages/0").json()
     assert page["model"] == "mine"
@@ -232,6 +221,24 @@ def test_a_job_naming_the_model_is_read_by_it_and_says_so(
         files={"files": ("a.png", png.getvalue(), "image/png")},
     )
     assert unknown.json()["error"]["code"] == "unknown_model"
+
+
+def _worker(
+    settings: Settings, sessions: sessionmaker[Session], recognizer: Recognizer
+) -> BatchContext:
+    """What a worker process of the deployment model holds, with its tenant-model cache."""
+    storage = open_store(settings)
+    return BatchContext(
+        settings=settings,
+        sessions=sessions,
+        storage=storage,
+        pipeline=build_pipeline(settings, recognizer),
+        model_name="tiny",
+        send=lambda ids, countdown=0, queue=None: None,
+        models=TenantModels(
+            settings=settings, sessions=sessions, storage=storage, load=load_recognizer
+        ),
+    )
 
 
 def test_pages_of_a_deleted_model_fail_unknown_model(
@@ -255,18 +262,7 @@ def test_pages_of_a_deleted_model_fail_unknown_model(
     assert client.delete(f"/v1/models/{model['id']}").status_code == 204
     with sessions() as s:
         page_id = s.scalars(select(Page.id).where(Page.job_id == uuid.UUID(job["id"]))).one()
-    storage = open_store(train_settings)
-    ctx = BatchContext(
-        settings=train_settings,
-        sessions=sessions,
-        storage=storage,
-        pipeline=build_pipeline(train_settings, recognizer),
-        model_name="tiny",
-        send=lambda ids, countdown=0, queue=None: None,
-        models=TenantModels(
-            settings=train_settings, sessions=sessions, storage=storage, load=load_recognizer
-        ),
-    )
+    ctx = _worker(train_settings, sessions, recognizer)
     assert process_batch([str(page_id)], ctx).failed == 1
     page = client.get(f"/v1/jobs/{job['id']}/pages/0").json()
     assert page["error"]["code"] == "unknown_model"
