@@ -18,9 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from PIL import Image
-from transformers import Seq2SeqTrainingArguments, TrainerCallback
+from transformers import TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from worker.recognition.ctc_prefix import load_ctc_head
@@ -35,7 +34,7 @@ from worker.training.data import (
     read_lines_tsv,
 )
 from worker.training.evaluate import evaluate
-from worker.training.train import HybridTrainer, load_start, one_patch_row, use_bf16, writable
+from worker.training.train import HybridTrainer, load_start, one_patch_row, stream_args, writable
 
 log = logging.getLogger(__name__)
 
@@ -147,30 +146,19 @@ def fine_tune(
         synthetic_weight=0.0,
         augment=recipe.augment,
     )
-    cuda = torch.cuda.is_available()
-    bf16 = use_bf16("auto", cuda)
-    args = Seq2SeqTrainingArguments(
+    args = stream_args(
+        precision="auto",
+        seed=recipe.seed,
         output_dir=str(out),
         per_device_train_batch_size=recipe.batch_size,
         learning_rate=recipe.lr,
         warmup_steps=recipe.warmup,
         lr_scheduler_type="cosine",
-        weight_decay=0.01,
-        max_grad_norm=1.0,
         max_steps=recipe.steps,
         eval_strategy="no",
-        save_strategy="steps",
         save_steps=checkpoint_every,
         save_total_limit=1,
-        logging_steps=50,
         dataloader_num_workers=0,
-        dataloader_pin_memory=cuda,
-        ignore_data_skip=True,
-        bf16=bf16,
-        use_cpu=bf16 and not cuda,
-        report_to="none",
-        seed=recipe.seed,
-        remove_unused_columns=False,
     )
     report = _Report(hooks, stream)
     trainer = HybridTrainer(

@@ -14,6 +14,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -299,6 +300,30 @@ def load_start(init: str, design: str = "vit32"):
 _SCHEDULES = {"cosine": "cosine", "constant": "constant_with_warmup"}
 
 
+def stream_args(*, precision: str, seed: int, **specific: Any) -> Seq2SeqTrainingArguments:
+    """Training arguments for a model trained on a ``LineStream`` (``htrq train`` and a
+    tenant's fine-tune): what both share, and ``specific`` (steps, rates, batch, saving)."""
+    cuda = torch.cuda.is_available()
+    bf16 = use_bf16(precision, cuda)
+    return Seq2SeqTrainingArguments(
+        weight_decay=0.01,
+        max_grad_norm=1.0,
+        save_strategy="steps",
+        logging_steps=50,
+        # Pinned memory only speeds copies to a GPU (torch warns when there is none).
+        dataloader_pin_memory=cuda,
+        # A stream has no epochs to skip through on resume; the step counter drives the data.
+        ignore_data_skip=True,
+        bf16=bf16,
+        # transformers refuses bf16 without a GPU unless told the CPU is meant.
+        use_cpu=bf16 and not cuda,
+        report_to="none",
+        seed=seed,
+        remove_unused_columns=False,
+        **specific,
+    )
+
+
 def use_bf16(precision: str, cuda: bool) -> bool:
     if precision not in ("auto", "fp32", "bf16"):
         raise ValueError(f"precision must be auto, fp32 or bf16, not {precision!r}")
@@ -367,38 +392,24 @@ def train(cfg: TrainConfig) -> Path:
         refs = tok.batch_decode(labels, skip_special_tokens=True)
         return group_cer(refs, hyps, groups)
 
-    cuda = torch.cuda.is_available()
-    bf16 = use_bf16(cfg.precision, cuda)
-    args = Seq2SeqTrainingArguments(
+    args = stream_args(
+        precision=cfg.precision,
+        seed=cfg.seed,
         output_dir=str(cfg.out_dir),
         per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=64,
         learning_rate=cfg.lr,
         warmup_steps=cfg.warmup,
         lr_scheduler_type=_SCHEDULES[cfg.schedule],
-        weight_decay=0.01,
-        max_grad_norm=1.0,
         max_steps=cfg.steps,
         eval_strategy="steps",
         eval_steps=cfg.eval_every,
-        save_strategy="steps",
         save_steps=cfg.save_every,
         save_total_limit=cfg.keep_checkpoints,
-        logging_steps=50,
         predict_with_generate=True,
         generation_num_beams=1,
         dataloader_num_workers=cfg.workers,
         dataloader_persistent_workers=cfg.workers > 0,
-        # Pinned memory only speeds copies to a GPU (torch warns when there is none).
-        dataloader_pin_memory=cuda,
-        # A stream has no epochs to skip through on resume; the step counter drives the data.
-        ignore_data_skip=True,
-        bf16=bf16,
-        # transformers refuses bf16 without a GPU unless told the CPU is meant.
-        use_cpu=bf16 and not cuda,
-        report_to="none",
-        seed=cfg.seed,
-        remove_unused_columns=False,
     )
     trainer = HybridTrainer(
         eval_max_tokens=longest_label + 8,
