@@ -46,7 +46,7 @@ class LineResult:
     #: it); None where the tokens do not spell the text (a tokenizer that rewrites it).
     logps: tuple[float, ...] | None = None
     #: Each character's x range on the crop read, from the CTC alignment
-    #: (``worker.recognition.alignment``); None without a CTC head or with words off.
+    #: (``worker.recognition.alignment``); None without a CTC head over columns.
     spans: tuple[tuple[float, float], ...] | None = None
     #: The CTC head's log-probability of each character where the alignment put it (its best
     #: column); None with ``spans``.
@@ -96,7 +96,6 @@ class Recognizer:
         language: str | None = None,
         word_weight: float = 0.0,
         word_floor: float = 0.1,
-        words: bool = True,
     ) -> None:
         self.model = model.eval()
         self.processor = processor
@@ -117,8 +116,8 @@ class Recognizer:
         head = ctc_head.to(self.device, self.dtype).eval() if ctc_head is not None else None
         self.ctc_head = head if self.ctc_weight else None
         #: The head that places each character on the line (``worker.recognition.alignment``):
-        #: the same CTC head, where the model has one over columns and ``words`` is on.
-        self.align_head = head if words and reads_columns(model) else None
+        #: the same CTC head, where the model has one over columns.
+        self.align_head = head if reads_columns(model) else None
         #: Characters per token, for the length limit (None: one per token).
         self.token_chars = token_chars(processor.tokenizer)
         #: Widths each line is read at, as factors of its own; the likeliest reading wins.
@@ -160,7 +159,6 @@ class Recognizer:
         language: str | None = None,
         word_weight: float = 0.0,
         word_floor: float = 0.1,
-        words: bool = True,
     ) -> Recognizer:
         path = resolve_model(model)
         dev = resolve_device(device)
@@ -193,7 +191,7 @@ class Recognizer:
         elif quantize != "none":
             raise ValueError(f"quantize must be none or int8, not {quantize!r}")
         # Loaded for the words' boxes too, when the decoding does not mix CTC in.
-        head = load_ctc_head(path) if ctc_weight or words else None
+        head = load_ctc_head(path)
         if ctc_weight and head is None:
             log.info("%s has no %s; decoding with the decoder alone", path, CTC_HEAD_FILE)
         rec = cls(
@@ -210,7 +208,6 @@ class Recognizer:
             language=language,
             word_weight=word_weight,
             word_floor=word_floor,
-            words=words,
         )
         log.info(
             "loaded model %s on %s (%s), CTC weight %s", path, dev, torch_dtype, rec.ctc_weight
