@@ -23,20 +23,19 @@ RUN pip install "torch==${TORCH_VERSION}" --index-url "$TORCH_INDEX"
 WORKDIR /app
 COPY pyproject.toml README.md ./
 # Dependencies pinned with their hashes (requirements/README.md; torch and its CUDA libraries
-# came above), then htrq without any.
-COPY requirements/worker.txt ./requirements/worker.txt
-RUN pip install --require-hashes -r requirements/worker.txt
+# came above), then htrq without any. The trainer's image (compose's `trainer` service builds
+# with TRAIN=1) takes the lock that adds the train extra (Seq2SeqTrainer's accelerate, the
+# synthetic-line tools training imports).
+ARG TRAIN=0
+COPY requirements/worker.txt requirements/trainer.txt ./requirements/
+RUN if [ "$TRAIN" = 1 ]; then lock=trainer; else lock=worker; fi \
+    && pip install --require-hashes -r "requirements/$lock.txt"
 COPY htrq ./htrq
 COPY api ./api
 COPY migrations ./migrations
 COPY worker ./worker
-RUN pip install --no-deps ".[worker]" && useradd --uid 10001 --create-home htrq \
+RUN pip install --no-deps . && useradd --uid 10001 --create-home htrq \
     && mkdir -p /data/blobs && chown htrq /data/blobs
-# The trainer's image (compose's `trainer` service builds with TRAIN=1) adds the train extra
-# (Seq2SeqTrainer's accelerate, the synthetic-line tools training imports). Not in the
-# worker lock yet: resolved at build time, the one unpinned step.
-ARG TRAIN=0
-RUN if [ "$TRAIN" = 1 ]; then pip install ".[worker,train]"; fi
 USER htrq
 
 # Alive if the worker answers a Celery ping on its broker.
