@@ -227,9 +227,10 @@ def bench_cost(settings: Settings, images: list[bytes], rounds: int, chunk: int 
     so that a busy host slows both alike; wall and CPU seconds (this process's, all
     threads) are summed per pipeline."""
     on = build_pipeline(settings, load_recognizer(settings))
-    off_rec = load_recognizer(settings)
-    off_rec.align_head = None  # words still come, with estimated boxes
-    off = build_pipeline(settings, off_rec)
+    # HTRQ_WORD_BOXES=false: words still come, with estimated boxes.
+    off = build_pipeline(
+        settings, load_recognizer(settings.model_copy(update={"word_boxes": False}))
+    )
     read_all(on, images[:8])
     read_all(off, images[:8])
     wall = {"with words": 0.0, "without": 0.0}

@@ -190,6 +190,11 @@ class Settings(BaseSettings):
     #: Share of the CTC head's prefix score in decoding (joint CTC/attention decoding), for
     #: models that ship ``ctc_head.safetensors`` as the built-in one does; 0 turns it off.
     ctc_weight: float = Field(CTC_WEIGHT, ge=0, le=1)
+    #: Place each word on its line by the CTC head's forced alignment (``box_source: ctc``),
+    #: for models with a head over the line's columns as the built-in one has. Off: the words'
+    #: boxes are the line's box split by character counts (``estimate``), for 1-6% less
+    #: reading time (docs/benchmarks.md, "Words").
+    word_boxes: bool = True
     #: The language a job is read in when it names none: its lexicon steers decoding towards
     #: the language's words (``worker/recognition/word_prior.py``); ``none`` reads by the
     #: glyphs alone. One of ``HTRQ_LANGUAGES`` or ``none``.

@@ -84,6 +84,7 @@ READERS: dict[str, str] = {
     "batch_size": WORKER,
     "num_beams": WORKER,
     "ctc_weight": WORKER,
+    "word_boxes": WORKER,
     # The API stores a job's language (the default when it names none) and checks it against
     # the list; the worker reads each job's stored language, and loads every listed lexicon.
     "language": f"{API}, {WORKER}",

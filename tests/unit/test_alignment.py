@@ -188,6 +188,37 @@ def test_the_pipeline_gives_words_the_database_can_store() -> None:
         assert x0 <= w["box"][0] <= w["box"][2] <= x1 and y0 <= w["box"][1] <= w["box"][3] <= y1
 
 
+def test_word_boxes_off_reads_the_same_text_with_estimated_boxes() -> None:
+    """HTRQ_WORD_BOXES=false: the same reading, its words' boxes split from the line's box by
+    character counts (box_source estimate), the words' own confidences kept."""
+    import io
+    import random
+
+    from worker.recognition.pipeline import PageInput, PageOutput, Pipeline
+    from worker.recognition.reading import line_reader
+    from worker.recognition.recognizer import Recognizer
+    from worker.training.synth import LineRenderer, load_fonts, split_fonts
+
+    _, held_out = split_fonts(load_fonts())
+    buf = io.BytesIO()
+    LineRenderer(random.Random(7))("send it by post", held_out[2]).save(buf, "PNG")
+    lines = {}
+    for boxes in (True, False):
+        read = line_reader(Recognizer.load(model="builtin", num_beams=1, word_boxes=boxes))
+        out = Pipeline(read=read)([PageInput("p", buf.getvalue(), mode="line")])["p"]
+        assert isinstance(out, PageOutput)
+        (lines[boxes],) = out.lines
+    aligned, estimated = lines[True], lines[False]
+    assert aligned.box_source == "ctc" and estimated.box_source == "estimate"
+    assert estimated.text == aligned.text and estimated.words
+    assert [w["text"] for w in estimated.words] == aligned.text.split()
+    assert [w["confidence"] for w in estimated.words] == [
+        w["confidence"] for w in aligned.words or []
+    ]
+    x0, _, x1, _ = estimated.bbox
+    assert estimated.words[0]["box"][0] == x0 and estimated.words[-1]["box"][2] == x1
+
+
 def test_the_reader_keeps_one_space_between_words_and_their_boxes() -> None:
     """A reading with a doubled space is stored with one, and its words still get the boxes
     its letters' spans give (shifted by where the line was trimmed)."""

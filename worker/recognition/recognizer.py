@@ -96,6 +96,7 @@ class Recognizer:
         language: str | None = None,
         word_weight: float = 0.0,
         word_floor: float = 0.1,
+        word_boxes: bool = True,
     ) -> None:
         self.model = model.eval()
         self.processor = processor
@@ -116,8 +117,8 @@ class Recognizer:
         head = ctc_head.to(self.device, self.dtype).eval() if ctc_head is not None else None
         self.ctc_head = head if self.ctc_weight else None
         #: The head that places each character on the line (``worker.recognition.alignment``):
-        #: the same CTC head, where the model has one over columns.
-        self.align_head = head if reads_columns(model) else None
+        #: the same CTC head, where the model has one over columns and boxes are asked for.
+        self.align_head = head if word_boxes and reads_columns(model) else None
         #: Characters per token, for the length limit (None: one per token).
         self.token_chars = token_chars(processor.tokenizer)
         #: Widths each line is read at, as factors of its own; the likeliest reading wins.
@@ -159,6 +160,7 @@ class Recognizer:
         language: str | None = None,
         word_weight: float = 0.0,
         word_floor: float = 0.1,
+        word_boxes: bool = True,
     ) -> Recognizer:
         path = resolve_model(model)
         dev = resolve_device(device)
@@ -208,6 +210,7 @@ class Recognizer:
             language=language,
             word_weight=word_weight,
             word_floor=word_floor,
+            word_boxes=word_boxes,
         )
         log.info(
             "loaded model %s on %s (%s), CTC weight %s", path, dev, torch_dtype, rec.ctc_weight

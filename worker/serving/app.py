@@ -68,6 +68,7 @@ def load_recognizer(settings: Settings) -> Recognizer:
         language=settings.language,
         word_weight=settings.word_weight,
         word_floor=settings.word_floor,
+        word_boxes=settings.word_boxes,
     )
 
 
