@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -215,3 +217,29 @@ def test_a_helper_that_dies_mid_render_fails_only_its_own_caller(
     assert outcome[0].code == "render_failed"
     pdf = text_pdf([A4])
     assert renderer.render(pdf, 0, dpi=50).tobytes() == render_page(pdf, 0, dpi=50).tobytes()
+
+
+@pytest.mark.slow  # seconds: two Python processes start
+@pytest.mark.parametrize(
+    "render",
+    [
+        "from htrq.rendering import pdf_renderer\n"
+        "from htrq.settings import Settings\n"
+        "pdf_renderer(Settings()).render(pdf, 0, dpi=50)",
+        "from worker.recognition.render import render_pdf_limited\n"
+        "render_pdf_limited(pdf, 0, dpi=50, max_pixels=10**8, max_aspect=50, seconds=30)",
+    ],
+    ids=["api", "worker"],
+)
+def test_a_process_that_rendered_a_pdf_exits_leaving_no_helper_running(render: str) -> None:
+    """The helper an API or worker process kept for its next PDF is stopped and reaped when
+    that process exits: Python's development mode reports no subprocess still running."""
+    code = f"pdf = bytes.fromhex({text_pdf([A4]).hex()!r})\n{render}\n"
+    done = subprocess.run(
+        [sys.executable, "-X", "dev", "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "ResourceWarning" not in done.stderr, done.stderr

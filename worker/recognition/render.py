@@ -11,6 +11,7 @@ this: Pillow decodes them in bounded time once their size is checked.
 
 from __future__ import annotations
 
+import atexit
 import os
 
 from PIL import Image
@@ -33,6 +34,14 @@ def _own() -> PdfRenderer:
         _renderer = PdfRenderer(processes=1, seconds=30.0, wait=_WAIT_SECONDS)
         _renderer_pid = os.getpid()
     return _renderer
+
+
+@atexit.register
+def _close() -> None:
+    # Its helper would end on its own when the pipe closes, but after this process's last
+    # look at it: stopped and waited for here, nothing is left running or unreaped.
+    if _renderer is not None and _renderer_pid == os.getpid():
+        _renderer.close()
 
 
 def render_pdf_limited(
