@@ -7,8 +7,9 @@
         job = htrq.wait(job.id)
         text = htrq.export(job.id, "txt").decode()
 
-Requests that fail to connect, time out or are cut off, and answers 502/503/504, are sent
-again with backoff. A submit always carries an ``Idempotency-Key`` (a new UUID unless you
+Requests that fail to connect, time out or are cut off, and answers 429 (over the tenant's
+rate) and 502/503/504, are sent again with backoff, waiting at least the answer's
+``Retry-After``. A submit always carries an ``Idempotency-Key`` (a new UUID unless you
 give one) and sends the same key again, so a submit whose answer was lost makes one job,
 not two. The API's errors raise :class:`ApiError` with the error's code.
 """
@@ -37,7 +38,11 @@ from htrq.resources import (
 )
 
 #: Answers worth sending the request again for: the service is restarting or overloaded.
-RETRY_STATUS = frozenset({502, 503, 504})
+#: Answers of a request the API did not act on: sent again. 429 and 503 say when, in
+#: Retry-After.
+RETRY_STATUS = frozenset({429, 502, 503, 504})
+#: The longest Retry-After the client waits out before sending again.
+MAX_RETRY_AFTER = 60.0
 FINISHED = ("succeeded", "failed", "partial")
 
 FileSpec = str | Path | tuple[str, bytes]
@@ -265,6 +270,7 @@ class Client:
     def _send(self, send: Callable[[], httpx.Response]) -> httpx.Response:
         for attempt in range(self.retries + 1):
             last = attempt == self.retries
+            wait = self.backoff * 2**attempt
             try:
                 r = send()
             except httpx.TransportError:
@@ -275,7 +281,8 @@ class Client:
                     if r.status_code >= 400:
                         raise _error(r)
                     return r
-            time.sleep(self.backoff * 2**attempt)
+                wait = max(wait, _retry_after(r))
+            time.sleep(wait)
         raise AssertionError("unreachable")
 
 
@@ -289,6 +296,15 @@ def _file_part(f: FileSpec) -> tuple[str, tuple[str, Any, str]]:
 
 def _mime(name: str) -> str:
     return mimetypes.guess_type(name)[0] or "application/octet-stream"
+
+
+def _retry_after(r: httpx.Response) -> float:
+    """The answer's Retry-After in seconds (0 when it gives none in seconds), at most
+    :data:`MAX_RETRY_AFTER`."""
+    try:
+        return min(MAX_RETRY_AFTER, max(0.0, float(r.headers.get("Retry-After", 0))))
+    except ValueError:
+        return 0.0
 
 
 def _error(r: httpx.Response) -> ApiError:

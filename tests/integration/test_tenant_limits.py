@@ -156,3 +156,32 @@ def test_heavy_slots_are_shared_by_the_processes_and_a_killed_ones_expire(
 
     wait_for(a_answered, "A's slot to expire", interval=2)  # ...until its expiry
     assert set(answered) <= {201, 429}
+
+
+def test_the_python_client_waits_out_the_tenant_s_rate(
+    processes: Processes,
+    database_url: str,
+    broker_url: str,
+    engine: Engine,
+    tmp_path: Path,
+    cleanup_tenants: list[str],
+) -> None:
+    """A DMS looping over PATCHes or polls faster than its rate gets 429 with Retry-After;
+    the client waits that long and sends again, so every call of a burst of 8 succeeds
+    (burst 2, two tokens a second), and the API counted the refusals it waited out."""
+    from htrq.client import Client
+
+    cleanup_tenants.append("limits-client")
+    key = _keys(engine, "limits-client")["limits-client"]
+    env = service_env(_settings(database_url, broker_url, tmp_path, tenant_rate=2, tenant_burst=2))
+    url = processes.api(env)
+    with Client(url, api_key=key, timeout=30) as htrq:
+        listed = [htrq.list() for _ in range(8)]
+    assert all(page.jobs == [] for page in listed)
+    metrics = httpx.get(f"{url}/metrics", timeout=30).text
+    refused = [
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith('htrq_tenant_refusals_total{code="rate_limited"}')
+    ]
+    assert refused and refused[0] >= 1
