@@ -193,7 +193,11 @@ class ModelRequest(BaseModel):
         description="`builtin`, or the name or id of one of your ready models to go on from",
     )
     steps: int | None = Field(
-        None, ge=1, description="training steps (default HTRQ_TRAIN_STEPS)", examples=[400]
+        None,
+        ge=1,
+        description="training steps (default: HTRQ_TRAIN_STEPS, "
+        "or HTRQ_TRAIN_EPOCHS passes over the lines)",
+        examples=[400],
     )
     lines_since: datetime | None = Field(
         None, description="train only on lines corrected or confirmed at or after this time"

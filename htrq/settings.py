@@ -278,8 +278,14 @@ class Settings(BaseSettings):
     #: Tenant models (``POST /v1/models``). Fewest corrected or confirmed lines a training
     #: takes (``too_few_lines`` below): a tenth or more are held out to measure it.
     train_min_lines: int = Field(50, ge=2)
-    #: Training steps of a tenant model whose request names none.
-    train_steps: int = Field(400, ge=1)
+    #: Training steps of a tenant model whose request names none; 0: ``HTRQ_TRAIN_EPOCHS``
+    #: passes over its lines, so that a hundred lines are not learnt by heart and a thousand
+    #: are not under-trained (docs/training.md has the measurements).
+    train_steps: int = Field(0, ge=0)
+    #: Passes over a tenant's lines when neither the request nor ``HTRQ_TRAIN_STEPS`` names
+    #: the steps: steps = passes x lines / ``HTRQ_TRAIN_BATCH_SIZE``, up to
+    #: ``HTRQ_TRAIN_MAX_STEPS``.
+    train_epochs: float = Field(24, gt=0, le=1000)
     #: Most training steps a tenant model may ask for.
     train_max_steps: int = Field(5000, ge=1)
     #: Lines per training step of a tenant model's fine-tune.

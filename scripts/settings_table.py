@@ -118,6 +118,7 @@ READERS: dict[str, str] = {
     "segmenter": WORKER,
     "train_min_lines": f"{API}, {TRAINER}",
     "train_steps": API,
+    "train_epochs": API,
     "train_max_steps": API,
     "train_batch_size": API,
     "train_lr": API,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import uuid
 from collections.abc import Callable
@@ -49,6 +50,12 @@ class ModelExists(Exception):
     """The tenant already has a model of that name."""
 
 
+def default_steps(settings: Settings, lines: int) -> int:
+    """Steps for ``lines`` lines: ``HTRQ_TRAIN_EPOCHS`` passes over them, within the limit."""
+    passes = settings.train_epochs * lines / settings.train_batch_size
+    return max(1, min(settings.train_max_steps, math.ceil(passes)))
+
+
 def create_model(
     *,
     sessions: sessionmaker[Session],
@@ -65,8 +72,7 @@ def create_model(
     (``invalid_model_name``, ``unknown_base``, ``too_many_steps``, ``too_few_lines``) for a
     request that cannot train, :class:`ModelExists` for a name taken."""
     _check_name(settings, name)
-    steps = steps or settings.train_steps
-    if steps > settings.train_max_steps:
+    if steps is not None and steps > settings.train_max_steps:
         raise PageError(
             "too_many_steps", f"at most {settings.train_max_steps} steps (HTRQ_TRAIN_MAX_STEPS)"
         )
@@ -87,6 +93,7 @@ def create_model(
             "(HTRQ_TRAIN_MIN_LINES) in at least 2 jobs (whole jobs are held out to measure "
             "it): correct or confirm more lines (PATCH .../lines/{line})",
         )
+    steps = steps or settings.train_steps or default_steps(settings, lines)
     recipe = ModelRecipe(
         steps=steps,
         batch_size=settings.train_batch_size,

@@ -56,3 +56,17 @@ def test_a_folder_is_one_blob_with_a_key_its_files_decide(tmp_path: Path) -> Non
     store.delete(key)
     with pytest.raises(BlobMissing):
         get_folder(store, key, tmp_path / "again")
+
+
+def test_a_model_s_default_steps_are_passes_over_its_lines() -> None:
+    """Without steps in the request or HTRQ_TRAIN_STEPS, a training makes HTRQ_TRAIN_EPOCHS
+    passes over its lines (a hundred lines get fewer steps than a thousand), within
+    HTRQ_TRAIN_MAX_STEPS; HTRQ_TRAIN_STEPS, where set, is what create_model uses instead."""
+    from htrq.settings import Settings
+    from htrq.tenant_models import default_steps
+
+    settings = Settings(train_epochs=24, train_batch_size=16, train_max_steps=1000)
+    assert default_steps(settings, 100) == 150
+    assert default_steps(settings, 300) == 450
+    assert default_steps(settings, 1000) == 1000  # 1,500 passes' worth, capped
+    assert default_steps(settings.model_copy(update={"train_epochs": 0.01}), 50) == 1
