@@ -296,7 +296,11 @@ def _register_submit(sub: Subparsers) -> None:
     p.add_argument("--poll", type=float, default=1.0, help="seconds between polls")
     p.add_argument("--external-id")
     p.add_argument("--idempotency-key", help="default: a new one, reused by retries")
-    p.add_argument("--model", help="one of the server's HTRQ_MODELS (default: its default)")
+    p.add_argument(
+        "--model",
+        help="one of the server's HTRQ_MODELS, or the name of one of your models "
+        "(POST /v1/models; default: the server's default)",
+    )
     p.add_argument(
         "--language",
         help="the pages' language, one of the server's HTRQ_LANGUAGES or none (default: its "
