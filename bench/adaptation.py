@@ -8,10 +8,12 @@ Real services on a scratch database: ``htrq api``, ``htrq worker`` (the built-in
 ``htrq trainer``, driven only through the HTTP API with the Python client, as a DMS would:
 
 1. the collection's documents (its ``writer_or_document`` column) are shuffled (``--seed``)
-   and split: documents to correct, and other documents, read to measure;
+   and split: the first whole ones up to ``--other-lines`` lines are the other documents,
+   read to measure; the rest are the documents to correct;
 2. the other documents' lines are submitted as ``mode=line`` jobs (one per document) and read
    by the built-in model: the CER before;
-3. documents to correct are submitted the same way until they hold the largest N lines;
+3. documents to correct are submitted, a job per scanned page (its ``page`` column), until
+   they hold the largest N lines;
 4. for each N, lines are corrected by PATCH with their ground truth (in document order, so
    whole documents first; a line read right is confirmed as it is), up to N in all, then
    ``POST /v1/models`` trains a model on them; its held-out figures (whole documents of the
@@ -52,6 +54,19 @@ def documents(collection: Path) -> dict[str, list[Line]]:
     return docs
 
 
+def split_documents(
+    docs: dict[str, list[Line]], *, other_lines: int, seed: int
+) -> tuple[list[str], list[str]]:
+    """The documents read to measure (whole ones, shuffled by ``seed``, until they hold
+    ``other_lines`` lines) and the rest, to correct, in that shuffled order."""
+    names = sorted(docs)
+    random.Random(seed).shuffle(names)
+    other: list[str] = []
+    while names and sum(len(docs[n]) for n in other) < other_lines:
+        other.append(names.pop(0))
+    return other, names
+
+
 def read(htrq: Client, docs: list[list[Line]], model: str | None, timeout: float) -> float:
     """Submit each document as a ``mode=line`` job (read by ``model``), wait, return the CER
     of the readings against the ground truth."""
@@ -66,14 +81,21 @@ def read(htrq: Client, docs: list[list[Line]], model: str | None, timeout: float
 
 
 def submit_to_correct(
-    htrq: Client, docs: list[list[Line]], timeout: float
+    htrq: Client, docs: list[list[Line]], pages: dict[Path, str], timeout: float
 ) -> list[tuple[str, int, str]]:
-    """Submit the documents to correct; every line as (job id, page, ground truth), in order."""
+    """Submit the documents to correct, one job per scanned page (its lines, as ``mode=line``
+    pages), as a DMS sends pages as they are scanned: the trainer holds out whole jobs, so
+    the first hundred lines of one long notebook still leave some to hold out. Every line
+    as (job id, page, ground truth), in order."""
     lines = []
     for doc in docs:
-        job = htrq.submit([p for p, _ in doc], mode="line")
-        htrq.wait(job.id, timeout=timeout, interval=2)
-        lines += [(str(job.id), i, text) for i, (_, text) in enumerate(doc)]
+        by_page: dict[str, list[Line]] = {}
+        for line in doc:
+            by_page.setdefault(pages[line[0]], []).append(line)
+        for page_lines in by_page.values():
+            job = htrq.submit([p for p, _ in page_lines], mode="line")
+            htrq.wait(job.id, timeout=timeout, interval=2)
+            lines += [(str(job.id), i, text) for i, (_, text) in enumerate(page_lines)]
     return lines
 
 
@@ -85,9 +107,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("collection", type=Path, help="a lines.tsv folder with writer_or_document")
     p.add_argument("--correct", type=int, nargs="+", default=[100, 300], help="Ns, ascending")
-    p.add_argument("--other-share", type=float, default=0.3, help="documents kept to measure")
-    p.add_argument("--other-lines", type=int, default=200, help="most lines of them read")
-    p.add_argument("--steps", type=int, default=400)
+    p.add_argument(
+        "--other-lines", type=int, default=120, help="lines of other documents read (whole ones)"
+    )
+    p.add_argument(
+        "--steps", type=int, default=0, help="HTRQ_TRAIN_STEPS (0: HTRQ_TRAIN_EPOCHS passes)"
+    )
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--train-batch", type=int, default=16)
     p.add_argument("--trainer-threads", type=int, default=2)
@@ -99,16 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     docs = documents(args.collection)
-    names = sorted(docs)
-    random.Random(args.seed).shuffle(names)
-    n_other = max(1, round(args.other_share * len(names)))
-    other, to_correct = names[:n_other], names[n_other:]
-    # Whole documents, up to --other-lines lines.
-    other_docs: list[list[Line]] = []
-    for name in other:
-        if sum(map(len, other_docs)) >= args.other_lines:
-            break
-        other_docs.append(docs[name])
+    other, to_correct = split_documents(docs, other_lines=args.other_lines, seed=args.seed)
+    other_docs = [docs[name] for name in other]
     correct_docs: list[list[Line]] = []
     for name in to_correct:
         if sum(map(len, correct_docs)) >= max(args.correct):
@@ -147,7 +164,14 @@ def main(argv: list[str] | None = None) -> int:
                 started = time.monotonic()
                 figures["cer_before"] = round(read(htrq, other_docs, None, args.timeout), 4)
                 print(f"adaptation: CER before: {figures['cer_before']}", flush=True)
-                lines = submit_to_correct(htrq, correct_docs, args.timeout)
+                pages = dict(
+                    zip(
+                        (p for p, _ in read_lines_tsv(args.collection)),
+                        read_column(args.collection, "page"),
+                        strict=True,
+                    )
+                )
+                lines = submit_to_correct(htrq, correct_docs, pages, args.timeout)
                 done = 0
                 for n in sorted(args.correct):
                     for job_id, page, text in lines[done:n]:
@@ -160,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
                         "corrected": done,
                         "status": model.status,
                         "train_lines": model.train_lines,
+                        "steps": model.recipe.steps,
                         "heldout_lines": model.heldout_lines,
                         "heldout_base_cer": model.base_cer,
                         "heldout_cer": model.cer,
@@ -174,11 +199,12 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(figures, indent=2))
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
-    print("\n| N corrected | trained on | CER other docs before | after | training min |")
-    print("| ---: | ---: | ---: | ---: | ---: |")
+    print("\n| N corrected | trained on | steps | CER other docs before | after | training min |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
     for run in figures["runs"]:
         print(
-            f"| {run['corrected']} | {run['train_lines']} | {figures['cer_before']:.3f} | "
+            f"| {run['corrected']} | {run['train_lines']} | {run['steps']} | "
+            f"{figures['cer_before']:.3f} | "
             f"{run['cer_after']:.3f} | {run['train_minutes']} |"
         )
     return 0
