@@ -16,7 +16,7 @@ Real services on a scratch database: ``htrq api``, ``htrq worker`` (the built-in
    they hold the largest N lines;
 4. for each N, lines are corrected by PATCH with their ground truth (in document order, so
    whole documents first; a line read right is confirmed as it is), up to N in all, then
-   ``POST /v1/models`` trains a model on them; its held-out figures (whole documents of the
+   ``POST /v1/models`` trains a model on them; its held-out figures (whole page-jobs of the
    corrected ones) come back on the model resource;
 5. the other documents are submitted again naming the new model: the CER after.
 
