@@ -16,7 +16,6 @@ FILES = [
     ROOT / "tests" / "README.md",
     ROOT / "samples" / "README.md",
     ROOT / "worker" / "models" / "htrq-line-small" / "README.md",
-    ROOT / "worker" / "models" / "wip-conv64" / "README.md",
     ROOT / "worker" / "models" / "htrq-line-small" / "TRAINING-DATA.md",
 ]
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")

@@ -59,13 +59,16 @@ def test_shipped_model_reads_held_out_fonts(result):
     assert result.cer <= MAX_CER
 
 
-def test_the_ctc_head_reads_no_worse_than_the_decoder_alone(result, samples):
-    """Joint CTC/attention decoding is the default because it reads better: on these lines
-    it must not read worse than the decoder alone (measured 0.038 against 0.042)."""
+def test_the_ctc_head_reads_no_worse_than_the_decoder_alone(real_result):
+    """Joint CTC/attention decoding is the default because it reads real hands better (chosen
+    on the real validation lines): on the committed real lines it must not read worse than
+    the decoder alone (stage 9 measured 0.182 against 0.201; on the 40 clean font lines the
+    head costs it 0.4 points, on 200 of them it gains 0.2, so those decide nothing)."""
+    real = [(Image.open(p).convert("L"), t) for p, t in read_lines_tsv(REAL)]
     alone = evaluate(
-        Recognizer.load(model="builtin", num_beams=1, batch_size=16, ctc_weight=0), samples
+        Recognizer.load(model="builtin", num_beams=1, batch_size=16, ctc_weight=0), real
     )
-    assert result.cer <= alone.cer
+    assert real_result.cer <= alone.cer
 
 
 def test_confidence_separates_right_from_wrong_lines(result):

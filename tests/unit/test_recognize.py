@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from PIL import Image, ImageDraw
 
 from worker.recognition.ctc_prefix import CTC_HEAD_FILE
@@ -12,6 +13,10 @@ from worker.training.build import build_tiny_model
 
 @pytest.fixture(scope="module")
 def tiny_path(tmp_path_factory):
+    # Seeded: the random weights decide whether any line reads best at another width (the
+    # stretch test's guard against testing nothing), and unseeded they followed whatever ran
+    # before, so that test failed in one order of the suite. Seed 2 gives such a line.
+    torch.manual_seed(2)
     return build_tiny_model(tmp_path_factory.mktemp("model") / "tiny")
 
 
