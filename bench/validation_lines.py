@@ -3,7 +3,7 @@ them with ``htrq eval``: one folder per collection and ``all`` (with a ``collect
 for ``--by collection``).
 
 The split is the trainer's (``split_collection``, seed 0) and so are the lines it reads
-(``_spread``). ``--val-lines`` must be the one the models compared were trained with, or the
+(``spread``). ``--val-lines`` must be the one the models compared were trained with, or the
 smaller of them: a larger value holds out more writers, and a model trained with the smaller
 one has trained on those (8f used 100, stage 9 the default 120, so models are compared at 100).
 
@@ -15,22 +15,19 @@ one has trained on those (8f used 100, stage 9 the default 120, so models are co
 from __future__ import annotations
 
 import argparse
-import csv
 from pathlib import Path
 
 from transformers import AutoProcessor
 
 from worker.recognition.recognizer import BUILTIN_MODEL
-from worker.training.train import _spread, writable
+from worker.training.data import write_tsv
+from worker.training.train import spread, writable
 from worker.training.writers import split_collection
 
 
-def write_tsv(folder: Path, rows: list[tuple[str, str, str]]) -> None:
+def write(folder: Path, rows: list[tuple[str, str, str]]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "lines.tsv", "w", newline="", encoding="utf-8") as f:
-        out = csv.writer(f, delimiter="\t", lineterminator="\n")
-        out.writerow(["file", "text", "collection"])
-        out.writerows(rows)
+    write_tsv(folder / "lines.tsv", ["file", "text", "collection"], rows)
 
 
 def main() -> None:
@@ -42,15 +39,15 @@ def main() -> None:
     ap.add_argument("--model", default=str(BUILTIN_MODEL), help="whose tokenizer drops lines")
     args = ap.parse_args()
     tok = AutoProcessor.from_pretrained(args.model).tokenizer  # type: ignore[no-untyped-call]
-    keep = writable(tok)  # type: ignore[no-untyped-call]
+    keep = writable(tok)
     every: list[tuple[str, str, str]] = []
     for name in args.collections:
         c = split_collection(args.root / name, writable=keep, val_lines=args.val_lines, seed=0)
-        rows = [(str(p.resolve()), t, name) for p, t in _spread(c.val, args.val_lines)]
-        write_tsv(args.out / name, rows)
+        rows = [(str(p.resolve()), t, name) for p, t in spread(c.val, args.val_lines)]
+        write(args.out / name, rows)
         every += rows
         print(f"{name}: {len(rows)} lines of {len(c.val_writers)} held-out writers")
-    write_tsv(args.out / "all", every)
+    write(args.out / "all", every)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import multiprocessing as mp
+import os
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -209,6 +211,19 @@ def render_eval_set_in_fonts(
     return [sample_line_in_font(rng, sampler, renderer, fonts, max_chars) for _ in range(n)]
 
 
+def write_tsv(path: Path, header: list[str], rows: Sequence[Sequence[str]]) -> None:
+    """Write a ``lines.tsv`` whole or not at all (a half-written one would train on less),
+    unquoted as ``read_lines_tsv`` reads it: a text's own quotes stay as written."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(
+            fh, delimiter="\t", quoting=csv.QUOTE_NONE, quotechar=None, lineterminator="\n"
+        )
+        w.writerow(header)
+        w.writerows(rows)
+    os.replace(tmp, path)
+
+
 def write_lines_tsv(
     samples: list[tuple[Image.Image, str]], folder: Path, fonts: list[str] | None = None
 ) -> Path:
@@ -216,15 +231,12 @@ def write_lines_tsv(
     ``fonts``, a ``font`` column says what drew each line (``htrq eval --by font``)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "lines.tsv", "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(
-            fh, delimiter="\t", quoting=csv.QUOTE_NONE, quotechar=None, lineterminator="\n"
-        )
-        w.writerow(["file", "text", "font"] if fonts else ["file", "text"])
-        for i, (im, text) in enumerate(samples):
-            name = f"line_{i:04d}.png"
-            im.save(folder / name)
-            w.writerow([name, text, fonts[i]] if fonts else [name, text])
+    rows = []
+    for i, (im, text) in enumerate(samples):
+        name = f"line_{i:04d}.png"
+        im.save(folder / name)
+        rows.append([name, text, fonts[i]] if fonts else [name, text])
+    write_tsv(folder / "lines.tsv", ["file", "text", "font"] if fonts else ["file", "text"], rows)
     return folder
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -237,7 +238,7 @@ def group_cer(refs: list[str], hyps: list[str], groups: list[str]) -> dict[str, 
     return out
 
 
-def writable(tok):
+def writable(tok: Any) -> Callable[[str], bool]:
     """Whether the tokenizer writes a text without ``<unk>`` (byte-level BPE always does)."""
     unk = tok.unk_token_id
 
@@ -247,7 +248,7 @@ def writable(tok):
     return check
 
 
-def _spread(pairs: tuple[tuple[Path, str], ...], n: int) -> list[tuple[Path, str]]:
+def spread(pairs: tuple[tuple[Path, str], ...], n: int) -> list[tuple[Path, str]]:
     """At most ``n`` lines spread evenly over ``pairs`` (every writer held out is seen)."""
     if len(pairs) <= n:
         return list(pairs)
@@ -377,7 +378,7 @@ def train(cfg: TrainConfig) -> Path:
         for im, text in render_eval_set(cfg.val_lines, held_fonts, seed=12345)
     ]
     for c in collections:
-        for path, text in _spread(c.val, cfg.val_real_lines):
+        for path, text in spread(c.val, cfg.val_real_lines):
             samples.append((Image.open(path).convert("L"), text, c.name))
     groups = [g for _, _, g in samples]
     val = FixedLines([(im, text) for im, text, _ in samples], encoding)
