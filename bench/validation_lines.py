@@ -20,7 +20,7 @@ from pathlib import Path
 from transformers import AutoProcessor
 
 from worker.recognition.recognizer import BUILTIN_MODEL
-from worker.training.data import write_tsv
+from worker.training.lines_tsv import write_tsv
 from worker.training.train import spread, writable
 from worker.training.writers import split_collection
 

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import csv
 import multiprocessing as mp
-import os
 import random
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +15,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from worker.recognition.lineimage import fit_line
 from worker.training.augment import augment_scan
+from worker.training.lines_tsv import write_tsv
 from worker.training.synth import (
     Font,
     LineRenderer,
@@ -209,19 +208,6 @@ def render_eval_set_in_fonts(
     rng = random.Random(seed)
     sampler, renderer = TextSampler(rng), LineRenderer(rng)
     return [sample_line_in_font(rng, sampler, renderer, fonts, max_chars) for _ in range(n)]
-
-
-def write_tsv(path: Path, header: list[str], rows: Sequence[Sequence[str]]) -> None:
-    """Write a ``lines.tsv`` whole or not at all (a half-written one would train on less),
-    unquoted as ``read_lines_tsv`` reads it: a text's own quotes stay as written."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(
-            fh, delimiter="\t", quoting=csv.QUOTE_NONE, quotechar=None, lineterminator="\n"
-        )
-        w.writerow(header)
-        w.writerows(rows)
-    os.replace(tmp, path)
 
 
 def write_lines_tsv(

@@ -24,10 +24,8 @@ holds out whole jobs (a letter, a register) for validation, not lines of a hand 
 
 from __future__ import annotations
 
-import csv
 import itertools
 import json
-import os
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -45,6 +43,7 @@ from htrq.storage import BlobMissing, BlobStore
 from worker.segmentation import LineBox
 from worker.segmentation.crops import crop_lines, from_source_frame
 from worker.segmentation.preprocess import SKEW_INFO_KEY, normalise_page
+from worker.training.lines_tsv import write_tsv
 
 #: Columns of the exported ``lines.tsv``: ``htrq train`` reads the first three, the others say
 #: where each line comes from and what the model had read.
@@ -137,7 +136,7 @@ def export_corrections(
             rows.append([name, text, str(job_id), str(page_index), str(r.index), r.text])
         report.pages += 1
         jobs.add(job_id)
-    _write_tsv(report.path, rows)
+    write_tsv(report.path, COLUMNS, rows)
     report.lines, report.jobs = len(rows), len(jobs)
     return report
 
@@ -148,15 +147,3 @@ def _box(row: CheckedLine) -> LineBox:
         polygon=[tuple(p) for p in json.loads(row.polygon)] if row.polygon else None,
         baseline=[tuple(p) for p in json.loads(row.baseline)] if row.baseline else None,
     )
-
-
-def _write_tsv(path: Path, rows: list[list[str]]) -> None:
-    """Write ``lines.tsv`` whole or not at all (a half-written one would train on less)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(
-            fh, delimiter="\t", quoting=csv.QUOTE_NONE, quotechar=None, lineterminator="\n"
-        )
-        w.writerow(COLUMNS)
-        w.writerows(rows)
-    os.replace(tmp, path)
